@@ -1,0 +1,1 @@
+"""mixerlab entry points: train, list, compare, bench."""

@@ -1,0 +1,198 @@
+"""The token-mixer contract and the registry of mixers by short name.
+
+A token mixer moves information across positions: it maps ``x`` of shape (B, L, d_model) to a
+tensor of the same shape. Everything else in a block (norms, residuals, the channel mixer) is
+fixed by :class:`mixers.model.Block`, so an ablation swaps exactly one thing.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ENTRY_POINT_GROUP = "mixerlab.mixers"
+
+
+class TokenMixer(nn.Module):
+    """Base class of every token mixer.
+
+    Contract (checked for every registered mixer by :mod:`mixers.testing`):
+
+    - ``forward(x, mask=None)``: ``x`` is (B, L, d_model) float, ``mask`` is (B, L) bool, True at
+      real tokens (right padding). Returns (B, L, d_model).
+    - ``causal=True``: the output at t depends only on inputs at positions <= t.
+      ``causal=False``: every position sees every real position.
+    - Outputs at real positions never depend on padded positions, their content or their count.
+    - A mixer may set ``self.aux_loss`` (a scalar tensor) during ``forward``; the model sums them.
+    - Causal mixers that support incremental decoding set ``supports_step = True`` and implement
+      ``init_state(batch_size)`` and ``step(x_t, state) -> (y_t, state)`` with ``x_t`` (B, d_model);
+      stepping through a sequence equals ``forward`` on it.
+    - ``flops_per_token(seq_len)`` gives the analytic forward FLOPs per token (a multiply-add
+      counts 2) so that runs can be compared iso-FLOP.
+    """
+
+    supports_step: bool = False
+    requires_max_len: bool = False
+
+    def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
+        super().__init__()
+        if d_model <= 0:
+            raise ValueError(f"d_model must be positive, got {d_model}")
+        if self.requires_max_len and (max_len is None or max_len <= 0):
+            raise ValueError(
+                f"{type(self).__name__} learns position-to-position weights and needs a positive "
+                f"max_len, got {max_len!r}; pass max_len=<longest sequence length>"
+            )
+        self.d_model = d_model
+        self.causal = causal
+        self.max_len = max_len
+        self.aux_loss: Tensor | None = None
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """Raise a ValueError naming the problem when ``x``/``mask`` break the contract."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape (batch, length, {self.d_model}), "
+                f"got {tuple(x.shape)}"
+            )
+        length = x.shape[1]
+        if self.max_len is not None and length > self.max_len:
+            raise ValueError(
+                f"sequence length {length} is longer than {type(self).__name__}'s max_len "
+                f"{self.max_len}; build the mixer with max_len >= {length} or shorten the input"
+            )
+        if mask is not None:
+            if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+                raise ValueError(
+                    f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
+                    f"got {mask.dtype} {tuple(mask.shape)}"
+                )
+
+    def init_state(self, batch_size: int) -> Any:
+        """State for incremental decoding before the first token."""
+        raise NotImplementedError(f"{type(self).__name__} does not support step-by-step decoding")
+
+    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One decoding step: ``x_t`` (B, d_model) -> ``y_t`` (B, d_model) and the next state."""
+        raise NotImplementedError(f"{type(self).__name__} does not support step-by-step decoding")
+
+    def check_step(self, position: int) -> None:
+        """Raise before stepping past max_len or stepping a mixer that cannot step."""
+        if not (self.causal and self.supports_step):
+            raise ValueError(
+                f"{type(self).__name__}(causal={self.causal}) cannot decode step by step; "
+                "incremental decoding needs a causal mixer with supports_step"
+            )
+        if self.max_len is not None and position >= self.max_len:
+            raise ValueError(
+                f"decoding position {position + 1} exceeds {type(self).__name__}'s max_len "
+                f"{self.max_len}"
+            )
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Analytic forward FLOPs per token at ``seq_len`` (multiply-add = 2 FLOPs)."""
+        raise NotImplementedError
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, causal={self.causal}, max_len={self.max_len}"
+
+
+_REGISTRY: dict[str, type[TokenMixer]] = {}
+_entry_points_loaded = False
+
+
+def register_mixer(name: str) -> Callable[[type[TokenMixer]], type[TokenMixer]]:
+    """Class decorator: make a :class:`TokenMixer` subclass buildable as ``build_mixer(name)``."""
+
+    def decorate(cls: type[TokenMixer]) -> type[TokenMixer]:
+        if not (isinstance(cls, type) and issubclass(cls, TokenMixer)):
+            raise TypeError(f"register_mixer({name!r}) needs a TokenMixer subclass, got {cls!r}")
+        known = _REGISTRY.get(name)
+        if known is not None and known is not cls and _qualname(known) != _qualname(cls):
+            raise ValueError(
+                f"mixer name {name!r} is already registered to {_qualname(known)}; "
+                "pick another name"
+            )
+        _REGISTRY[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return decorate
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _load_entry_points() -> None:
+    """Import plugins of the ``mixerlab.mixers`` group once.
+
+    An entry point may name a module (importing it runs its ``@register_mixer``) or a TokenMixer
+    class (registered under the entry point's name).
+    """
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        if isinstance(loaded, type) and issubclass(loaded, TokenMixer):
+            register_mixer(ep.name)(loaded)
+
+
+def available_mixers() -> list[str]:
+    """Names of all registered mixers, built-in and plugins, sorted."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get_mixer_class(name: str) -> type[TokenMixer]:
+    _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown mixer {name!r}; known mixers: {', '.join(available_mixers())}"
+        ) from None
+
+
+def describe_mixer(name: str) -> str:
+    """The first line of the mixer's docstring: the one-line description `mixerlab list` shows."""
+    doc = inspect.getdoc(get_mixer_class(name)) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def mixer_hparams(name: str) -> dict[str, Any]:
+    """The keyword hyper-parameters a mixer accepts, with their defaults."""
+    params = inspect.signature(get_mixer_class(name).__init__).parameters
+    return {
+        key: p.default
+        for key, p in params.items()
+        if p.kind is p.KEYWORD_ONLY and key not in ("causal", "max_len")
+    }
+
+
+def build_mixer(
+    name: str, d_model: int, *, causal: bool = True, max_len: int | None = None, **hparams: Any
+) -> TokenMixer:
+    """Build a registered mixer by name; unknown names and hyper-parameters get a clear error."""
+    cls = get_mixer_class(name)
+    allowed = mixer_hparams(name)
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"mixer {name!r} got unknown hyper-parameter(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(sorted(allowed)) or '(none)'}"
+        )
+    return cls(d_model, causal=causal, max_len=max_len, **hparams)
