@@ -69,12 +69,11 @@ class TokenMixer(nn.Module):
                 f"sequence length {length} is longer than {type(self).__name__}'s max_len "
                 f"{self.max_len}; build the mixer with max_len >= {length} or shorten the input"
             )
-        if mask is not None:
-            if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
-                raise ValueError(
-                    f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
-                    f"got {mask.dtype} {tuple(mask.shape)}"
-                )
+        if mask is not None and (mask.shape != x.shape[:2] or mask.dtype != torch.bool):
+            raise ValueError(
+                f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
 
     def init_state(self, batch_size: int) -> Any:
         """State for incremental decoding before the first token."""

@@ -14,9 +14,11 @@ from torch import Tensor, nn
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> Tensor:
-    """The fixed (max_len, d_model) table of Vaswani et al. 2017: sin on even, cos on odd channels."""
+    """The fixed (max_len, d_model) table of Vaswani et al. 2017: sin on even, cos on odd."""
     position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
     table = torch.zeros(max_len, d_model)
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
