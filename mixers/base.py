@@ -26,7 +26,9 @@ class TokenMixer(nn.Module):
     - ``forward(x, mask=None)``: ``x`` is (B, L, d_model) float, ``mask`` is (B, L) bool, True at
       real tokens (right padding). Returns (B, L, d_model).
     - ``causal=True``: the output at t depends only on inputs at positions <= t.
-      ``causal=False``: every position sees every real position.
+      ``causal=False``: every position sees every real position; a local mixer (class attribute
+      ``global_mixing = False``, e.g. a short convolution) sees the real positions within its
+      window on both sides.
     - Outputs at real positions never depend on padded positions, their content or their count.
     - A mixer may set ``self.aux_loss`` (a scalar tensor) during ``forward``; the model sums them.
     - Causal mixers that support incremental decoding set ``supports_step = True`` and implement
@@ -38,6 +40,7 @@ class TokenMixer(nn.Module):
 
     supports_step: bool = False
     requires_max_len: bool = False
+    global_mixing: bool = True
 
     def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
         super().__init__()

@@ -1,1 +1,115 @@
-"""Work in progress (being written this session)."""
+"""Recurrent token mixer: PyTorch's fused LSTM/GRU kernels (cuDNN on GPU, oneDNN/MKL on CPU).
+
+A decoder runs the recurrence left to right; an encoder runs it both ways and merges the two
+directions with a Linear. The encoder packs padded batches so that the backward direction starts
+at each sequence's last real token instead of reading the padding first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mixers.base import TokenMixer, register_mixer
+
+CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+GATES = {"lstm": 4, "gru": 3}
+
+
+@register_mixer("rnn")
+class RecurrentMixer(TokenMixer):
+    """LSTM or GRU over time; bidirectional with a merging Linear when not causal.
+
+    The hidden size is d_model per direction, so a causal mixer's output is the top layer's
+    hidden state as is; an encoder concatenates both directions (2 d_model) and a Linear maps
+    them back to d_model. ``dropout`` drops every recurrent layer's output in training.
+    Initialisation: PyTorch's defaults, uniform in +-1/sqrt(d_model), which keeps gates unsaturated.
+    """
+
+    supports_step = True
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        causal: bool = True,
+        max_len: int | None = None,
+        cell: str = "lstm",
+        n_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(d_model, causal=causal, max_len=max_len)
+        if cell not in CELLS:
+            raise ValueError(f"unknown rnn cell {cell!r}; choose one of: {', '.join(CELLS)}")
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.cell = cell
+        self.n_layers = n_layers
+        # nn.LSTM's own dropout acts between stacked layers; self.drop covers the top layer.
+        self.rnn = CELLS[cell](
+            d_model,
+            d_model,
+            num_layers=n_layers,
+            batch_first=True,
+            dropout=dropout if n_layers > 1 else 0.0,
+            bidirectional=not causal,
+        )
+        self.drop = nn.Dropout(dropout)
+        self.merge = None if causal else nn.Linear(2 * d_model, d_model)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        self.check_input(x, mask)
+        padded = mask is not None and not bool(mask.all())
+        if padded and not self.causal:
+            # Lengths live on the CPU for packing; a sequence with no real token runs over one
+            # step of padding (its outputs are unspecified) since packing rejects length 0.
+            lengths = mask.sum(dim=1).clamp(min=1).cpu()
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, _ = self.rnn(packed)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        else:
+            # Right padding comes after every real token, so a forward-only pass never reads it.
+            y, _ = self.rnn(x)
+        y = self.drop(y)
+        if self.merge is not None:
+            y = self.merge(y)
+        if padded:
+            y = y.masked_fill(~mask[..., None], 0.0)
+        return y
+
+    def init_state(self, batch_size: int) -> dict[str, Any]:
+        """Zero hidden (and, for LSTM, cell) states of every layer, as nn.LSTM starts from."""
+        weight = self.rnn.weight_hh_l0
+        h = weight.new_zeros(self.n_layers, batch_size, self.d_model)
+        hidden = (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        return {"hidden": hidden, "position": 0}
+
+    def step(self, x_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """Advance the same recurrent module by one length-1 input from the carried state."""
+        self.check_step(state["position"])
+        y, hidden = self.rnn(x_t[:, None, :], state["hidden"])
+        return self.drop(y[:, 0]), {"hidden": hidden, "position": state["position"] + 1}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Gate matmuls per token: each gate reads the layer input and the previous hidden state.
+
+        Layers above the first of an encoder read both directions (2 d_model). Independent of
+        seq_len: a recurrence costs the same per token at any length.
+        """
+        d = self.d_model
+        directions = 1 if self.causal else 2
+        total = 0.0
+        for layer in range(self.n_layers):
+            d_in = d if layer == 0 else directions * d
+            total += directions * GATES[self.cell] * 2 * (d_in * d + d * d)
+        if self.merge is not None:
+            total += 2 * 2 * d * d
+        return total
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cell={self.cell!r}, n_layers={self.n_layers}"

@@ -1,0 +1,482 @@
+"""Contract checks for token mixers, usable on any mixer class or registered name.
+
+A plugin author proves a new mixer in one line::
+
+    from mixers.testing import check_mixer
+    check_mixer(MyMixer)            # or check_mixer("my_mixer", hparams={"width": 4})
+
+Every check builds small fp32 instances (CPU, fixed seeds, no global RNG side effects) and raises
+:class:`ContractError` (an ``AssertionError``) whose message names the mixer, the mode and what
+broke. ``CHECKS`` maps each check's name to a :class:`Check`, so a test suite can parametrize over
+them (``tests/test_contract.py`` does, over every registered mixer). Plain PyTorch and the standard
+library only: no pytest, so the checks run anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mixers.base import TokenMixer, build_mixer, get_mixer_class
+
+
+class ContractError(AssertionError):
+    """A mixer broke the token-mixer contract; the message names the mixer, mode and problem."""
+
+
+@dataclass
+class MixerCase:
+    """One mixer in one mode at one small size: builds instances and random inputs for a check."""
+
+    mixer: str | type[TokenMixer]
+    causal: bool = True
+    d_model: int = 32
+    max_len: int = 24
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    atol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.max_len < 8:
+            raise ValueError(f"the contract checks need max_len >= 8, got {self.max_len}")
+        if isinstance(self.mixer, str):
+            self.cls = get_mixer_class(self.mixer)
+            self.name = self.mixer
+        elif isinstance(self.mixer, type) and issubclass(self.mixer, TokenMixer):
+            self.cls = self.mixer
+            self.name = self.mixer.__dict__.get("registry_name", self.mixer.__name__)
+        else:
+            raise TypeError(
+                f"check a mixer by registered name or TokenMixer subclass, got {self.mixer!r}"
+            )
+        self._inputs = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}(causal={self.causal})"
+
+    def fail(self, problem: str) -> ContractError:
+        return ContractError(f"{self.label}: {problem}")
+
+    def build(self, *, seed_offset: int = 0, train: bool = False) -> TokenMixer:
+        """A fresh instance seeded with ``seed + seed_offset``, in eval mode unless ``train``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + seed_offset)
+            kwargs = {"causal": self.causal, "max_len": self.max_len, **self.hparams}
+            if isinstance(self.mixer, str):
+                mixer = build_mixer(self.mixer, self.d_model, **kwargs)
+            else:
+                mixer = self.cls(self.d_model, **kwargs)
+        return mixer.train(train)
+
+    def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
+        return scale * torch.randn(*shape, generator=self._inputs)
+
+    def mask(self, lengths: list[int], total: int) -> Tensor:
+        """Right-padding mask (len(lengths), total): True at the first ``lengths[b]`` positions."""
+        return torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
+
+    def run(self, mixer: TokenMixer, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Forward ``x`` and fail unless the output is a tensor shaped and typed like ``x``."""
+        y = mixer(x, mask)
+        if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype:
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise self.fail(
+                f"forward must return a {x.dtype} tensor shaped like its input "
+                f"{tuple(x.shape)}, got {got}"
+            )
+        return y
+
+    def assert_close(self, actual: Tensor, expected: Tensor, problem: str) -> None:
+        """Fail with ``problem`` (formatted with ``{diff}``) when the tensors differ beyond atol."""
+        diff = max_abs_diff(actual, expected)
+        if not diff <= self.atol:
+            raise self.fail(problem.format(diff=f"{diff:.3g}") + f" (atol {self.atol:g})")
+
+
+def max_abs_diff(a: Tensor, b: Tensor) -> float:
+    """Largest absolute difference; NaN anywhere counts as infinitely different."""
+    diff = (a.detach().float() - b.detach().float()).abs()
+    return float(torch.nan_to_num(diff, nan=math.inf).max()) if diff.numel() else 0.0
+
+
+def _always(cls: type[TokenMixer], causal: bool) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named contract check; call it like ``check_mixer`` but for one mode (``causal``)."""
+
+    name: str
+    run: Callable[[MixerCase], None]
+    applies: Callable[[type[TokenMixer], bool], bool] = _always
+    when: str = "always"
+
+    def __call__(
+        self,
+        mixer: str | type[TokenMixer],
+        *,
+        causal: bool = True,
+        d_model: int = 32,
+        max_len: int = 24,
+        hparams: dict[str, Any] | None = None,
+        seed: int = 0,
+        atol: float = 1e-5,
+    ) -> None:
+        case = MixerCase(mixer, causal, d_model, max_len, dict(hparams or {}), seed, atol)
+        if not self.applies(case.cls, causal):
+            raise ValueError(
+                f"check {self.name!r} does not apply to {case.label}: it runs {self.when}"
+            )
+        self.run(case)
+
+    @property
+    def description(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def _check(
+    name: str,
+    applies: Callable[[type[TokenMixer], bool], bool] = _always,
+    when: str = "always",
+) -> Callable[[Callable[[MixerCase], None]], Check]:
+    def register(run: Callable[[MixerCase], None]) -> Check:
+        CHECKS[name] = Check(name, run, applies, when)
+        return CHECKS[name]
+
+    return register
+
+
+@_check("shapes")
+def check_shapes(case: MixerCase) -> None:
+    """Output is shaped (B, L, d_model) for length 1, a middle length and max_len."""
+    mixer = case.build()
+    with torch.no_grad():
+        for length in (1, case.max_len // 2, case.max_len):
+            x = case.randn(2, length, case.d_model)
+            case.run(mixer, x)
+            case.run(mixer, x, case.mask([length, max(1, length - 1)], length))
+
+
+@_check("finite")
+def check_finite(case: MixerCase) -> None:
+    """Outputs are finite everywhere, padded positions included, in train and eval mode."""
+    length = case.max_len
+    x = case.randn(3, length, case.d_model)
+    mask = case.mask([length, 1, length // 2], length)
+    for train in (False, True):
+        mode = "train" if train else "eval"
+        with torch.no_grad():
+            y = case.run(case.build(train=train), x, mask)
+        bad = (~torch.isfinite(y)).any(dim=-1).nonzero().tolist()
+        if bad:
+            row, pos = bad[0]
+            where = "real" if mask[row, pos] else "padded"
+            raise case.fail(
+                f"non-finite output in {mode} mode at row {row}, {where} position {pos} "
+                f"({len(bad)} position(s) in all)"
+            )
+
+
+@_check("causality", applies=lambda cls, causal: causal, when="for causal=True")
+def check_causality(case: MixerCase) -> None:
+    """causal=True: changing position j leaves every output before j unchanged."""
+    mixer = case.build()
+    length = case.max_len // 2
+    x = case.randn(2, length, case.d_model)
+    with torch.no_grad():
+        y = case.run(mixer, x)
+        for j in range(1, length):
+            changed = x.clone()
+            changed[:, j] = case.randn(2, case.d_model, scale=3.0)
+            y2 = case.run(mixer, changed)
+            diff = (y2[:, :j] - y[:, :j]).abs().amax(dim=(0, 2))
+            leaks = (diff > case.atol).nonzero()
+            if leaks.numel():
+                pos = int(leaks[0])
+                raise case.fail(
+                    f"output at position {pos} changed by {float(diff[pos]):.3g} when position "
+                    f"{j} changed: the mixer leaks the future"
+                )
+
+
+@_check("sees_future", applies=lambda cls, causal: not causal, when="for causal=False")
+def check_sees_future(case: MixerCase) -> None:
+    """causal=False: the first position's output changes with a later real position: the last
+    one for a global mixer, the next one for a local mixer (``global_mixing = False``)."""
+    mixer = case.build()
+    length = case.max_len
+    lengths = [length, length - 3]
+    later = [n - 1 if mixer.global_mixing else 1 for n in lengths]
+    x = case.randn(2, length, case.d_model)
+    mask = case.mask(lengths, length)
+    changed = x.clone()
+    for row, j in enumerate(later):
+        changed[row, j] = case.randn(case.d_model, scale=3.0)
+    with torch.no_grad():
+        first = case.run(mixer, x, mask)[:, 0]
+        first_changed = case.run(mixer, changed, mask)[:, 0]
+    for row, (n, j) in enumerate(zip(lengths, later, strict=True)):
+        if max_abs_diff(first[row], first_changed[row]) == 0.0:
+            which = "last real" if mixer.global_mixing else "next"
+            raise case.fail(
+                f"output at position 0 of row {row} ({n} real tokens) did not change when the "
+                f"{which} position {j} changed: an encoder (causal=False) must see "
+                + ("every real position" if mixer.global_mixing else "later positions")
+            )
+
+
+@_check("padding")
+def check_padding(case: MixerCase) -> None:
+    """Real positions of a right-padded batch equal each sequence run alone, whatever the pad."""
+    mixer = case.build()
+    padded_len = case.max_len - 4
+    lengths = [padded_len, padded_len - 3, 1, padded_len // 2]
+    x = case.randn(len(lengths), padded_len, case.d_model)
+    mask = case.mask(lengths, padded_len)
+    other_content = torch.where(mask[..., None], x, case.randn(*x.shape, scale=10.0))
+    longer = torch.cat([x, case.randn(len(lengths), 4, case.d_model)], dim=1)
+    variants = {
+        "with random padding": (x, mask),
+        "with the padding content changed": (other_content, mask),
+        "with 4 more padding positions": (longer, case.mask(lengths, case.max_len)),
+    }
+    with torch.no_grad():
+        full = case.randn(2, padded_len, case.d_model)
+        case.assert_close(
+            case.run(mixer, full, torch.ones(2, padded_len, dtype=torch.bool)),
+            case.run(mixer, full),
+            "an all-True mask gives outputs that differ from mask=None by {diff}",
+        )
+        alone = [case.run(mixer, x[row : row + 1, :n])[0] for row, n in enumerate(lengths)]
+        for variant, (inputs, variant_mask) in variants.items():
+            y = case.run(mixer, inputs, variant_mask)
+            for row, n in enumerate(lengths):
+                case.assert_close(
+                    y[row, :n],
+                    alone[row],
+                    f"{variant}, row {row} ({n} real of {inputs.shape[1]} positions) differs "
+                    "on its real positions from the same sequence run alone by {diff}: "
+                    "padding leaks into real positions",
+                )
+
+
+@_check("batch_independence")
+def check_batch_independence(case: MixerCase) -> None:
+    """In eval mode a row's output does not depend on the other rows of the batch."""
+    mixer = case.build()
+    length = case.max_len // 2
+    x = case.randn(3, length, case.d_model)
+    others = x.clone()
+    others[1:] = case.randn(2, length, case.d_model, scale=3.0)
+    mask = case.mask([length, length - 2, length], length)
+    with torch.no_grad():
+        for m in (None, mask):
+            case.assert_close(
+                case.run(mixer, others, m)[0],
+                case.run(mixer, x, m)[0],
+                "in eval mode the output of row 0 changed by {diff} when the other rows of the "
+                f"batch changed (mask={'None' if m is None else 'padded'}): the mixer mixes "
+                "batch rows",
+            )
+
+
+@_check("gradients")
+def check_gradients(case: MixerCase) -> None:
+    """In train mode every trainable parameter gets a finite gradient, nonzero somewhere."""
+    mixer = case.build(train=True)
+    length = case.max_len
+    x = case.randn(2, length, case.d_model).requires_grad_()
+    mask = case.mask([length, length // 2], length)
+    y = case.run(mixer, x, mask)
+    # A random projection, not a plain sum: the sum of a normalised output can be constant.
+    loss = (y * case.randn(*y.shape) * mask[..., None]).sum()
+    if mixer.aux_loss is not None:
+        loss = loss + mixer.aux_loss
+    loss.backward()
+    for name, param in mixer.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.grad is None:
+            raise case.fail(
+                f"parameter {name!r} received no gradient: it is unused in forward "
+                "or cut off from the output (detached)"
+            )
+        if not torch.isfinite(param.grad).all():
+            raise case.fail(f"parameter {name!r} received a non-finite gradient")
+        if not param.grad.any():
+            raise case.fail(
+                f"parameter {name!r} received an all-zero gradient: it does not influence "
+                "the output"
+            )
+    if x.grad is None or not x.grad[mask].any():
+        raise case.fail("the input received no gradient through the mixer")
+
+
+@_check("determinism")
+def check_determinism(case: MixerCase) -> None:
+    """Two eval-mode forwards of the same input give the same output."""
+    mixer = case.build()
+    x = case.randn(2, case.max_len // 2, case.d_model)
+    mask = case.mask([case.max_len // 2, 3], case.max_len // 2)
+    with torch.no_grad():
+        case.assert_close(
+            case.run(mixer, x, mask),
+            case.run(mixer, x, mask),
+            "two eval-mode forwards of the same input differ by {diff}: the mixer is random "
+            "(dropout?) or keeps state between calls in eval mode",
+        )
+
+
+@_check("state_dict")
+def check_state_dict(case: MixerCase) -> None:
+    """A fresh instance (another seed) loaded with the state_dict gives identical outputs."""
+    source = case.build()
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = case.build(seed_offset=1)
+    fresh.load_state_dict(state)
+    x = case.randn(2, case.max_len // 2, case.d_model)
+    mask = case.mask([case.max_len // 2, 3], case.max_len // 2)
+    with torch.no_grad():
+        case.assert_close(
+            case.run(fresh, x, mask),
+            case.run(source, x, mask),
+            "an instance built with another seed and loaded with the state_dict differs by "
+            "{diff}: some state lives outside the state_dict (a plain tensor attribute or a "
+            "non-persistent buffer set at random)",
+        )
+
+
+@_check(
+    "step",
+    applies=lambda cls, causal: causal and cls.supports_step,
+    when="for causal=True mixers with supports_step",
+)
+def check_step(case: MixerCase) -> None:
+    """Stepping position by position equals forward (eval), and stepping past max_len raises."""
+    mixer = case.build()
+    x = case.randn(2, case.max_len, case.d_model)
+    with torch.no_grad():
+        y = case.run(mixer, x)
+        state = mixer.init_state(2)
+        for t in range(case.max_len):
+            y_t, state = mixer.step(x[:, t], state)
+            if not isinstance(y_t, Tensor) or y_t.shape != (2, case.d_model):
+                got = tuple(y_t.shape) if isinstance(y_t, Tensor) else type(y_t).__name__
+                raise case.fail(f"step must return y_t of shape (2, {case.d_model}), got {got}")
+            case.assert_close(
+                y_t,
+                y[:, t],
+                f"step output at position {t} differs from forward by {{diff}}",
+            )
+        try:
+            mixer.step(x[:, 0], state)
+        except ValueError:
+            return
+    raise case.fail(
+        f"stepping to position {case.max_len + 1} with max_len={case.max_len} did not raise "
+        "ValueError; call self.check_step(position) first in step"
+    )
+
+
+@_check("max_len")
+def check_max_len(case: MixerCase) -> None:
+    """Input longer than max_len raises a ValueError that names both lengths."""
+    mixer = case.build()
+    if mixer.max_len != case.max_len:
+        raise case.fail(
+            f"built with max_len={case.max_len} but its max_len is {mixer.max_len!r}; "
+            "pass max_len on to super().__init__"
+        )
+    too_long = case.max_len + 1
+    try:
+        with torch.no_grad():
+            mixer(case.randn(1, too_long, case.d_model))
+    except ValueError as exc:
+        message = str(exc)
+        if str(too_long) not in message or str(case.max_len) not in message:
+            raise case.fail(
+                f"the ValueError for length {too_long} > max_len {case.max_len} must name both "
+                f"lengths, got: {message}"
+            ) from exc
+        return
+    raise case.fail(
+        f"input of length {too_long} > max_len {case.max_len} did not raise ValueError; call "
+        "self.check_input(x, mask) first in forward"
+    )
+
+
+@_check("flops")
+def check_flops(case: MixerCase) -> None:
+    """flops_per_token(L) is a positive finite number for length 1, a middle length and max_len."""
+    mixer = case.build()
+    for length in (1, case.max_len // 2, case.max_len):
+        flops = mixer.flops_per_token(length)
+        if isinstance(flops, bool) or not isinstance(flops, (int, float)):
+            raise case.fail(
+                f"flops_per_token({length}) must return a float, got {type(flops).__name__}"
+            )
+        if not (math.isfinite(flops) and flops > 0):
+            raise case.fail(f"flops_per_token({length}) must be positive and finite, got {flops}")
+
+
+@_check("aux_loss")
+def check_aux_loss(case: MixerCase) -> None:
+    """aux_loss is None or a finite scalar tensor after forward, in train and eval mode."""
+    length = case.max_len // 2
+    x = case.randn(2, length, case.d_model)
+    mask = case.mask([length, 2], length)
+    for train in (True, False):
+        mixer = case.build(train=train)
+        case.run(mixer, x, mask)
+        aux = mixer.aux_loss
+        if aux is None:
+            continue
+        mode = "train" if train else "eval"
+        if not isinstance(aux, Tensor) or aux.dim() != 0 or not aux.is_floating_point():
+            got = f"{aux.dtype} {tuple(aux.shape)}" if isinstance(aux, Tensor) else repr(aux)
+            raise case.fail(f"aux_loss after a {mode} forward must be a float scalar, got {got}")
+        if not torch.isfinite(aux):
+            raise case.fail(f"aux_loss after a {mode} forward is not finite: {float(aux)}")
+
+
+def check_mixer(
+    mixer: str | type[TokenMixer],
+    *,
+    d_model: int = 32,
+    max_len: int = 24,
+    hparams: dict[str, Any] | None = None,
+    causal: bool | None = None,
+    seed: int = 0,
+    atol: float = 1e-5,
+) -> None:
+    """Run every check that applies, in both modes when ``causal`` is None.
+
+    All checks run before anything is raised, so one ContractError lists every broken rule.
+    """
+    modes = (True, False) if causal is None else (causal,)
+    failures: list[str] = []
+    for mode in modes:
+        for check in CHECKS.values():
+            case = MixerCase(mixer, mode, d_model, max_len, dict(hparams or {}), seed, atol)
+            if not check.applies(case.cls, mode):
+                continue
+            try:
+                check.run(case)
+            except AssertionError as exc:
+                failures.append(f"[{check.name}] {exc}")
+    if failures:
+        raise ContractError(f"{len(failures)} contract check(s) failed:\n" + "\n".join(failures))

@@ -1,0 +1,45 @@
+"""The mixer contract over every registered mixer (built-ins and installed plugins), both modes.
+
+One test per (mixer, mode, check), so a failure reads like ``conv-causal-padding``. A new mixer
+is covered by being registered; ``mixers.testing`` holds the checks and their messages.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from mixers import available_mixers, describe_mixer, get_mixer_class, mixer_hparams
+from mixers.testing import CHECKS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BUILT_IN = ["attention", "rnn", "conv", "gmlp", "smlp"]
+MODES = [pytest.param(True, id="causal"), pytest.param(False, id="encoder")]
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+@pytest.mark.parametrize("causal", MODES)
+@pytest.mark.parametrize("name", available_mixers())
+def test_contract(name: str, causal: bool, check: str) -> None:
+    contract_check = CHECKS[check]
+    if not contract_check.applies(get_mixer_class(name), causal):
+        pytest.skip(f"{check} runs {contract_check.when}")
+    contract_check(name, causal=causal)
+
+
+@pytest.mark.parametrize("name", available_mixers())
+def test_declaration(name: str) -> None:
+    """A one-line description for `mixerlab list`, and a default for every hyper-parameter."""
+    assert describe_mixer(name), f"{name}: the class needs a docstring (its first line is shown)"
+    missing = [
+        key for key, default in mixer_hparams(name).items() if default is inspect.Parameter.empty
+    ]
+    assert not missing, f"{name}: hyper-parameter(s) {missing} need defaults"
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_mixers_are_registered_and_step(name: str) -> None:
+    assert name in available_mixers()
+    assert get_mixer_class(name).supports_step, f"{name}: causal built-ins must decode step by step"
