@@ -1,1 +1,375 @@
-"""Work in progress (being written this session)."""
+"""The sequence model: ``embed -> [Block(token mixer, channel mixer)] x N -> norm -> head``.
+
+Everything but the token mixer is fixed by the config, so an ablation swaps exactly one thing
+(MetaFormer, Yu et al. 2022). A block is pre-norm residual:
+
+    x = x + drop(mixer(norm(x), mask))      # moves information across positions
+    x = x + drop(ffn(norm(x)))              # works on each position alone (mlp, glu, moe, none)
+
+Init scheme (GPT-2 style, Radford et al. 2019): token and position embeddings and every Linear the
+model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases, and the last Linear
+of each channel mixer is scaled down by 1/sqrt(2 * n_layers) so the residual stream's variance does
+not grow with depth. Token mixers keep their own initialisation, because some carry meaning (gMLP's
+spatial weights start near zero so the unit starts as a per-token MLP); each mixer documents it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mixers.base import TokenMixer, build_mixer
+from mixers.base import mixer_hparams as accepted_hparams
+from mixers.moe import MoEFeedForward
+from mixers.positions import sinusoidal_table
+
+FFN_KINDS = ("mlp", "glu", "moe", "none")
+NORM_KINDS = ("layernorm", "rmsnorm")
+POS_KINDS = ("none", "learned", "sinusoidal", "rope")
+
+
+def _choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def make_norm(kind: str, d_model: int) -> nn.Module:
+    _choice("norm", kind, NORM_KINDS)
+    return nn.LayerNorm(d_model) if kind == "layernorm" else nn.RMSNorm(d_model)
+
+
+class MLP(nn.Module):
+    """The Transformer's position-wise feed-forward network: Linear -> GELU -> Linear."""
+
+    def __init__(self, d_model: int, d_hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, d_hidden)
+        self.down = nn.Linear(d_hidden, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.down(self.dropout(F.gelu(self.up(x))))
+
+    def flops_per_token(self) -> float:
+        return 2.0 * 2 * self.up.in_features * self.up.out_features
+
+
+class GLU(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): ``down(silu(gate(x)) * up(x))``.
+
+    The hidden width is 2/3 of the MLP's so that ``ffn=glu`` and ``ffn=mlp`` have the same number
+    of parameters at the same ``ffn_mult``.
+    """
+
+    def __init__(self, d_model: int, d_hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        d_hidden = max(1, round(2 * d_hidden / 3))
+        self.gate_up = nn.Linear(d_model, 2 * d_hidden)
+        self.down = nn.Linear(d_hidden, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(self.dropout(F.silu(gate) * up))
+
+    def flops_per_token(self) -> float:
+        return 2.0 * 3 * self.down.in_features * self.down.out_features
+
+
+def make_ffn(
+    kind: str, d_model: int, d_hidden: int, dropout: float, hparams: dict[str, Any]
+) -> nn.Module | None:
+    _choice("ffn", kind, FFN_KINDS)
+    if kind == "none":
+        return None
+    if kind == "moe":
+        return MoEFeedForward(d_model, d_hidden, dropout=dropout, **hparams)
+    if hparams:
+        raise ValueError(
+            f"ffn={kind!r} takes no ffn_hparams, got {', '.join(sorted(hparams))}; "
+            "ffn_hparams configure ffn=moe (n_experts, capacity_factor, aux_loss_weight)"
+        )
+    return (MLP if kind == "mlp" else GLU)(d_model, d_hidden, dropout)
+
+
+class Block(nn.Module):
+    """One pre-norm residual block: token mixer, then channel mixer."""
+
+    def __init__(
+        self,
+        mixer: TokenMixer,
+        ffn: nn.Module | None,
+        norm: str = "layernorm",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.mixer_norm = make_norm(norm, mixer.d_model)
+        self.mixer = mixer
+        self.ffn_norm = make_norm(norm, mixer.d_model) if ffn is not None else None
+        self.ffn = ffn
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.dropout(self.mixer(self.mixer_norm(x), mask))
+        if self.ffn is not None:
+            x = x + self.dropout(self.ffn(self.ffn_norm(x), mask))
+        return x
+
+    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One position of ``forward`` for incremental decoding; ``x_t`` is (B, d_model)."""
+        y_t, state = self.mixer.step(self.mixer_norm(x_t), state)
+        x_t = x_t + self.dropout(y_t)
+        if self.ffn is not None:
+            x_t = x_t + self.dropout(self.ffn(self.ffn_norm(x_t)[:, None])[:, 0])
+        return x_t, state
+
+
+class SequenceModel(nn.Module):
+    """A stack of blocks around one registered token mixer, for language modelling or
+    classification.
+
+    ``forward(tokens, mask)`` returns per-position logits (B, L, vocab_size), or, when
+    ``num_classes`` is set, logits (B, num_classes) from the mean of the final states over real
+    tokens (``mask`` True), so padding never changes a prediction.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 256,
+        n_layers: int = 4,
+        *,
+        mixer: str = "attention",
+        mixer_hparams: dict[str, Any] | None = None,
+        causal: bool = True,
+        max_len: int | None = 256,
+        ffn: str = "mlp",
+        ffn_mult: float = 4.0,
+        ffn_hparams: dict[str, Any] | None = None,
+        norm: str = "layernorm",
+        pos: str = "learned",
+        dropout: float = 0.0,
+        tie_embeddings: bool = True,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if vocab_size <= 0 or n_layers <= 0:
+            raise ValueError(
+                f"vocab_size and n_layers must be positive, got {vocab_size} and {n_layers}"
+            )
+        _choice("pos", pos, POS_KINDS)
+        hparams = dict(mixer_hparams or {})
+        if pos == "rope":
+            if "rope" not in accepted_hparams(mixer):
+                raise ValueError(
+                    f"pos='rope' rotates queries and keys inside the mixer, and mixer {mixer!r} "
+                    "has no 'rope' hyper-parameter; use pos=learned, sinusoidal or none"
+                )
+            hparams["rope"] = True
+        if pos in ("learned", "sinusoidal") and max_len is None:
+            raise ValueError(f"pos={pos!r} needs max_len (the longest sequence); pass max_len=")
+        if num_classes is not None and num_classes <= 1:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.causal = causal
+        self.max_len = max_len
+        self.pos = pos
+        self.num_classes = num_classes
+
+        self.embed = nn.Embedding(vocab_size, d_model)
+        if pos == "learned":
+            self.pos_embed = nn.Embedding(max_len, d_model)
+        elif pos == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(max_len, d_model), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                build_mixer(mixer, d_model, causal=causal, max_len=max_len, **hparams),
+                make_ffn(ffn, d_model, round(ffn_mult * d_model), dropout, dict(ffn_hparams or {})),
+                norm=norm,
+                dropout=dropout,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = make_norm(norm, d_model)
+        if num_classes is None:
+            self.head = nn.Linear(d_model, vocab_size, bias=False)
+        else:
+            self.head = nn.Linear(d_model, num_classes)
+        self._init_weights(n_layers)
+        if tie_embeddings and num_classes is None:
+            self.head.weight = self.embed.weight
+
+    def _init_weights(self, n_layers: int) -> None:
+        mixer_params = {id(p) for block in self.blocks for p in block.mixer.parameters()}
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in (
+                mixer_params
+            ):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            if isinstance(block.ffn, (MLP, GLU)):
+                block.ffn.down.weight.data.mul_(1 / math.sqrt(2 * n_layers))
+
+    # -- forward ----------------------------------------------------------------------------
+    def _positions(self, start: int, length: int, device: torch.device) -> Tensor | None:
+        if self.pos == "learned":
+            return self.pos_embed(torch.arange(start, start + length, device=device))
+        if self.pos == "sinusoidal":
+            return self.pos_table[start : start + length]
+        return None
+
+    def _check_tokens(self, tokens: Tensor, mask: Tensor | None) -> None:
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"tokens must be an integer tensor of shape (batch, length), got "
+                f"{tokens.dtype} {tuple(tokens.shape)}"
+            )
+        if self.max_len is not None and tokens.shape[1] > self.max_len:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} is longer than the model's max_len "
+                f"{self.max_len}; build the model with max_len >= {tokens.shape[1]}"
+            )
+        if mask is not None and mask.shape != tokens.shape:
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}"
+            )
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        self._check_tokens(tokens, mask)
+        x = self.embed(tokens)
+        positions = self._positions(0, tokens.shape[1], tokens.device)
+        if positions is not None:
+            x = x + positions
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.norm(x)
+        if self.num_classes is None:
+            return self.head(x)
+        if mask is None:
+            pooled = x.mean(dim=1)
+        else:
+            weights = mask.to(x.dtype).unsqueeze(-1)
+            pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return self.head(pooled)
+
+    @property
+    def aux_loss(self) -> Tensor:
+        """Sum of the auxiliary losses (e.g. MoE balancing) set during the last forward."""
+        losses = [
+            module.aux_loss
+            for module in self.modules()
+            if module is not self and getattr(module, "aux_loss", None) is not None
+        ]
+        if not losses:
+            return self.embed.weight.new_zeros(())
+        return torch.stack(losses).sum()
+
+    # -- accounting ---------------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Parameters, counting tied embeddings once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Analytic forward FLOPs per token: mixers, channel mixers and the output head."""
+        total = 2.0 * self.d_model * self.head.out_features
+        for block in self.blocks:
+            total += block.mixer.flops_per_token(seq_len)
+            if block.ffn is not None:
+                total += block.ffn.flops_per_token()
+        return total
+
+    # -- incremental decoding -----------------------------------------------------------------
+    @property
+    def supports_step(self) -> bool:
+        return (
+            self.causal
+            and self.num_classes is None
+            and all(block.mixer.supports_step for block in self.blocks)
+        )
+
+    def init_state(self, batch_size: int) -> dict[str, Any]:
+        return {
+            "position": 0,
+            "blocks": [block.mixer.init_state(batch_size) for block in self.blocks],
+        }
+
+    def step(self, token_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """Logits (B, vocab) for the next token after ``token_t`` (B,); equals ``forward``."""
+        position = state["position"]
+        if self.max_len is not None and position >= self.max_len:
+            raise ValueError(
+                f"decoding position {position + 1} exceeds the model's max_len {self.max_len}"
+            )
+        x = self.embed(token_t)
+        positions = self._positions(position, 1, token_t.device)
+        if positions is not None:
+            x = x + positions[0]
+        new_states = []
+        for block, block_state in zip(self.blocks, state["blocks"], strict=True):
+            x, block_state = block.step(x, block_state)
+            new_states.append(block_state)
+        return self.head(self.norm(x)), {"position": position + 1, "blocks": new_states}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` after ``prompt`` (B, T): prompt and continuation (B, T+n).
+
+        Uses the mixers' ``step`` (KV cache, RNN state, conv buffer, ...) when every mixer has one;
+        otherwise re-runs ``forward`` on the sequence so far. ``temperature=0`` is greedy.
+        """
+        if not self.causal or self.num_classes is not None:
+            raise ValueError("generate needs a causal language model (causal=True, no num_classes)")
+        total = prompt.shape[1] + max_new_tokens
+        if self.max_len is not None and total > self.max_len:
+            raise ValueError(
+                f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} "
+                f"exceeds the model's max_len {self.max_len}"
+            )
+        tokens = prompt
+        if self.supports_step:
+            state = self.init_state(prompt.shape[0])
+            for t in range(prompt.shape[1]):
+                logits, state = self.step(prompt[:, t], state)
+        else:
+            logits = self(prompt)[:, -1]
+        for _ in range(max_new_tokens):
+            next_token = _sample(logits, temperature, top_k, generator)
+            tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+            if tokens.shape[1] == total:
+                break
+            if self.supports_step:
+                logits, state = self.step(next_token, state)
+            else:
+                logits = self(tokens)[:, -1]
+        return tokens
+
+
+def _sample(
+    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
