@@ -16,6 +16,18 @@ from mixers.base import TokenMixer, register_mixer
 from mixers.positions import Rotary
 
 
+def padded_attention_mask(mask: Tensor, causal: bool) -> Tensor:
+    """The boolean SDPA mask (B, 1, L, L) for a right-padded batch: ``allowed[b, 0, i, j]`` says
+    whether query i may read key j. Keys are real ones only (and j <= i if causal). A padded query
+    may read every key: its output is unused, and a row with no allowed key (a sequence with no
+    real token) would make softmax produce NaN."""
+    length = mask.shape[1]
+    allowed = mask[:, None, None, :].expand(-1, 1, length, -1)
+    if causal:
+        allowed = allowed.tril()
+    return allowed | ~mask[:, None, :, None]
+
+
 @register_mixer("attention")
 class SelfAttention(TokenMixer):
     """Multi-head scaled dot-product self-attention, optionally with rotary positions (RoPE).
@@ -90,15 +102,7 @@ class SelfAttention(TokenMixer):
         # A mask without padding takes the fused path too (costs one host sync on GPU).
         if mask is None or bool(mask.all()):
             return self._attend(q, k, v, attn_mask=None, is_causal=self.causal)
-        # allowed[b, 0, i, j]: may query i read key j. Keys: real ones only (and j <= i if causal).
-        length = x.shape[1]
-        allowed = mask[:, None, None, :].expand(-1, 1, length, -1)
-        if self.causal:
-            tril = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-            allowed = allowed & tril
-        # A padded query may read every key: its output is unused, and a row with no allowed key
-        # (a sequence with no real token) would make softmax produce NaN.
-        allowed = allowed | ~mask[:, None, :, None]
+        allowed = padded_attention_mask(mask, self.causal)
         return self._attend(q, k, v, attn_mask=allowed, is_causal=False)
 
     def init_state(self, batch_size: int) -> dict[str, Any]:

@@ -8,9 +8,10 @@ Everything but the token mixer is fixed by the config, so an ablation swaps exac
 
 Init scheme (GPT-2 style, Radford et al. 2019): token and position embeddings and every Linear the
 model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases, and the last Linear
-of each channel mixer is scaled down by 1/sqrt(2 * n_layers) so the residual stream's variance does
-not grow with depth. Token mixers keep their own initialisation, because some carry meaning (gMLP's
-spatial weights start near zero so the unit starts as a per-token MLP); each mixer documents it.
+of each channel mixer (every expert's, for MoE) is scaled down by 1/sqrt(2 * n_layers) so the
+residual stream's variance does not grow with depth. Token mixers keep their own initialisation,
+because some carry meaning (gMLP's spatial weights start near zero so the unit starts as a
+per-token MLP); each mixer documents it.
 """
 
 from __future__ import annotations
@@ -217,8 +218,10 @@ class SequenceModel(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         for block in self.blocks:
-            if isinstance(block.ffn, (MLP, GLU)):
-                block.ffn.down.weight.data.mul_(1 / math.sqrt(2 * n_layers))
+            if block.ffn is not None:
+                moe = isinstance(block.ffn, MoEFeedForward)
+                out_weight = block.ffn.w_out if moe else block.ffn.down.weight
+                out_weight.data.mul_(1 / math.sqrt(2 * n_layers))
 
     # -- forward ----------------------------------------------------------------------------
     def _positions(self, start: int, length: int, device: torch.device) -> Tensor | None:

@@ -1,0 +1,332 @@
+"""gmlp / smlp token mixers and the MoE channel mixer: masks, decoding, init, routing, capacity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixers import SequenceModel, build_mixer
+from mixers.gmlp import SpatialMix
+from mixers.moe import MoEFeedForward
+from mixers.smlp import ExpertLayerNorm
+
+D, MAX_LEN = 16, 12
+
+VARIANTS = {
+    "gmlp": ("gmlp", {}),
+    "gmlp-heads": ("gmlp", {"heads": 4}),
+    "amlp": ("gmlp", {"attn_dim": 8}),
+    "smlp": ("smlp", {"n_experts": 4}),
+}
+
+
+def make(variant: str, causal: bool = True, trained: bool = True, **overrides):
+    """A mixer in eval mode; ``trained`` replaces the near-zero init of W by large random weights
+    so that position mixing is strong enough for the mask tests to see any leak."""
+    name, hparams = VARIANTS[variant]
+    torch.manual_seed(0)
+    mixer = build_mixer(name, D, causal=causal, max_len=MAX_LEN, **{**hparams, **overrides})
+    if trained:
+        with torch.no_grad():
+            mixer.spatial.weight.normal_(0.0, 0.5)
+            mixer.spatial.bias.normal_(1.0, 0.5)
+    return mixer.eval()
+
+
+def inputs(batch: int = 2, length: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shape_and_finite(variant, causal):
+    y = make(variant, causal)(inputs())
+    assert y.shape == (2, 10, D)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causal_output_ignores_the_future(variant):
+    mixer, x = make(variant), inputs()
+    changed = x.clone()
+    changed[:, 6:] = torch.randn_like(changed[:, 6:])
+    y, y_changed = mixer(x), mixer(changed)
+    torch.testing.assert_close(y[:, :6], y_changed[:, :6], atol=1e-6, rtol=0)
+    assert not torch.allclose(y[:, 6:], y_changed[:, 6:])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_encoder_sees_the_future(variant):
+    mixer, x = make(variant, causal=False), inputs()
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    assert (mixer(x)[:, 0] - mixer(changed)[:, 0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_invariance(variant, causal):
+    """A padded batch equals each sequence alone on real positions, whatever the padding holds."""
+    mixer = make(variant, causal)
+    x = inputs(2, 10)
+    x[1, 6:] = 100.0 * torch.randn(4, D)  # loud garbage at padded positions
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    batched = mixer(x, mask)
+    torch.testing.assert_close(batched[0], mixer(x[:1])[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[1, :6], mixer(x[1:, :6])[0], atol=1e-5, rtol=0)
+    assert torch.isfinite(batched).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_step_equals_forward(variant):
+    mixer, x = make(variant), inputs(2, MAX_LEN)
+    state = mixer.init_state(2)
+    steps = []
+    for t in range(MAX_LEN):
+        y_t, state = mixer.step(x[:, t], state)
+        steps.append(y_t)
+    assert state["position"] == MAX_LEN
+    torch.testing.assert_close(torch.stack(steps, dim=1), mixer(x), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        mixer.step(x[:, 0], state)
+
+
+def test_encoder_cannot_step():
+    mixer = make("gmlp", causal=False)
+    with pytest.raises(ValueError, match="causal"):
+        mixer.step(inputs()[:, 0], mixer.init_state(2))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradient_reaches_every_parameter_at_init(variant):
+    """Even with W ~ 0 at init the mix is linear in W, so W gets a gradient from the start."""
+    mixer = make(variant, trained=False).train()
+    mixer(inputs()).pow(2).sum().backward()
+    for name, p in mixer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # Causal: only the lower triangle of W is used, so only it learns.
+    upper = torch.ones(MAX_LEN, MAX_LEN, dtype=torch.bool).triu(1)
+    assert (mixer.spatial.weight.grad[:, upper] == 0).all()
+
+
+@pytest.mark.parametrize("variant", ["gmlp", "smlp"])
+def test_init_is_a_per_token_mlp(variant):
+    """W ~ 0, b = 1 at init: other positions barely move a position's output, its own input does."""
+    mixer, x = make(variant, causal=False, trained=False), inputs()
+    others, own = x.clone(), x.clone()
+    others[:, 1:] = torch.randn_like(others[:, 1:])
+    own[:, 0] = torch.randn_like(own[:, 0])
+    y = mixer(x)[:, 0]
+    from_others = (mixer(others)[:, 0] - y).abs().max()
+    from_own = (mixer(own)[:, 0] - y).abs().max()
+    assert from_others < 1e-3 * from_own
+
+
+def test_spatial_mix_groups_have_their_own_weights():
+    mix = SpatialMix(8, 5, groups=2, causal=True)
+    with torch.no_grad():
+        mix.weight[0] = torch.eye(5)
+        mix.weight[1] = torch.eye(5).roll(1, dims=0).tril()  # shift by one position
+        mix.bias.zero_()
+    v = torch.randn(3, 5, 8)
+    s = mix(v)
+    torch.testing.assert_close(s[..., :4], v[..., :4])
+    torch.testing.assert_close(s[:, 1:, 4:], v[:, :-1, 4:])
+    torch.testing.assert_close(s[:, 0, 4:], torch.zeros(3, 4))
+
+
+def test_causal_spatial_mix_ignores_upper_triangle_of_w():
+    mix = SpatialMix(4, 6, causal=True)
+    v = torch.randn(2, 6, 4)
+    before = mix(v)
+    with torch.no_grad():
+        mix.weight.add_(torch.ones(6, 6).triu(1) * 5.0)
+    torch.testing.assert_close(mix(v), before)
+
+
+def test_shorter_inputs_use_the_leading_block_of_w():
+    mixer, x = make("gmlp"), inputs(1, MAX_LEN)
+    torch.testing.assert_close(mixer(x[:, :5]), mixer(x)[:, :5], atol=1e-6, rtol=0)
+
+
+def test_heads_and_experts_set_the_number_of_spatial_matrices():
+    assert make("gmlp").spatial.weight.shape == (1, MAX_LEN, MAX_LEN)
+    assert make("gmlp-heads").spatial.weight.shape == (4, MAX_LEN, MAX_LEN)
+    smlp = make("smlp", n_experts=2)
+    assert smlp.spatial.weight.shape == (2, MAX_LEN, MAX_LEN)
+    assert isinstance(smlp.gate_norm, ExpertLayerNorm)
+
+
+def test_expert_norm_keeps_experts_independent():
+    """Expert i's normalised input depends on chunk i alone (a shared LayerNorm would mix them)."""
+    norm = ExpertLayerNorm(8, n_experts=2)
+    v = torch.randn(3, 5, 8)
+    changed = v.clone()
+    changed[..., 4:] = 10.0 * torch.randn(3, 5, 4)
+    torch.testing.assert_close(norm(changed)[..., :4], norm(v)[..., :4])
+    torch.testing.assert_close(norm(v)[..., :4], F.layer_norm(v[..., :4], (4,)))
+
+
+def test_amlp_attention_contributes_to_the_gate():
+    mixer, x = make("amlp"), inputs()
+    y = mixer(x)
+    with torch.no_grad():
+        mixer.attn.out.weight.zero_()
+        mixer.attn.out.bias.zero_()
+    assert (mixer(x) - y).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_too_long_input_names_both_lengths(variant):
+    mixer = make(variant)
+    with pytest.raises(ValueError, match=rf"{MAX_LEN + 1}.*max_len {MAX_LEN}"):
+        mixer(inputs(1, MAX_LEN + 1))
+
+
+@pytest.mark.parametrize(
+    ("name", "hparams", "match"),
+    [
+        ("gmlp", {"d_ffn": 33}, "even"),
+        ("gmlp", {"heads": 3}, "heads"),
+        ("gmlp", {"attn_dim": -1}, "attn_dim"),
+        ("smlp", {"n_experts": 3}, "n_experts"),
+    ],
+)
+def test_bad_hparams_raise(name, hparams, match):
+    with pytest.raises(ValueError, match=match):
+        build_mixer(name, D, max_len=MAX_LEN, **hparams)
+
+
+@pytest.mark.parametrize("name", ["gmlp", "smlp"])
+def test_max_len_is_required(name):
+    with pytest.raises(ValueError, match="max_len"):
+        build_mixer(name, D, max_len=None)
+
+
+def test_flops_per_token():
+    gmlp = build_mixer("gmlp", D, causal=True, max_len=MAX_LEN, d_ffn=32)
+    projections = 2 * (D * 32 + 16 * D)
+    assert gmlp.flops_per_token(8) == projections + 2 * 4 * 16  # causal: half of 8 positions
+    encoder = build_mixer("gmlp", D, causal=False, max_len=MAX_LEN, d_ffn=32)
+    assert encoder.flops_per_token(8) == projections + 2 * 8 * 16
+    amlp = build_mixer("gmlp", D, causal=True, max_len=MAX_LEN, d_ffn=32, attn_dim=8)
+    tiny = 2 * (D * 24 + 8 * 16) + 2 * 2 * 4 * 8
+    assert amlp.flops_per_token(8) == gmlp.flops_per_token(8) + tiny
+    smlp = build_mixer("smlp", D, causal=True, max_len=MAX_LEN, d_ffn=32, n_experts=4)
+    assert smlp.flops_per_token(8) == gmlp.flops_per_token(8)  # experts add parameters, not FLOPs
+
+
+# -- MoE channel mixer ----------------------------------------------------------------------
+
+
+def make_moe(**kwargs) -> MoEFeedForward:
+    torch.manual_seed(0)
+    return MoEFeedForward(D, 32, **{"n_experts": 4, **kwargs})
+
+
+def route_everything_to_expert_zero(moe: MoEFeedForward) -> None:
+    """With positive inputs, expert 0's logit is large and the others are 0."""
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 1.0
+
+
+def positive_tokens(batch: int = 2, length: int = 8) -> torch.Tensor:
+    return inputs(batch, length).abs() + 0.5
+
+
+def reference_moe(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
+    """Token by token: p_e * MLP_e(x) for the top-1 expert e (no capacity)."""
+    rows = []
+    for token in x.reshape(-1, D):
+        probs = F.softmax(moe.router(token), dim=-1)
+        e = int(probs.argmax())
+        hidden = F.gelu(token @ moe.w_in[e] + moe.b_in[e, 0])
+        rows.append(probs[e] * (hidden @ moe.w_out[e] + moe.b_out[e, 0]))
+    return torch.stack(rows).view_as(x)
+
+
+def test_moe_matches_per_token_reference():
+    moe, x = make_moe().eval(), inputs()
+    with torch.no_grad():
+        moe.router.weight.normal_(0.0, 1.0)  # spread tokens over several experts
+    torch.testing.assert_close(moe(x), reference_moe(moe, x), atol=1e-6, rtol=1e-5)
+
+
+def test_moe_aux_loss_is_weight_for_uniform_router_and_n_times_for_collapse():
+    moe = make_moe(aux_loss_weight=0.01)
+    with torch.no_grad():
+        moe.router.weight.zero_()  # p_i = 1/n for every token
+    moe(inputs())
+    assert math.isclose(moe.aux_loss.item(), 0.01, rel_tol=1e-5)
+    route_everything_to_expert_zero(moe)
+    moe(positive_tokens())
+    assert math.isclose(moe.aux_loss.item(), 0.01 * 4, rel_tol=1e-3)  # f_0 = p_0 = 1
+
+
+def test_moe_capacity_drops_overflow_and_counts_it():
+    moe = make_moe(capacity_factor=1.0).train()
+    route_everything_to_expert_zero(moe)
+    x = positive_tokens(2, 8)  # 16 tokens, capacity ceil(16 / 4) = 4 per expert
+    y = moe(x).view(-1, D)
+    assert moe.last_dropped_fraction == pytest.approx(12 / 16)
+    assert (y[:4].abs().sum(dim=-1) > 0).all()  # first come, first served
+    assert (y[4:] == 0).all()
+
+
+def test_moe_eval_has_no_capacity_limit_and_is_batch_independent():
+    moe = make_moe(capacity_factor=1.0).eval()
+    route_everything_to_expert_zero(moe)
+    x = positive_tokens(2, 8)
+    y = moe(x)
+    assert moe.last_dropped_fraction == 0.0
+    assert (y.abs().sum(dim=-1) > 0).all()
+    torch.testing.assert_close(y[1:], moe(x[1:]), atol=1e-6, rtol=0)
+
+
+def test_moe_masked_tokens_are_not_routed():
+    moe = make_moe(capacity_factor=1.0).train()
+    x = inputs(2, 8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 3:] = False
+    y = moe(x, mask)
+    assert (y[1, 3:] == 0).all()
+    aux, dropped = moe.aux_loss, moe.last_dropped_fraction
+    # Same statistics as the real tokens alone: padding takes no capacity, no part in the loss.
+    real = torch.cat((x[0], x[1, :3]))[None]
+    torch.testing.assert_close(y[mask][None], moe(real), atol=1e-6, rtol=0)
+    torch.testing.assert_close(aux, moe.aux_loss)
+    assert dropped == moe.last_dropped_fraction
+
+    moe(x, torch.zeros(2, 8, dtype=torch.bool))  # no real token at all
+    assert moe.aux_loss.item() == 0.0
+
+
+def test_moe_gradient_reaches_router_through_the_gate():
+    moe = make_moe(aux_loss_weight=0.0).train()
+    moe(inputs()).pow(2).sum().backward()
+    for name, p in moe.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_moe_flops_and_bad_arguments():
+    assert make_moe().flops_per_token() == 2 * (D * 4 + 2 * D * 32)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        MoEFeedForward(D, 32, capacity_factor=0.0)
+    with pytest.raises(ValueError, match="mask"):
+        make_moe()(inputs(), torch.ones(2, 9, dtype=torch.bool))
+
+
+def test_sequence_model_with_smlp_and_moe_sums_aux_losses():
+    """The paper's sparse block: sMoE token mixer + tMoE channel mixer."""
+    torch.manual_seed(0)
+    model = SequenceModel(30, D, 2, mixer="smlp", max_len=MAX_LEN, ffn="moe")
+    tokens = torch.randint(0, 30, (2, MAX_LEN))
+    logits = model(tokens)
+    assert logits.shape == (2, MAX_LEN, 30)
+    moe_losses = [block.ffn.aux_loss for block in model.blocks]
+    torch.testing.assert_close(model.aux_loss, torch.stack(moe_losses).sum())
