@@ -1,0 +1,355 @@
+"""mixerlab compare on synthetic run directories (results.json + metrics.csv), no training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.compare import Curve, Run, infer_mode, main, read_curve, seed_band
+
+STEPS = (10, 20, 30)
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """rich wraps to 80 columns when not on a terminal; the checks read whole cells."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def write_run(
+    root: Path,
+    name: str,
+    *,
+    mixer: str,
+    seed: int,
+    loss: float,
+    acc: float = 0.5,
+    lr: float = 1e-3,
+    d_model: int = 64,
+    params: int = 1000,
+    tokens_per_s: float = 500.0,
+    wall_s: float = 30.0,
+    status: str = "finished",
+    error: str | None = None,
+) -> Path:
+    """A run folder as the train app leaves it; the val/loss curve ends at ``loss``."""
+    run = root / name
+    run.mkdir(parents=True)
+    curve = [loss + 0.1 * (len(STEPS) - 1 - i) for i in range(len(STEPS))]
+    with (run / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "wall_s", "train/loss", "val/loss", "val/acc"])
+        for step, value in zip(STEPS, curve, strict=True):
+            writer.writerow([step - 5, (step - 5) * 0.5, value + 0.3, "", ""])  # a train-only row
+            writer.writerow([step, step * 0.5 + seed, "", value, acc])
+    results = {
+        "status": status,
+        "mixer": mixer,
+        "task": "mqar",
+        "seed": seed,
+        "params": params,
+        "flops_per_token": 2.0 * params,
+        "metrics": {"val/loss": loss, "val/acc": acc},
+        "best": {"val/loss": loss, "val/acc": acc},
+        "tokens_per_s": tokens_per_s,
+        "wall_s": wall_s,
+        "wandb_run_id": None,
+        "checkpoints": {"last": None, "best": None},
+        "config": {
+            "mixer": {"name": mixer},
+            "model": {"d_model": d_model, "n_layers": 2},
+            "optim": {"lr": lr, "weight_decay": 0.1},
+            "task": {"name": "mqar"},
+            "seed": seed,
+        },
+        "error": error,
+        "history": "metrics.csv",
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def two_by_two(root: Path) -> None:
+    """2 mixers x 2 seeds, attention clearly better on val/loss."""
+    write_run(root, "a0", mixer="attention", seed=0, loss=1.0, tokens_per_s=900, params=2000)
+    write_run(root, "a1", mixer="attention", seed=1, loss=1.2, tokens_per_s=1100, params=2000)
+    write_run(root, "r0", mixer="rnn", seed=0, loss=2.0, tokens_per_s=400, wall_s=50)
+    write_run(root, "r1", mixer="rnn", seed=1, loss=2.5, tokens_per_s=600, wall_s=70)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_aggregates_match_the_runs_results(tmp_path, capsys):
+    two_by_two(tmp_path / "runs")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+
+    rows = read_csv(out / "comparison.csv")
+    assert [row["mixer"] for row in rows] == ["attention", "rnn"]  # best val/loss first
+    for row in rows:
+        results = [
+            json.loads(p.read_text())
+            for p in (tmp_path / "runs").glob("*/results.json")
+            if json.loads(p.read_text())["mixer"] == row["mixer"]
+        ]
+        losses = [r["best"]["val/loss"] for r in results]
+        assert int(row["n"]) == len(results) == 2
+        assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses))
+        assert float(row["val/loss_std"]) == pytest.approx(statistics.stdev(losses))
+        assert float(row["tokens_per_s_mean"]) == pytest.approx(
+            statistics.mean(r["tokens_per_s"] for r in results)
+        )
+        assert float(row["wall_s_mean"]) == pytest.approx(
+            statistics.mean(r["wall_s"] for r in results)
+        )
+        assert float(row["params"]) == results[0]["params"]
+        assert float(row["flops_per_token"]) == results[0]["flops_per_token"]
+        assert sorted(row["seeds"].split(";")) == ["0", "1"]
+        assert row["lr_picked"] == "false"
+    terminal = capsys.readouterr().out
+    assert "attention" in terminal and "rnn" in terminal
+    assert "failed and unfinished" not in terminal
+
+
+def test_lr_grid_keeps_the_best_lr_per_group_and_says_so(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root, f"a{seed}", mixer="attention", seed=seed, loss=1.0 + seed / 10)
+        write_run(root, f"r1e-3_{seed}", mixer="rnn", seed=seed, lr=1e-3, loss=2.0, acc=0.9)
+        write_run(
+            root, f"r3e-3_{seed}", mixer="rnn", seed=seed, lr=3e-3, loss=1.5 + seed / 2, acc=0.6
+        )
+        # diverged (NaN); the smallest lr, so it comes first where a careless min() would keep it
+        write_run(root, f"r1e-4_{seed}", mixer="rnn", seed=seed, lr=1e-4, loss=math.nan, acc=0.1)
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out)]) == 0
+
+    rows = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}
+    rnn = rows["rnn"]
+    assert float(rnn["lr"]) == pytest.approx(3e-3)  # 1.75 beats 2.0; the diverged (NaN) lr loses
+    assert rnn["lr_picked"] == "true"
+    assert float(rnn["val/loss_mean"]) == pytest.approx(1.75)
+    assert int(rnn["n"]) == 2 and "r3e-3_0" in rnn["runs"] and "r1e-3_0" not in rnn["runs"]
+    assert rows["attention"]["lr_picked"] == "false"
+    terminal = capsys.readouterr().out
+    assert "picked optim.lr=0.003" in terminal
+    assert "best of 3" in terminal
+    markdown = (out / "comparison.md").read_text()
+    assert "## Learning-rate selection" in markdown and "picked optim.lr=0.003" in markdown
+    assert "picked optim.lr=0.003" in (out / "report.html").read_text()
+
+    # maximising accuracy picks another lr: 1e-3 has the best val/acc
+    assert main([str(root), "--out", str(out), "--metric", "val/acc"]) == 0
+    rnn = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}["rnn"]
+    assert float(rnn["lr"]) == pytest.approx(1e-3)
+    assert float(rnn["val/acc_mean"]) == pytest.approx(0.9)
+
+
+def test_lr_grid_is_shown_row_by_row_when_lr_is_a_grouping_key(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "a", mixer="rnn", seed=0, lr=1e-3, loss=2.0)
+    write_run(root, "b", mixer="rnn", seed=0, lr=3e-3, loss=1.0)
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out), "--by", "mixer,optim.lr"]) == 0
+    rows = read_csv(out / "comparison.csv")
+    assert [(row["optim.lr"], row["lr_picked"]) for row in rows] == [
+        ("0.003", "false"),
+        ("0.001", "false"),
+    ]
+
+
+def test_failed_and_interrupted_runs_are_listed_apart(tmp_path, capsys):
+    root = tmp_path / "runs"
+    two_by_two(root)
+    traceback = "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory"
+    write_run(root, "gm0", mixer="gmlp", seed=0, loss=0.1, status="failed", error=traceback)
+    write_run(root, "r2", mixer="rnn", seed=2, loss=0.2, status="interrupted")
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out)]) == 0
+
+    rows = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}
+    assert set(rows) == {"attention", "rnn"}  # gmlp has no finished run
+    assert rows["rnn"]["n"] == "2" and float(rows["rnn"]["val/loss_mean"]) == pytest.approx(2.25)
+    terminal = capsys.readouterr().out
+    assert "failed and unfinished runs" in terminal
+    assert "RuntimeError: CUDA out of memory" in terminal and "interrupted" in terminal
+    markdown = (out / "comparison.md").read_text()
+    section = markdown.split("## Failed and unfinished runs")[1]
+    assert "gm0" in section and "| failed |" in section and "RuntimeError: CUDA" in section
+    assert "r2" in section and "| interrupted |" in section
+    assert "File x" in (out / "report.html").read_text()  # the full traceback
+
+
+def test_all_output_files_are_written(tmp_path):
+    root = tmp_path / "runs"
+    two_by_two(root)
+    assert main([str(root)]) == 0  # default out: the first path's comparison/
+    out = root / "comparison"
+    pngs = ["curve_step.png", "curve_wall.png", "metric_vs_params.png", "throughput.png"]
+    for name in ["comparison.csv", "comparison.md", "report.html", *pngs]:
+        assert (out / name).stat().st_size > 0, name
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == len(pngs)
+    assert "<td>attention</td>" in report
+    assert not list(out.glob(".*tmp"))
+    # compare again over the same folder: the outputs are not taken for runs
+    assert main([str(root)]) == 0
+    assert len(read_csv(out / "comparison.csv")) == 2
+
+
+def test_by_config_keys(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for mixer in ("attention", "conv"):
+        for d_model in (32, 64):
+            for seed in (0, 1):
+                loss = d_model / 100 + seed / 10 + (mixer == "conv")
+                write_run(
+                    root,
+                    f"{mixer}{d_model}s{seed}",
+                    mixer=mixer,
+                    seed=seed,
+                    d_model=d_model,
+                    loss=loss,
+                )
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out), "--by", "mixer.name,model.d_model"]) == 0
+    rows = read_csv(out / "comparison.csv")
+    assert [(r["mixer.name"], r["model.d_model"], r["n"]) for r in rows] == [
+        ("attention", "32", "2"),
+        ("attention", "64", "2"),
+        ("conv", "32", "2"),
+        ("conv", "64", "2"),
+    ]
+    assert float(rows[1]["val/loss_mean"]) == pytest.approx(0.69)
+    assert "warning" not in capsys.readouterr().out
+
+    # grouping by mixer alone mixes two widths: the output says which key differs
+    assert main([str(root), "--out", str(out)]) == 0
+    terminal = capsys.readouterr().out
+    assert "warning" in terminal and "model.d_model" in terminal
+
+
+def test_no_results_names_the_paths_and_how_to_make_runs(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path / "empty") in error and "mixerlab train" in error
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "no such path" in capsys.readouterr().err
+
+
+def test_unknown_or_seed_by_key_is_refused(tmp_path, capsys):
+    two_by_two(tmp_path)
+    assert main([str(tmp_path), "--by", "model.d_modl"]) == 2
+    error = capsys.readouterr().err
+    assert "model.d_modl" in error and "Did you mean model.d_model?" in error
+    assert "optim.lr" in error and "tokens_per_s" not in error
+    assert main([str(tmp_path), "--by", "mixer,seed"]) == 2
+    assert "averaged over" in capsys.readouterr().err
+    assert not (tmp_path / "comparison").exists()
+
+
+def test_metric_missing_in_some_runs_names_them(tmp_path, capsys):
+    two_by_two(tmp_path)
+    results = tmp_path / "r1" / "results.json"
+    data = json.loads(results.read_text())
+    del data["best"]["val/acc"]
+    results.write_text(json.dumps(data))
+    assert main([str(tmp_path), "--metric", "val/acc"]) == 2
+    error = capsys.readouterr().err
+    named = error.split("Metrics")[0]
+    assert str(tmp_path / "r1") in named and "1 of 4" in named and "a0" not in named
+
+
+def test_only_failed_runs_is_an_error_that_still_lists_them(tmp_path, capsys):
+    write_run(tmp_path, "x", mixer="rnn", seed=0, loss=1, status="failed", error="ValueError: boom")
+    assert main([str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "ValueError: boom" in captured.out and "none of the 1 runs finished" in captured.err
+
+
+def test_curves_come_from_the_runs_metrics_csv(tmp_path, capsys):
+    run = write_run(tmp_path, "a0", mixer="attention", seed=3, loss=1.0)
+    curve = read_curve(Run(run, json.loads((run / "results.json").read_text())), "val/loss")
+    assert curve.step.tolist() == list(STEPS)  # train-only rows skipped
+    assert curve.value.tolist() == pytest.approx([1.2, 1.1, 1.0])
+    assert curve.wall_s.tolist() == [s * 0.5 + 3 for s in STEPS]
+
+    write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.0)
+    (tmp_path / "a1" / "metrics.csv").unlink()
+    assert main([str(tmp_path)]) == 0
+    terminal = capsys.readouterr().out
+    assert (
+        "no val/loss curve for 1 run(s)" in terminal and "history metrics.csv not found" in terminal
+    )
+
+
+def test_seed_band_interpolates_onto_the_shared_steps():
+    a = Curve(np.array([0.0, 10.0, 20.0]), np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+    b = Curve(np.array([5.0, 15.0, 25.0]), np.array([5.0, 7.0, 9.0]), np.array([3.0, 3.0, 3.0]))
+    band = seed_band([a, b], "minmax")
+    assert band.step.tolist() == [5.0, 10.0, 15.0, 20.0]  # only where both seeds have data
+    assert band.wall_s.tolist() == pytest.approx([2.75, 3.5, 4.25, 5.0])  # mean time to the step
+    assert band.center.tolist() == pytest.approx([2.25, 2.5, 2.75, 3.0])
+    assert band.low.tolist() == pytest.approx([1.5, 2.0, 2.5, 3.0])
+    assert band.high.tolist() == pytest.approx([3.0] * 4)
+    band = seed_band([a, b], "std")
+    spread = np.std([[1.5, 2, 2.5, 3], [3] * 4], axis=0, ddof=1)
+    assert (band.high - band.center).tolist() == pytest.approx(spread.tolist())
+    late = Curve(a.step + 100, a.wall_s, a.value)
+    assert seed_band([a, late], "minmax") is None
+
+
+def test_mode_is_inferred_from_the_metric_name():
+    assert infer_mode("val/loss") == infer_mode("val/bpb") == infer_mode("val/ppl") == "min"
+    assert infer_mode("val/acc") == infer_mode("val/acc@seq_len=256,kv=16") == "max"
+    with pytest.raises(ValueError, match="--mode"):
+        infer_mode("val/score")
+
+
+@pytest.mark.slow
+def test_real_sweep_then_compare(tmp_path, capsys):
+    """Two mixers x two seeds through `mixerlab train -m` (tiny, CPU), then compare the sweep."""
+    sweep = tmp_path / "sweep"
+    env = {
+        **os.environ,
+        "MIXERLAB_CACHE": str(tmp_path / "cache"),
+        "WANDB_MODE": "disabled",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    overrides = ["trainer=debug", "logger=none", "model.d_model=16", "model.n_layers=1"]
+    command = [sys.executable, "-m", "experiments.cli", "train", "-m", *overrides]
+    command += ["mixer=attention,conv", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().out  # every run has its curve
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert len(results) == 4 and {r["status"] for r in results} == {"finished"}
+    rows = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}
+    assert set(rows) == {"attention", "conv"}
+    for mixer, row in rows.items():
+        runs = [r for r in results if r["mixer"] == mixer]
+        assert row["n"] == "2" and sorted(row["seeds"].split(";")) == ["0", "1"]
+        losses = [r["best"]["val/loss"] for r in runs]
+        assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses))
+        assert float(row["params"]) == runs[0]["params"]
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
