@@ -1,0 +1,118 @@
+"""The ``mixerlab`` command: one entry point, subcommands imported only when used.
+
+mixerlab train [hydra overrides and flags]   # train (Hydra app: -m, --cfg job, --help, ...)
+mixerlab list                                # mixers, tasks and experiments, one line each
+mixerlab compare RUN_DIR...                  # tables and curves over finished runs
+mixerlab bench [NAME...]                     # speed benchmarks
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any
+
+import yaml
+
+COMMANDS = {
+    "train": "train a model (a Hydra app: overrides, -m, --cfg job, --help, --info)",
+    "list": "list the mixers, tasks and experiments",
+    "compare": "compare finished runs: tables and curves",
+    "bench": "speed benchmarks (tokens/s, Lightning overhead, reference models)",
+}
+# Modules with main(argv) -> int, imported only when their command runs, so that `mixerlab list`
+# does not pay for Lightning and Hydra.
+MODULES = {
+    "train": "experiments.train",
+    "compare": "experiments.compare",
+    "bench": "experiments.bench",
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, help_ in COMMANDS.items()]
+    return (
+        "usage: mixerlab COMMAND [ARGS...]\n\ncommands:\n"
+        + "\n".join(lines)
+        + ("\n\n`mixerlab COMMAND --help` shows a command's own options.")
+    )
+
+
+def _conf_entries(group: str) -> list[tuple[str, str]]:
+    """(name, text) of every YAML file of a config group shipped in the ``conf`` package."""
+    folder = files("conf") / group
+    if not folder.is_dir():
+        return []
+    entries = [
+        (entry.name.removesuffix(".yaml"), entry.read_text())
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    ]
+    return sorted(entries)
+
+
+def _first_comment(text: str) -> str:
+    """An experiment's description: its first comment line that is not a Hydra header."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") and not stripped.lstrip("# ").startswith("@"):
+            return stripped.lstrip("# ").strip()
+    return ""
+
+
+def _task_description(text: str) -> str:
+    data: Any = yaml.safe_load(text) or {}
+    return str(data.get("description", "")) if isinstance(data, dict) else ""
+
+
+def list_components() -> dict[str, list[tuple[str, str]]]:
+    """What can be combined: registered mixers (plugins too), shipped tasks and experiments."""
+    from mixers import available_mixers, describe_mixer
+
+    return {
+        "mixers": [(name, describe_mixer(name)) for name in available_mixers()],
+        "tasks": [(name, _task_description(text)) for name, text in _conf_entries("task")],
+        "experiments": [(name, _first_comment(text)) for name, text in _conf_entries("experiment")],
+    }
+
+
+def _print_list(argv: Sequence[str]) -> int:
+    if argv:
+        print("usage: mixerlab list   (takes no arguments)", file=sys.stderr)
+        return 0 if argv[0] in ("-h", "--help") else 2
+    sections = list_components()
+    width = max(len(name) for entries in sections.values() for name, _ in entries)
+    usage = {
+        "mixers": "mixer=<name>",
+        "tasks": "task=<name>",
+        "experiments": "experiment=<name>",
+    }
+    for section, entries in sections.items():
+        print(f"{section} ({usage[section]}):")
+        for name, description in entries:
+            print(f"  {name:<{width}}  {description}")
+        print()
+    print("A plugin mixer without a conf file: mixer=plugin mixer.name=<name> +mixer.<hparam>=...")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"mixerlab: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    if command == "list":
+        return _print_list(rest)
+    module = importlib.import_module(MODULES[command])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

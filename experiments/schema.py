@@ -1,0 +1,320 @@
+"""The shape of a composed training config, checked before any work starts.
+
+Hydra composes YAML without knowing what the keys mean; a typo in an experiment file or a
+``+model.d_modle=64`` override would otherwise surface minutes later as a TypeError deep inside
+training, or never. :func:`validate_config` walks the composed config against the dataclasses
+below (and the mixer registry for ``mixer``) and raises one :class:`ConfigError` that lists every
+problem with the key, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mixers import available_mixers, get_mixer_class, mixer_hparams
+from mixers.model import FFN_KINDS, NORM_KINDS, POS_KINDS
+
+
+class ConfigError(ValueError):
+    """A mistake in the run's config: the message names each key, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Allowed values of a field (``Annotated[int, Allowed(lo=1)]``): choices or a closed range."""
+
+    choices: tuple[Any, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+
+
+NO_LIMITS = Allowed()
+
+
+@dataclass
+class ModelConfig:
+    d_model: Annotated[int, Allowed(lo=1)]
+    n_layers: Annotated[int, Allowed(lo=1)]
+    ffn: Annotated[str, Allowed(choices=FFN_KINDS)]
+    ffn_mult: Annotated[float, Allowed(lo=0)]
+    ffn_hparams: dict[str, Any]
+    norm: Annotated[str, Allowed(choices=NORM_KINDS)]
+    pos: Annotated[str, Allowed(choices=POS_KINDS)]
+    dropout: Annotated[float, Allowed(lo=0, hi=0.999)]
+    tie_embeddings: bool
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    description: str
+    type: Annotated[str, Allowed(choices=("lm", "classification"))]
+    causal: bool
+    datamodule: dict[str, Any]
+
+
+@dataclass
+class OptimConfig:
+    lr: Annotated[float, Allowed(lo=1e-12)]
+    weight_decay: Annotated[float, Allowed(lo=0)]
+    betas: Annotated[list[float], Allowed(lo=0, hi=0.9999)]
+    warmup_steps: Annotated[int, Allowed(lo=0)]
+    min_lr_ratio: Annotated[float, Allowed(lo=0, hi=1)]
+    grad_clip: Annotated[float | None, Allowed(lo=0)]
+
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", 32, 16, 64)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: Annotated[str, Allowed(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu"))]
+    devices: int | str | list[int]
+    strategy: str
+    precision: Annotated[str | int, Allowed(choices=PRECISIONS)]
+    max_steps: Annotated[int, Allowed(lo=1)]
+    val_check_interval: Annotated[int, Allowed(lo=1)]
+    limit_val_batches: Annotated[int | float, Allowed(lo=0)]
+    log_every_n_steps: Annotated[int, Allowed(lo=1)]
+    accumulate_grad_batches: Annotated[int, Allowed(lo=1)]
+    num_sanity_val_steps: Annotated[int, Allowed(lo=-1)]
+    deterministic: bool
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str
+    save_last: bool
+    save_top_k: Annotated[int, Allowed(lo=-1)]
+    every_n_train_steps: Annotated[int | None, Allowed(lo=1)]
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig
+    progress_bar: bool
+    extra: list[dict[str, Any]]
+
+
+@dataclass
+class WandbConfig:
+    kind: Annotated[str, Allowed(choices=("wandb",))]
+    mode: Annotated[str, Allowed(choices=("auto", "offline", "online", "disabled"))]
+    project: str
+    entity: str | None
+    group: str | None
+    tags: list[str]
+    job_type: str
+
+
+@dataclass
+class PlainLoggerConfig:
+    kind: Annotated[str, Allowed(choices=("csv", "none"))]
+
+
+LOGGERS: dict[str, type] = {
+    "wandb": WandbConfig,
+    "csv": PlainLoggerConfig,
+    "none": PlainLoggerConfig,
+}
+
+
+@dataclass
+class TrainConfig:
+    seed: Annotated[int, Allowed(lo=0)]
+    compile: bool
+    name: str
+    cache_dir: str | None
+    ckpt_path: str | None
+    mixer: dict[str, Any]  # checked against the registry, see _check_mixer
+    model: ModelConfig
+    task: TaskConfig
+    optim: OptimConfig
+    trainer: TrainerConfig
+    logger: dict[str, Any]  # checked against LOGGERS[kind], see _check_logger
+    callbacks: CallbacksConfig
+
+
+def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Resolve ``cfg`` and check it; returns it as plain dicts/lists or raises ConfigError."""
+    try:
+        plain = OmegaConf.to_container(
+            OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg,
+            resolve=True,
+            throw_on_missing=True,
+        )
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"the config cannot be resolved: {err}") from None
+    problems: list[str] = []
+    _check(plain, TrainConfig, "", problems)
+    if not problems:
+        _check_mixer(plain["mixer"], problems)
+        _check_logger(plain["logger"], problems)
+        _check_cross(plain, problems)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(
+            f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{listing}\n"
+            "Fix them in the YAML or on the command line (key=value); `mixerlab train --cfg job` "
+            "prints the composed config and `mixerlab list` the mixers, tasks and experiments."
+        )
+    return plain
+
+
+def _check(node: Any, schema: type, path: str, problems: list[str]) -> None:
+    where = path.rstrip(".") or "the top level"
+    if not isinstance(node, Mapping):
+        problems.append(f"{where} must be a mapping, got {node!r}")
+        return
+    spec = [f.name for f in fields(schema)]
+    hints = get_type_hints(schema, include_extras=True)
+    for key in node:
+        if key not in spec:
+            problems.append(_unknown(f"{path}{key}", key, list(spec), where))
+    for name in spec:
+        key = f"{path}{name}"
+        if name not in node:
+            problems.append(f"{key} is missing; {where} needs: {', '.join(spec)}")
+            continue
+        tp, allowed = hints[name], NO_LIMITS
+        if get_origin(tp) is Annotated:
+            tp, allowed = get_args(tp)
+        _check_value(node[name], tp, allowed, key, problems)
+
+
+def _check_value(value: Any, tp: Any, allowed: Allowed, key: str, problems: list[str]) -> None:
+    if is_dataclass(tp):
+        _check(value, tp, f"{key}.", problems)
+        return
+    if not _matches(value, tp):
+        problems.append(f"{key} must be {_type_name(tp)}, got {value!r}")
+        return
+    if allowed.choices and value not in allowed.choices:
+        problems.append(
+            f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed.choices))}"
+        )
+    lo, hi = allowed.lo, allowed.hi
+    numbers = value if isinstance(value, list) else [value]
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            continue
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            problems.append(f"{key} must be {bounds}, got {value!r}")
+            break
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping)
+    raise TypeError(f"schema type {tp!r} is not supported")  # a bug in this module, not the config
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _unknown(key: str, name: str, allowed: list[str], where: str) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{key} is not a known key{hint}; {where} accepts: {', '.join(sorted(allowed))}"
+
+
+def _check_mixer(node: Mapping[str, Any], problems: list[str]) -> None:
+    """``mixer.name`` must be registered (plugins too) and the rest its keyword hparams."""
+    name = node.get("name")
+    known = available_mixers()
+    if name not in known:
+        problems.append(
+            f"mixer.name={name!r} is not a registered mixer; known mixers: {', '.join(known)} "
+            "(select one with mixer=<name>, or mixer=plugin mixer.name=<name> for a plugin mixer "
+            "without a conf file)"
+        )
+        return
+    accepted = mixer_hparams(name)
+    for key, value in node.items():
+        if key == "name":
+            continue
+        if key not in accepted:
+            problems.append(
+                _unknown(f"mixer.{key}", key, list(accepted), f"mixer {name!r}")
+                + f" ({get_mixer_class(name).__name__}'s keyword hyper-parameters; a mixer "
+                f"without a conf file starts from none: mixer=plugin mixer.name={name})"
+            )
+            continue
+        default = accepted[key]
+        if isinstance(default, (bool, int, float, str)) and not _matches(value, type(default)):
+            problems.append(
+                f"mixer.{key} must be {_type_name(type(default))} like its default "
+                f"{default!r}, got {value!r}"
+            )
+
+
+def _check_logger(node: Mapping[str, Any], problems: list[str]) -> None:
+    kind = node.get("kind")
+    if kind not in LOGGERS:
+        problems.append(f"logger.kind={kind!r} is not allowed; choose one of: {', '.join(LOGGERS)}")
+        return
+    _check(node, LOGGERS[kind], "logger.", problems)
+
+
+def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
+    """Constraints between keys that no single key's type can express."""
+    datamodule = cfg["task"]["datamodule"]
+    if not isinstance(datamodule.get("_target_"), str):
+        problems.append(
+            "task.datamodule._target_ must name the DataModule class, "
+            "e.g. lightning_modules.data.TextLMDataModule"
+        )
+    for key in ("seed", "cache_dir"):
+        if key in datamodule:
+            problems.append(
+                f"task.datamodule.{key} is set by the run (top-level {key}); "
+                "remove it from the task"
+            )
+    if len(cfg["optim"]["betas"]) != 2:
+        betas = cfg["optim"]["betas"]
+        problems.append(f"optim.betas must be two numbers [beta1, beta2], got {betas}")
+    monitor = cfg["callbacks"]["checkpoint"]["monitor"]
+    if not monitor.startswith(("val/", "train/")):
+        problems.append(
+            f"callbacks.checkpoint.monitor={monitor!r} is not a logged metric; use val/loss, "
+            "val/acc, val/bpb (text), val/acc@<val set> or train/loss"
+        )
+    for i, extra in enumerate(cfg["callbacks"]["extra"]):
+        if not isinstance(extra.get("_target_"), str):
+            problems.append(f"callbacks.extra[{i}] needs _target_: <callback class path>")

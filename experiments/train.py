@@ -1,0 +1,429 @@
+"""``mixerlab train``: the Hydra app that trains one model per composed config.
+
+    mixerlab train                                  # the main job: byte-level LM, default mixer
+    mixerlab train mixer=gmlp task=mqar             # swap config groups
+    mixerlab train -m mixer=attention,rnn,conv      # one run per mixer (Hydra multirun)
+    mixerlab train resume=runs/2025-01-01/12-00-00-000000_attention_text   # continue a run
+
+Every run gets its own directory (``runs/<date>/<time with microseconds>_<mixer>_<task>``) with
+``results.json``, ``metrics.csv``, ``checkpoints/`` (``last.ckpt`` and ``best.ckpt``), the W&B
+run under ``wandb/`` and Hydra's ``.hydra/`` (the composed config and the overrides).
+
+Resuming: a run directory that holds ``checkpoints/last.ckpt`` continues from it when trained
+again. ``resume=<run dir>`` does that with the run's own overrides (from ``.hydra/overrides.yaml``)
+plus any given after it, e.g. ``resume=<dir> trainer.max_steps=2000`` to train longer;
+``ckpt_path=<file.ckpt>`` starts from any checkpoint in a new run directory instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import netrc
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import yaml
+from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from experiments.schema import ConfigError, validate_config
+from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
+from lightning_modules.modules import ClassificationModule, LanguageModelModule
+from lightning_modules.results import RESULTS_FILE, HistoryLogger, RunResults, higher_is_better
+from mixers import SequenceModel
+
+CHECKPOINT_DIR = "checkpoints"
+# Noise from Lightning on newer torch releases, printed once per process; nothing to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# What Hydra raises when the command line or the config files cannot be composed.
+COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
+# conf/sweep/optuna.yaml: the study's direction follows the monitored metric, as checkpointing does.
+OmegaConf.register_new_resolver(
+    "mixerlab.direction",
+    lambda metric: "maximize" if higher_is_better(metric) else "minimize",
+    replace=True,
+)
+
+
+# ---------------------------------------------------------------------------- building blocks
+def build_datamodule(config: dict[str, Any]) -> pl.LightningDataModule:
+    """The task's DataModule, prepared and set up for fitting."""
+    spec = dict(config["task"]["datamodule"])
+    dm = hydra.utils.instantiate(  # _convert_: plain lists/dicts, not OmegaConf containers
+        spec, seed=config["seed"], cache_dir=config["cache_dir"], _convert_="all"
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    if dm.task_type != config["task"]["type"]:
+        raise ConfigError(
+            f"task.type={config['task']['type']!r} but {spec['_target_']} produces "
+            f"{dm.task_type!r} batches; set task.type={dm.task_type}"
+        )
+    return dm
+
+
+def build_model(config: dict[str, Any], dm: pl.LightningDataModule) -> SequenceModel:
+    """The SequenceModel for this task: vocabulary, length and head come from the DataModule."""
+    mixer = dict(config["mixer"])
+    return SequenceModel(
+        dm.vocab_size,
+        mixer=mixer.pop("name"),
+        mixer_hparams=mixer,
+        causal=config["task"]["causal"],
+        max_len=dm.max_len,
+        num_classes=dm.num_classes,
+        **config["model"],
+    )
+
+
+def build_module(
+    config: dict[str, Any], model: SequenceModel, dm: pl.LightningDataModule
+) -> pl.LightningModule:
+    optim = config["optim"]
+    kwargs = {
+        "lr": optim["lr"],
+        "warmup_steps": optim["warmup_steps"],
+        "weight_decay": optim["weight_decay"],
+        "betas": tuple(optim["betas"]),
+        "min_lr_ratio": optim["min_lr_ratio"],
+        "val_set_names": dm.val_set_names,
+        "compile": config["compile"],
+    }
+    if dm.task_type == "classification":
+        return ClassificationModule(model, **kwargs)
+    return LanguageModelModule(model, bytes_per_token=dm.bytes_per_token, **kwargs)
+
+
+def wandb_mode(configured: str) -> str:
+    """The W&B mode to run in: ``WANDB_MODE`` wins, then the config; ``auto`` means online only
+    when credentials exist (``WANDB_API_KEY`` or a netrc entry), checked without network calls."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    if configured != "auto":
+        return configured
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        found = False
+    return "online" if found else "offline"
+
+
+def build_loggers(
+    config: dict[str, Any], run_dir: Path, dm: pl.LightningDataModule, history: HistoryLogger
+) -> list[Logger]:
+    """metrics.csv always; plus W&B or Lightning's CSVLogger as ``logger.kind`` says."""
+    settings = config["logger"]
+    loggers: list[Logger] = [history]
+    if settings["kind"] == "csv":
+        loggers.append(CSVLogger(run_dir, name="csv", version=""))
+    elif settings["kind"] == "wandb":
+        previous = _previous_results(run_dir)
+        mixer, task = config["mixer"]["name"], config["task"]["name"]
+        wandb_logger = WandbLogger(
+            project=settings["project"],
+            entity=settings["entity"],
+            name=f"{mixer}-{task}-seed{config['seed']}",
+            save_dir=str(run_dir),
+            id=previous.get("wandb_run_id"),  # a resumed run continues its W&B run
+            group=settings["group"],
+            tags=[mixer, task, *settings["tags"]],
+            job_type=settings["job_type"],
+            mode=wandb_mode(settings["mode"]),
+            config={**config, "data_fingerprint": dm.fingerprint},
+        )
+        run = wandb_logger.experiment
+        summaries = {"val/loss": "min", "val/acc": "max", "val/bpb": "min", "val/ppl": "min"}
+        for name in dm.val_set_names if len(dm.val_set_names) > 1 else ():
+            summaries.update({f"val/loss@{name}": "min", f"val/acc@{name}": "max"})
+        for metric, summary in summaries.items():
+            run.define_metric(metric, step_metric="trainer/global_step", summary=f"{summary},last")
+        loggers.append(wandb_logger)
+    return loggers
+
+
+def build_callbacks(config: dict[str, Any], run_dir: Path) -> list[pl.Callback]:
+    settings = config["callbacks"]
+    ckpt = settings["checkpoint"]
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / CHECKPOINT_DIR,
+            filename="best",
+            monitor=ckpt["monitor"],
+            mode="max" if higher_is_better(ckpt["monitor"]) else "min",
+            save_last=ckpt["save_last"],
+            save_top_k=ckpt["save_top_k"],
+            every_n_train_steps=ckpt["every_n_train_steps"],
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR),
+        ThroughputMonitor(window=config["trainer"]["log_every_n_steps"]),
+    ]
+    if settings["progress_bar"]:
+        callbacks.append(ProgressBar())
+    callbacks.extend(hydra.utils.instantiate(spec) for spec in settings["extra"])
+    return callbacks
+
+
+def _previous_results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# ----------------------------------------------------------------------------------- training
+def train(
+    cfg: DictConfig | dict[str, Any], run_dir: str | Path, callbacks: Sequence[pl.Callback] = ()
+) -> float | None:
+    """Train one run into ``run_dir``; returns the best value of the monitored metric.
+
+    The config is validated first (ConfigError, before any work). ``run_dir/results.json`` is
+    written whatever happens next: ``finished``, ``failed`` (then the error is re-raised) or
+    ``interrupted`` (then KeyboardInterrupt is re-raised). A ``run_dir`` holding
+    ``checkpoints/last.ckpt`` resumes from it. ``callbacks`` are added to the config's.
+    """
+    config = validate_config(cfg)
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history = HistoryLogger(run_dir)
+    pl.seed_everything(config["seed"], workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+
+    model: SequenceModel | None = None
+    trainer: pl.Trainer | None = None
+    monitor: ThroughputMonitor | None = None
+    status, error = "failed", None
+    try:
+        try:
+            dm = build_datamodule(config)
+            model = build_model(config, dm)
+            module = build_module(config, model, dm)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"building the run from the config failed: {err}") from err
+        all_callbacks = [*build_callbacks(config, run_dir), *callbacks]
+        monitor = next(cb for cb in all_callbacks if isinstance(cb, ThroughputMonitor))
+        trainer = pl.Trainer(
+            **config["trainer"],
+            check_val_every_n_epoch=None,  # validate every val_check_interval steps, across epochs
+            gradient_clip_val=config["optim"]["grad_clip"],
+            default_root_dir=run_dir,
+            logger=build_loggers(config, run_dir, dm, history),
+            callbacks=all_callbacks,
+            enable_progress_bar=config["callbacks"]["progress_bar"],
+        )
+        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+        ckpt_path = config["ckpt_path"] or (str(last) if last.exists() else None)
+        if ckpt_path:
+            print(f"mixerlab: resuming from {ckpt_path}", file=sys.stderr)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        if trainer.global_step % config["trainer"]["val_check_interval"]:
+            trainer.validate(module, datamodule=dm, verbose=False)  # final metrics are final
+        status = "finished"
+    except SystemExit as exit_:
+        # Lightning turns Ctrl-C into on_exception callbacks + sys.exit(1); anything else exiting
+        # is a failure like any other.
+        if trainer is not None and trainer.interrupted:
+            status = "interrupted"
+            raise KeyboardInterrupt from None
+        error = f"SystemExit: exit status {exit_.code}"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        results = _results(config, run_dir, status, error, model, trainer, monitor, history)
+        _finish(results, run_dir)
+    return results.best.get(config["callbacks"]["checkpoint"]["monitor"])
+
+
+def _results(
+    config: dict[str, Any],
+    run_dir: Path,
+    status: str,
+    error: str | None,
+    model: SequenceModel | None,
+    trainer: pl.Trainer | None,
+    monitor: ThroughputMonitor | None,
+    history: HistoryLogger,
+) -> RunResults:
+    history.save()
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    best_path = None
+    if trainer is not None and trainer.checkpoint_callback is not None:
+        best_path = trainer.checkpoint_callback.best_model_path or None
+    wandb_id = None
+    if trainer is not None:
+        wandb_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+    flops = math.nan
+    if model is not None:
+        with contextlib.suppress(NotImplementedError):  # a plugin mixer without its FLOP count
+            flops = model.flops_per_token(model.max_len)
+    return RunResults(
+        status=status,
+        mixer=config["mixer"]["name"],
+        task=config["task"]["name"],
+        seed=config["seed"],
+        params=model.num_params() if model is not None else 0,
+        flops_per_token=flops,
+        metrics=history.latest(),
+        best=history.best(),
+        tokens_per_s=monitor.tokens_per_s if monitor is not None else math.nan,
+        wall_s=round(history.wall_s(), 3),
+        wandb_run_id=wandb_id,
+        checkpoints={
+            "last": str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None,
+            "best": best_path,
+        },
+        config=config,
+        error=error,
+    )
+
+
+def _finish(results: RunResults, run_dir: Path) -> None:
+    """results.json, the W&B summary and ``wandb.finish`` (so multirun jobs are separate runs),
+    then a short summary for the terminal. Only the global rank 0 process of a DDP run writes."""
+    if rank_zero_only.rank != 0:
+        return
+    results.write(run_dir)
+    wandb = sys.modules.get("wandb")  # only imported (by WandbLogger) when a W&B run was made
+    if wandb is not None and wandb.run is not None:
+        wandb.run.summary.update(
+            {
+                "params": results.params,
+                "flops_per_token": results.flops_per_token,
+                "tokens_per_s": results.tokens_per_s,
+                "status": results.status,
+            }
+        )
+        wandb.finish(exit_code=0 if results.status == "finished" else 1)
+    print(_summary(results, run_dir))
+
+
+def _summary(results: RunResults, run_dir: Path) -> str:
+    shown = ("val/loss", "val/bpb", "val/acc", "train/loss")
+    metrics = "  ".join(
+        f"{k} {v:.4f}" for k, v in results.metrics.items() if k in shown and math.isfinite(v)
+    )
+    best = "  ".join(f"{k} {v:.4f}" for k, v in results.best.items() if k in shown)
+    speed = ""
+    if math.isfinite(results.tokens_per_s):
+        speed = f" ({results.params:,} params, {results.tokens_per_s:,.0f} tokens/s)"
+    lines = [
+        f"mixerlab: {results.status} {results.mixer} on {results.task} in {results.wall_s:.0f} s"
+        + speed,
+        f"  final     {metrics or '-'}",
+        f"  best      {best or '-'}",
+        f"  run dir   {run_dir}",
+    ]
+    if results.error:
+        lines.append(f"  error     {results.error}")
+    wandb_runs = sorted((run_dir / "wandb").glob("*run-*"))
+    if wandb_runs:
+        lines.append(f"  W&B       wandb leet {run_dir / 'wandb'}")
+        if wandb_runs[-1].name.startswith("offline-"):
+            lines.append(f"            upload: wandb sync {wandb_runs[-1]}")
+    if results.status == "interrupted":
+        lines.append(f"  resume    mixerlab train resume={run_dir}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ command line
+@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
+def _hydra_app(cfg: DictConfig) -> float:
+    """One run; returns its best monitored metric (NaN if none), the objective of Optuna."""
+    hydra_cfg = HydraConfig.get()
+    try:
+        best = train(cfg, Path(hydra_cfg.runtime.output_dir))
+    except ConfigError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # Hydra marks the job failed, runs the sweep's other jobs, then exits 1
+        print(f"mixerlab train: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return math.nan if best is None else best
+
+
+def expand_resume(argv: Sequence[str]) -> list[str]:
+    """``resume=<run dir>`` -> that run's overrides + the given ones + ``hydra.run.dir=<dir>``.
+
+    Flags (``--config-dir`` and the like) stay in front; a given override replaces the run's
+    override of the same key.
+    """
+    overrides = get_args_parser().parse_args(list(argv)).overrides
+    resume = [arg for arg in overrides if arg.startswith("resume=")]
+    if not resume:
+        return list(argv)
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.exists():
+        raise ConfigError(
+            f"resume={run_dir}: {saved} not found; pass the directory of a run started by "
+            "`mixerlab train` (it holds .hydra/ and checkpoints/)"
+        )
+    flags = [arg for arg in argv if arg not in overrides]
+    merged: dict[str, str] = {}
+    for override in [*yaml.safe_load(saved.read_text()), *overrides]:
+        if not override.startswith("resume="):
+            merged[override.split("=", 1)[0].lstrip("+~")] = override
+    return [*flags, *merged.values(), f"hydra.run.dir={run_dir.resolve()}"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the Hydra app on ``argv``; exit 2 for config errors (no traceback), 1 when the run or
+    any job of a sweep failed (a sweep runs all its jobs first), 130 on Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = expand_resume(argv)
+    except ConfigError as err:
+        print(f"mixerlab train: {err}", file=sys.stderr)
+        return 2
+    # @hydra.main reads sys.argv; Lightning's DDP launcher re-runs `python <argv[0]> <argv[1:]>`
+    # (or `python -m <module>`) for the other ranks, so argv[0] must be this runnable file.
+    saved_argv, sys.argv = sys.argv, [__file__, *argv]
+    try:
+        _hydra_app()
+    except SystemExit as exit_:
+        # Hydra prints the error and exits 1 inside its `except` block, so the error is the
+        # exit's context: a composition error, or a failed job's own exception (possibly from a
+        # joblib or SLURM worker, where no flag set by the task function would be seen).
+        if exit_.code == 1 and isinstance(exit_.__context__, COMPOSITION_ERRORS):
+            print(
+                "mixerlab train: the config could not be composed (see above); "
+                "`mixerlab train --help` lists the config groups and `mixerlab list` the mixers, "
+                "tasks and experiments",
+                file=sys.stderr,
+            )
+            return 2
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except KeyboardInterrupt:
+        print("mixerlab train: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

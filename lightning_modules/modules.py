@@ -1,0 +1,218 @@
+"""LightningModules around a :class:`mixers.SequenceModel`: language modelling and classification.
+
+Both share one optimiser recipe (AdamW, no weight decay on norms/biases/embeddings, linear warmup
+then cosine decay to ``min_lr_ratio`` of the peak, stepped every optimiser step) so that a
+comparison between mixers never differs in how they were trained. Validation metrics are
+accumulated with torchmetrics over whole validation sets, one set per validation dataloader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+IGNORE_INDEX = -100
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``min_ratio``.
+
+    ``total_steps=None`` keeps the multiplier at 1 after warmup (no known end to decay towards).
+    A callable object rather than a closure so that LambdaLR can pickle it into checkpoints.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int | None, min_ratio: float) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_ratio = min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.total_steps is None:
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices only; norms, biases and embedding tables are not decayed.
+
+    Decaying embeddings shrinks rare tokens towards zero and decaying norm gains fights the
+    normalisation, so both are left alone (GPT-2/nanoGPT recipe).
+    """
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or id(p) in embedding_params else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class _ValSet(nn.Module):
+    """Loss and accuracy accumulated over one validation set (or all of them)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.loss = MeanMetric()
+        self.acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
+
+    def update(self, loss: Tensor, n_scored: Tensor, preds: Tensor, target: Tensor) -> None:
+        self.loss.update(loss, weight=n_scored)
+        self.acc.update(preds, target)
+
+    def compute_and_reset(self) -> tuple[Tensor, Tensor]:
+        loss, acc = self.loss.compute(), self.acc.compute()
+        self.loss.reset()
+        self.acc.reset()
+        return loss, acc
+
+
+class _SequenceModule(pl.LightningModule):
+    """Shared optimisation, aux-loss handling and per-validation-set metrics."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int,
+        lr: float,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.1,
+        betas: Sequence[float] = (0.9, 0.95),
+        min_lr_ratio: float = 0.1,
+        max_steps: int | None = None,
+        val_set_names: Sequence[str] = ("val",),
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(
+                f"need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got lr={lr}, "
+                f"warmup_steps={warmup_steps}, min_lr_ratio={min_lr_ratio}"
+            )
+        if not val_set_names:
+            raise ValueError("val_set_names needs at least one name (one per val dataloader)")
+        self.model = model
+        if compile:
+            model.compile()  # in place: state_dict keys stay the same, checkpoints stay portable
+        self.lr = lr
+        self.warmup_steps = warmup_steps
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.min_lr_ratio = min_lr_ratio
+        self.max_steps = max_steps
+        self.val_set_names = list(val_set_names)
+        # per-set metrics only when there are several sets; val_all covers them all together
+        several = len(self.val_set_names) > 1
+        self.val_sets = nn.ModuleList(_ValSet(num_classes) for _ in self.val_set_names if several)
+        self.val_all = _ValSet(num_classes)
+
+    # -- to be provided by the task-specific subclasses ---------------------------------------
+    def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Flatten to (N, C) logits and (N,) targets over the positions that are scored."""
+        raise NotImplementedError
+
+    def _val_extras(self, loss: Tensor) -> dict[str, Tensor]:
+        """Extra metrics derived from the overall validation loss."""
+        return {}
+
+    # -- steps ---------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.model(tokens, mask)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits, target = self._scored(self.model(batch["input"], batch["mask"]), batch["target"])
+        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        aux = self.model.aux_loss
+        if aux.requires_grad:  # set by a mixer/MoE during this forward, not the constant zero
+            self.log("train/aux_loss", aux)
+            loss = loss + aux
+        return loss
+
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        logits, target = self._scored(self.model(batch["input"], batch["mask"]), batch["target"])
+        n_scored = (target != IGNORE_INDEX).sum()
+        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss / n_scored.clamp_min(1)
+        preds = logits.argmax(dim=-1)
+        if self.val_sets:
+            self.val_sets[dataloader_idx].update(loss, n_scored, preds, target)
+        self.val_all.update(loss, n_scored, preds, target)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, Tensor] = {}
+        for name, val_set in zip(self.val_set_names, self.val_sets, strict=False):
+            metrics[f"val/loss@{name}"], metrics[f"val/acc@{name}"] = val_set.compute_and_reset()
+        loss, metrics["val/acc"] = self.val_all.compute_and_reset()
+        metrics.update(self._val_extras(loss))
+        # torchmetrics has already reduced over DDP ranks; sync_dist only silences the warning
+        self.log_dict(metrics, sync_dist=True)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, self.weight_decay), lr=self.lr, betas=self.betas
+        )
+        total = self.max_steps
+        if total is None and self.trainer.max_steps > 0:
+            total = self.trainer.max_steps
+        schedule = WarmupCosine(self.warmup_steps, total, self.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+class LanguageModelModule(_SequenceModule):
+    """Next-token prediction: cross-entropy over positions whose target is not -100.
+
+    ``val/bpb`` (bits per byte) = loss / ln 2 / bytes_per_token makes byte-level and BPE runs
+    comparable; pass ``bytes_per_token=None`` for synthetic tasks where bytes mean nothing.
+    """
+
+    def __init__(self, model: nn.Module, *, bytes_per_token: float | None, **kwargs: Any) -> None:
+        super().__init__(model, num_classes=model.vocab_size, **kwargs)
+        if bytes_per_token is not None and bytes_per_token <= 0:
+            raise ValueError(f"bytes_per_token must be positive or None, got {bytes_per_token}")
+        self.bytes_per_token = bytes_per_token
+
+    def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+
+    def _val_extras(self, loss: Tensor) -> dict[str, Tensor]:
+        extras = {"val/ppl": loss.exp()}
+        if self.bytes_per_token is not None:
+            extras["val/bpb"] = loss / math.log(2) / self.bytes_per_token
+        return extras
+
+
+class ClassificationModule(_SequenceModule):
+    """One label per sequence from the model's pooled logits (B, num_classes)."""
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        if model.num_classes is None:
+            raise ValueError("ClassificationModule needs a model built with num_classes=<int>")
+        super().__init__(model, num_classes=model.num_classes, **kwargs)
+
+    def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return logits, target

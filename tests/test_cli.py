@@ -1,0 +1,117 @@
+"""The ``mixerlab`` command: dispatch, ``list``, and clean config errors from ``train``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import cli, train
+from mixers import available_mixers
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_shows_mixers_tasks_and_experiments(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    for name in available_mixers():
+        assert name in out
+    assert "Multi-head scaled dot-product self-attention" in out  # describe_mixer's line
+    assert "text" in out and "Byte-level language modelling" in out  # task description
+    assert "smoke" in out and "Smoke test" in out  # experiment's first comment line
+    assert "@package" not in out
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "trian")
+    assert code == 2 and "unknown command 'trian'" in err and "train" in err
+
+
+def test_bench_and_compare_are_dispatched_lazily() -> None:
+    for command in ("bench", "compare"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([command, "--help"])
+        assert info.value.code == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("mixer=transformerxl", "Available options in 'mixer'"),  # Hydra: no such conf file
+        ("mixer.name=transformerxl", "known mixers: attention"),  # schema: registry
+        ("+mixer.n_head=2", "did you mean n_heads"),
+        ("model.d_model=wide", "model.d_model must be an integer, got 'wide'"),
+        ("model.d_modle=64", "Could not override 'model.d_modle'"),  # Hydra struct mode
+        ("trainer=fast", "Available options in 'trainer'"),
+    ],
+)
+def test_config_errors_exit_2_without_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, override: str, expected: str
+) -> None:
+    code, _, err = run_cli(capsys, "train", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_config_error_through_the_console_script(tmp_path: Path) -> None:
+    """The real process: exit status 2, the known mixers on stderr, no Python traceback."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "train", "mixer.name=nope"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "mixer.name='nope' is not a registered mixer" in proc.stderr
+    assert all(name in proc.stderr for name in available_mixers())
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("results.json"))
+
+
+def test_cfg_job_prints_the_composed_config(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "train", "--cfg", "job", "mixer=rnn", "model.d_model=64")
+    assert code == 0
+    cfg = yaml.safe_load(out)
+    assert cfg["mixer"]["name"] == "rnn" and cfg["model"]["d_model"] == 64
+
+
+def test_help_explains_resume(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0 and "resume=<run dir>" in out and "mixer: attention" in out
+
+
+def test_resume_reuses_the_runs_overrides_and_directory(tmp_path: Path) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["mixer=rnn", "trainer.max_steps=10"])
+    )
+    argv = train.expand_resume(["--config-dir", "/x", f"resume={tmp_path}", "trainer.max_steps=20"])
+    assert argv == [
+        "--config-dir",
+        "/x",
+        "mixer=rnn",
+        "trainer.max_steps=20",
+        f"hydra.run.dir={tmp_path.resolve()}",
+    ]
+
+
+def test_resume_of_a_folder_that_is_no_run_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(capsys, "train", f"resume={tmp_path}")
+    assert code == 2 and "overrides.yaml not found" in err

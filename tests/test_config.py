@@ -1,0 +1,159 @@
+"""The shipped Hydra configs compose and pass the schema; the schema rejects what it should."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from experiments.schema import ConfigError, validate_config
+from mixers import available_mixers, mixer_hparams
+
+
+def _options(group: str) -> list[str]:
+    folder = files("conf") / group
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+SHIPPED_MIXERS = [name for name in _options("mixer") if name != "plugin"]
+
+
+def _compose(*overrides: str, hydra: bool = False):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return OmegaConf.to_container(_compose(), resolve=True)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"mixer={m}" for m in SHIPPED_MIXERS]
+    + [f"task={t}" for t in _options("task")]
+    + [f"experiment={e}" for e in _options("experiment")]
+    + [f"trainer={t}" for t in _options("trainer")]
+    + [f"logger={lg}" for lg in _options("logger")]
+    + [f"sweep={s}" for s in _options("sweep")],
+)
+def test_every_shipped_option_composes_and_validates(override: str) -> None:
+    cfg = validate_config(_compose(override))
+    group, option = override.split("=")
+    if group == "mixer":
+        assert cfg["mixer"]["name"] == option
+
+
+def test_default_config_is_the_main_job(base: dict) -> None:
+    validate_config(base)
+    assert base["task"]["name"] == "text" and base["mixer"]["name"] == "attention"
+    assert base["logger"]["kind"] == "wandb" and base["logger"]["mode"] == "auto"
+
+
+@pytest.mark.parametrize("name", SHIPPED_MIXERS)
+def test_mixer_file_keys_are_the_mixer_hparams(name: str) -> None:
+    node = OmegaConf.to_container(_compose(f"mixer={name}").mixer)
+    assert node.pop("name") == name
+    assert set(node) == set(mixer_hparams(name))
+
+
+def test_every_builtin_mixer_has_a_conf_file() -> None:
+    assert set(available_mixers()) >= {"attention", "rnn", "conv", "gmlp", "smlp"}
+    assert {"attention", "rnn", "conv", "gmlp", "smlp"} <= set(SHIPPED_MIXERS)
+
+
+def test_plugin_mixers_start_from_no_hparams() -> None:
+    cfg = validate_config(_compose("mixer=plugin", "mixer.name=conv", "+mixer.kernel_size=3"))
+    assert cfg["mixer"] == {"name": "conv", "kernel_size": 3}
+    with pytest.raises(ConfigError, match=r"mixer\.name"):
+        validate_config(_compose("mixer=plugin"))
+
+
+def test_renaming_a_shipped_mixer_file_points_to_the_plugin_option() -> None:
+    with pytest.raises(ConfigError, match=r"mixer=plugin mixer\.name=conv"):
+        validate_config(_compose("mixer=attention", "mixer.name=conv"))
+
+
+def test_run_dirs_never_collide() -> None:
+    hydra_cfg = OmegaConf.to_container(_compose(hydra=True).hydra, resolve=False)
+    assert "%f}" in hydra_cfg["run"]["dir"]  # microseconds
+    assert "${hydra.job.num}" in hydra_cfg["sweep"]["subdir"]
+    assert hydra_cfg["job"]["chdir"] is False
+
+
+def _problems(base: dict, path: str, value) -> str:
+    cfg = OmegaConf.create(base)
+    OmegaConf.update(cfg, path, value, force_add=True)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    return str(info.value)
+
+
+def test_unknown_key_names_it_and_lists_allowed(base: dict) -> None:
+    msg = _problems(base, "model.d_modle", 64)
+    assert "model.d_modle" in msg and "did you mean d_model" in msg
+    assert "n_layers" in msg and "tie_embeddings" in msg
+
+
+def test_wrong_type_names_key_and_type(base: dict) -> None:
+    msg = _problems(base, "trainer.max_steps", "many")
+    assert "trainer.max_steps must be an integer" in msg and "'many'" in msg
+
+
+def test_bad_choice_lists_choices(base: dict) -> None:
+    msg = _problems(base, "model.norm", "batchnorm")
+    assert "layernorm" in msg and "rmsnorm" in msg
+
+
+def test_out_of_range_value(base: dict) -> None:
+    assert "optim.min_lr_ratio must be in [0, 1]" in _problems(base, "optim.min_lr_ratio", 2.0)
+
+
+def test_unknown_mixer_lists_registered_mixers(base: dict) -> None:
+    msg = _problems(base, "mixer.name", "transformerxl")
+    for name in available_mixers():
+        assert name in msg
+
+
+def test_unknown_mixer_hparam_lists_accepted_ones(base: dict) -> None:
+    msg = _problems(base, "mixer.n_head", 2)
+    assert "mixer.n_head" in msg and "did you mean n_heads" in msg
+    for key in mixer_hparams("attention"):
+        assert key in msg
+
+
+def test_mixer_hparam_type_follows_its_default(base: dict) -> None:
+    assert "mixer.n_heads must be an integer" in _problems(base, "mixer.n_heads", "four")
+
+
+def test_logger_schema_depends_on_kind(base: dict) -> None:
+    assert "logger.mode='sometimes'" in _problems(base, "logger.mode", "sometimes")
+    cfg = dict(base, logger={"kind": "csv", "project": "x"})
+    with pytest.raises(ConfigError, match=r"logger\.project is not a known key"):
+        validate_config(cfg)
+
+
+def test_datamodule_must_not_set_what_the_run_sets(base: dict) -> None:
+    assert "task.datamodule.seed is set by the run" in _problems(base, "task.datamodule.seed", 3)
+
+
+def test_all_problems_are_reported_at_once(base: dict) -> None:
+    cfg = OmegaConf.create(base)
+    cfg.model.d_model = "wide"
+    cfg.optim.lr = -1.0
+    with pytest.raises(ConfigError, match=r"2 problems") as info:
+        validate_config(cfg)
+    assert "model.d_model" in str(info.value) and "optim.lr" in str(info.value)
+
+
+def test_missing_value_is_reported(base: dict) -> None:
+    cfg = OmegaConf.create(base)
+    cfg.name = "???"
+    with pytest.raises(ConfigError, match="name"):
+        validate_config(cfg)

@@ -1,0 +1,354 @@
+"""The training app: LightningModules, callbacks, results files, W&B wiring, end-to-end runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from experiments.schema import ConfigError
+from experiments.train import train, wandb_mode
+from lightning_modules.callbacks import ThroughputMonitor
+from lightning_modules.modules import (
+    ClassificationModule,
+    LanguageModelModule,
+    WarmupCosine,
+    parameter_groups,
+)
+from lightning_modules.results import HistoryLogger, RunResults
+from mixers import SequenceModel
+
+RESULT_FIELDS = {
+    "status", "mixer", "task", "seed", "params", "flops_per_token", "metrics", "best",
+    "tokens_per_s", "wall_s", "wandb_run_id", "checkpoints", "config", "error", "history",
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ unit pieces
+def test_warmup_then_cosine_to_the_floor() -> None:
+    schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(9) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.55)
+    assert schedule(110) == pytest.approx(0.1)
+    assert schedule(500) == pytest.approx(0.1)
+    assert WarmupCosine(0, None, 0.1)(1000) == 1.0
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
+    model = SequenceModel(32, 16, 1, mixer="attention", max_len=8)
+    decay, no_decay = parameter_groups(model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    assert id(model.embed.weight) not in decayed  # tied with the head
+    assert id(model.pos_embed.weight) not in decayed
+    assert id(model.norm.weight) not in decayed
+    assert id(model.blocks[0].ffn.up.weight) in decayed
+    assert id(model.blocks[0].ffn.up.bias) not in decayed
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    n_params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == n_params
+
+
+def test_history_logger_rewrites_atomically_and_continues(tmp_path: Path) -> None:
+    history = HistoryLogger(tmp_path)
+    history.log_metrics({"train/loss": 2.0}, step=0)
+    history.log_metrics({"val/loss": 1.5, "val/acc": 0.2}, step=1)  # val rows flush at once
+    history.log_metrics({"val/loss": 1.7, "val/acc": 0.4}, step=2)
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:2] == ["step", "wall_s"] and len(rows) == 3
+    assert history.best() == {"val/loss": 1.5, "val/acc": 0.4}
+    assert history.latest()["val/loss"] == 1.7
+    resumed = HistoryLogger(tmp_path)
+    assert len(resumed.rows) == 3 and resumed.wall_s() >= float(rows[-1]["wall_s"])
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_results_have_exactly_the_contract_fields(tmp_path: Path) -> None:
+    assert {f.name for f in fields(RunResults)} == RESULT_FIELDS
+    RunResults(
+        status="failed", mixer="rnn", task="text", seed=0, params=1, flops_per_token=2.0,
+        metrics={"val/loss": math.nan}, best={}, tokens_per_s=math.inf, wall_s=1.0,
+        wandb_run_id=None, checkpoints={"last": None, "best": None}, config={}, error="boom",
+    ).write(tmp_path)  # fmt: skip
+    data = json.loads((tmp_path / "results.json").read_text())  # strict JSON: NaN became null
+    assert set(data) == RESULT_FIELDS
+    assert data["metrics"]["val/loss"] is None and data["tokens_per_s"] is None
+    assert data["history"] == "metrics.csv"
+
+
+def test_wandb_mode_env_wins_and_auto_needs_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode("auto") == "offline"
+    assert wandb_mode("online") == "online"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password secret\n")
+    assert wandb_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("online") == "disabled"
+
+
+# ------------------------------------------------------------- modules in a real fit loop
+class _ToyData(pl.LightningDataModule):
+    """Random tokens; two validation sets so per-set metrics are exercised."""
+
+    def __init__(self, task_type: str = "lm") -> None:
+        super().__init__()
+        self.task_type, self.vocab_size, self.max_len = task_type, 16, 8
+        self.num_classes = 3 if task_type == "classification" else None
+        self.val_set_names = ["short", "long"]
+
+    def _loader(self, seed: int) -> DataLoader:
+        gen = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(1, 16, (8, 8), generator=gen)
+        mask = torch.ones(8, 8, dtype=torch.bool)
+        mask[:4, 6:] = False  # some right padding
+        if self.task_type == "lm":
+            target = torch.where(mask, tokens.roll(-1, 1), torch.full_like(tokens, -100))
+        else:
+            target = torch.randint(0, 3, (8,), generator=gen)
+        rows = [
+            {"input": tokens[i], "target": target[i], "mask": mask[i]} for i in range(len(tokens))
+        ]
+        return DataLoader(rows, batch_size=4)  # default collate stacks the dicts' tensors
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(0)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(1), self._loader(2)]
+
+
+class _WithAux(nn.Module):
+    """A model whose forward sets a differentiable auxiliary loss, like an MoE layer."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.inner, self.vocab_size = model, model.vocab_size
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.inner(tokens, mask)
+        self.aux_loss = 0.01 * logits.pow(2).mean()
+        return logits
+
+
+def _fit(module: pl.LightningModule, data: pl.LightningDataModule, tmp_path: Path) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=4,
+        val_check_interval=2,
+        logger=HistoryLogger(tmp_path),
+        callbacks=[ThroughputMonitor(window=2)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _WithAux(SequenceModel(16, 16, 1, mixer="conv", max_len=8))
+    module = LanguageModelModule(
+        model, lr=1e-3, warmup_steps=1, bytes_per_token=2.0, val_set_names=["short", "long"]
+    )
+    metrics = _fit(module, _ToyData(), tmp_path).callback_metrics
+    for key in ("val/loss", "val/acc", "val/ppl", "val/bpb", "train/loss", "train/aux_loss"):
+        assert key in metrics, key
+    for name in ("short", "long"):
+        assert f"val/acc@{name}" in metrics and f"val/loss@{name}" in metrics
+    loss = metrics["val/loss"].item()
+    assert metrics["val/bpb"].item() == pytest.approx(loss / math.log(2) / 2.0, rel=1e-5)
+    assert metrics["val/ppl"].item() == pytest.approx(math.exp(loss), rel=1e-5)
+    per_set = [metrics[f"val/loss@{n}"].item() for n in ("short", "long")]
+    assert min(per_set) <= loss <= max(per_set)  # overall = over both sets together
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"tokens_per_s", "step_time_s", "params", "val/acc@short"} <= set(header)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
+    model = SequenceModel(16, 16, 1, mixer="rnn", causal=False, max_len=8, num_classes=3)
+    module = ClassificationModule(model, lr=1e-3, val_set_names=["short", "long"])
+    metrics = _fit(module, _ToyData("classification"), tmp_path).callback_metrics
+    assert 0.0 <= metrics["val/acc"].item() <= 1.0
+    assert "val/ppl" not in metrics and "val/acc@long" in metrics
+
+
+def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("config", overrides=["model.n_layers=0"])
+    with pytest.raises(ConfigError, match=r"model\.n_layers must be >= 1"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------- end to end, through the CLI
+TINY = [
+    "trainer=debug",
+    "model.d_model=32",
+    "model.n_layers=1",
+    "task.datamodule.seq_len=32",
+    "task.datamodule.batch_size=4",
+    "task.datamodule.max_train_tokens=4096",
+    "callbacks.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Offline W&B, a data cache shared by this module's runs, nothing written into the repo."""
+    return {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "MIXERLAB_CACHE": str(tmp_path_factory.mktemp("cache")),
+    }
+
+
+def mixerlab(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def leet_summary(run_dir: Path) -> dict:
+    """Read the offline W&B run back the documented way: `wandb leet inspect --summary --json`."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    proc = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_dir / "wandb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def _shipped_mixers() -> list[str]:
+    """Mixers with a conf file: every built-in (test_config checks that), as a fresh process
+    sees them (tests register extra mixers in this one)."""
+    folder = files("conf") / "mixer"
+    names = [p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")]
+    return sorted(name for name in names if name != "plugin")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixer", _shipped_mixers())
+def test_tiny_training_of_every_mixer(mixer: str, cli_env: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = mixerlab(cli_env, tmp_path, "train", f"mixer={mixer}", *TINY, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "finished" and results["error"] is None
+    assert results["mixer"] == mixer and results["task"] == "text"
+    assert results["params"] > 0 and results["flops_per_token"] > 0 and results["tokens_per_s"] > 0
+    assert math.isfinite(results["best"]["val/loss"]) and "val/bpb" in results["metrics"]
+    assert Path(results["checkpoints"]["last"]).exists()
+    assert Path(results["checkpoints"]["best"]).exists()
+    assert (run_dir / "metrics.csv").exists()
+
+    summary = leet_summary(run_dir)
+    assert summary["run_id"] == results["wandb_run_id"] and summary["state"] == "finished"
+    assert summary["config"]["mixer"]["name"] == mixer
+    assert set(summary["tags"]) >= {mixer, "text"}
+    assert summary["summary"]["val/loss"]["min"] == pytest.approx(results["best"]["val/loss"])
+    assert summary["summary"]["params"] == results["params"]
+    assert "tokens_per_s" in summary["summary"] and "step_time_s" in summary["summary"]
+
+
+@pytest.mark.slow
+def test_the_last_step_is_validated_even_off_the_interval(cli_env: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "trainer.max_steps=5", "logger=none", f"hydra.run.dir={run_dir}"]
+    proc = mixerlab(cli_env, tmp_path, "train", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    val_steps = [float(row["step"]) for row in rows if row.get("val/loss")]
+    # Validation after steps 2 and 4 (the interval), then once more after the last step, 5.
+    assert len(val_steps) == 3 and val_steps[-1] == max(float(row["step"]) for row in rows)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"]["val/loss"] == pytest.approx(float(rows[-1]["val/loss"]))
+
+
+INTERRUPT_HELPER = """
+import pytorch_lightning as pl
+
+class InterruptAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_where_it_stopped(cli_env: dict, tmp_path: Path) -> None:
+    (tmp_path / "interrupt_helper.py").write_text(INTERRUPT_HELPER)
+    env = {**cli_env, "PYTHONPATH": str(tmp_path)}
+    run_dir = tmp_path / "run"
+    interrupt = "callbacks.extra=[{_target_:interrupt_helper.InterruptAt,step:3}]"
+    args = [*TINY, "trainer.max_steps=8", "trainer.val_check_interval=4", interrupt]
+    first = mixerlab(env, tmp_path, "train", *args, f"hydra.run.dir={run_dir}")
+    assert first.returncode == 130, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "interrupted"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+
+    second = mixerlab(env, tmp_path, "train", f"resume={run_dir}", "callbacks.extra=[]")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from {last}" in second.stderr
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert resumed["status"] == "finished"
+    assert resumed["wandb_run_id"] == results["wandb_run_id"]  # the same W&B run goes on
+    assert torch.load(last, weights_only=False)["global_step"] == 8
+    with (run_dir / "metrics.csv").open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")]
+    # before the interrupt: steps 0-1 (2 stopped before it was logged); after: 3-7, none twice
+    assert steps == sorted(set(steps)) and steps[0] == 0 and set(range(3, 8)) <= set(steps)
+
+
+@pytest.mark.slow
+def test_multirun_jobs_are_separate_runs(cli_env: dict, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = mixerlab(
+        cli_env, tmp_path, "train", "-m", "mixer=attention,conv", *TINY,
+        f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in sweep_dir.rglob("results.json"))
+    assert [p.name for p in runs] == ["0_attention_text", "1_conv_text"]
+    ids = {json.loads((p / "results.json").read_text())["wandb_run_id"] for p in runs}
+    assert len(ids) == 2
+    assert {leet_summary(p)["config"]["mixer"]["name"] for p in runs} == {"attention", "conv"}
