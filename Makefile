@@ -15,7 +15,7 @@ STAMP := $(VENV)/.mixerlab-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,launchers]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -352,17 +352,17 @@ def _summary(results: RunResults, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------ command line
 @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
-def _hydra_app(cfg: DictConfig) -> float:
-    """One run; returns its best monitored metric (NaN if none), the objective of Optuna."""
+def _hydra_app(cfg: DictConfig) -> float | None:
+    """One run; returns its best monitored metric, the objective of the Optuna sweeper (None, no
+    value logged, makes Optuna mark the trial failed; NaN would stop the whole study)."""
     hydra_cfg = HydraConfig.get()
     try:
-        best = train(cfg, Path(hydra_cfg.runtime.output_dir))
+        return train(cfg, Path(hydra_cfg.runtime.output_dir))
     except ConfigError as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # Hydra marks the job failed, runs the sweep's other jobs, then exits 1
         print(f"mixerlab train: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    return math.nan if best is None else best
 
 
 def expand_resume(argv: Sequence[str]) -> list[str]:

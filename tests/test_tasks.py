@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from importlib.resources import files
 
+import hydra
 import numpy as np
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from lightning_modules.tasks import (
@@ -375,3 +378,12 @@ def test_other_tasks_reject_bad_settings(tmp_path):
         ListOpsDataModule(batch_size=0)
     with pytest.raises(ValueError, match="duplicates"):
         InductionHeadsDataModule(batch_size=8, test_seq_lens=[32, 32])
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_shipped_task_config_builds_its_datamodule(tmp_path, name):
+    spec = yaml.safe_load((files("conf") / "task" / f"{name}.yaml").read_text())
+    dm = hydra.utils.instantiate(spec["datamodule"], seed=0, cache_dir=str(tmp_path))
+    assert isinstance(dm, SMALL[name][0])
+    assert (dm.task_name, dm.task_type) == (spec["name"], spec["type"])
+    assert spec["causal"] is (dm.task_type == "lm")  # ListOps is the encoder task

@@ -1,0 +1,318 @@
+"""Sweeps: the sweep/launcher presets and the W&B sweep file compose into valid runs, and tiny real
+sweeps (basic, joblib, Optuna) go on past a failed job and leave what `mixerlab compare` reads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import LogUniformDistribution, UniformDistribution
+from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+from experiments import compare
+from experiments.schema import validate_config
+from experiments.train import main as train_main  # also registers the mixerlab.direction resolver
+
+
+def _options(group: str) -> list[str]:
+    folder = files("conf") / group
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+GRID_SWEEPS = [name for name in _options("sweep") if name != "optuna"]
+SHIPPED_MIXERS = {name for name in _options("mixer") if name != "plugin"}
+WANDB_SWEEPS = _options("wandb_sweep")
+
+
+def _compose(*overrides: str, hydra: bool = True) -> DictConfig:
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _job_config(*overrides: str) -> dict[str, Any]:
+    """A job's config as the train app checks it."""
+    return validate_config(_compose(*overrides, hydra=False))
+
+
+def _value(config: dict[str, Any], key: str) -> Any:
+    """What an override ``key=...`` set: a group's choice is its ``name``, else a dotted key."""
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    return node["name"] if isinstance(node, dict) else node
+
+
+def _sweep_jobs(params: dict[str, str]) -> dict[str, list[str]]:
+    """Each swept key's values as the overrides Hydra gives the jobs (``key=value``)."""
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {
+        o.key_or_group: [f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in parsed
+    }
+
+
+# ------------------------------------------------------------------------- composing presets
+@pytest.mark.parametrize("preset", GRID_SWEEPS)
+def test_grid_sweep_presets_name_the_sweep_and_every_value_is_a_valid_run(preset: str) -> None:
+    cfg = _compose(f"sweep={preset}")
+    assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
+    jobs = _sweep_jobs(OmegaConf.to_container(cfg.hydra.sweeper.params))
+    assert "seed" in jobs and len(jobs) >= 2
+    names = set()
+    for key, overrides in jobs.items():
+        for override in overrides:
+            config = _job_config(f"sweep={preset}", override)
+            value = yaml.safe_load(override.split("=", 1)[1])
+            assert _value(config, key) == value
+            assert config["logger"]["group"] == config["name"]
+            names.add(config["name"])
+    # the sweep's name: the W&B group and part of the sweep folder, the same for every job
+    assert len(names) == 1 and names.pop().startswith(f"{preset}_")
+
+
+def test_mixer_sweeps_cover_every_shipped_mixer() -> None:
+    for preset in ("mixers", "mixers_lr"):
+        params = OmegaConf.to_container(_compose(f"sweep={preset}").hydra.sweeper.params)
+        assert {o.split("=")[1] for o in _sweep_jobs(params)["mixer"]} == SHIPPED_MIXERS
+
+
+def test_sweep_name_follows_the_task_and_the_command_line() -> None:
+    assert _job_config("sweep=mixers", "task=mqar")["name"] == "mixers_mqar"
+    assert _job_config("sweep=lr_grid", "mixer=rnn")["name"] == "lr_grid_rnn_text"
+    assert _job_config("sweep=mixers", "name=ablation")["logger"]["group"] == "ablation"
+    sweep_dir = OmegaConf.to_container(_compose("sweep=mixers").hydra.sweep)["dir"]
+    assert sweep_dir.endswith("_${name}")  # the sweep's folder carries its name
+
+
+def test_joblib_launcher_preset() -> None:
+    cfg = _compose("sweep=mixers", "launcher=joblib")
+    launcher = OmegaConf.to_container(cfg.hydra.launcher)
+    assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
+    assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")  # the sweep itself is unchanged
+    _job_config("sweep=mixers", "launcher=joblib")
+
+
+def test_slurm_launcher_preset_sets_resources_and_threads() -> None:
+    cfg = _compose("launcher=slurm", "hydra.launcher.cpus_per_task=6", "trainer=gpu")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    setup = OmegaConf.to_container(launcher.setup, resolve=True)
+    assert "export OMP_NUM_THREADS=6" in setup and "export MKL_NUM_THREADS=6" in setup
+    assert _job_config("launcher=slurm", "trainer=gpu")["trainer"]["accelerator"] == "gpu"
+
+
+@pytest.mark.parametrize(
+    ("monitor", "direction"),
+    [("val/loss", "minimize"), ("val/bpb", "minimize"), ("val/acc", "maximize"),
+     ("'val/acc@seq_len=64,kv=16'", "maximize")],
+)  # fmt: skip
+def test_optuna_direction_follows_the_monitored_metric(monitor: str, direction: str) -> None:
+    cfg = _compose("sweep=optuna", f"callbacks.checkpoint.monitor={monitor}")
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == direction
+
+
+def test_optuna_search_space_is_valid_overrides() -> None:
+    cfg = _compose("sweep=optuna", "mixer=rnn")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.study_name == "optuna_rnn_text" and sweeper.sampler.seed == 0
+    params = OmegaConf.to_container(sweeper.params)
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    kinds = {o.key_or_group: create_optuna_distribution_from_override(o) for o in parsed}
+    assert isinstance(kinds["optim.lr"], LogUniformDistribution)
+    assert isinstance(kinds["optim.weight_decay"], UniformDistribution)
+    for key, dist in kinds.items():  # both ends of every range make a valid run
+        for value in (dist.low, dist.high):
+            config = _job_config("sweep=optuna", "mixer=rnn", f"{key}={value}")
+            assert _value(config, key) == pytest.approx(value)
+
+
+# ----------------------------------------------------------------------------- W&B sweep file
+def _wandb_sweep(name: str) -> dict[str, Any]:
+    return yaml.safe_load((files("conf") / "wandb_sweep" / f"{name}.yaml").read_text())
+
+
+def _wandb_overrides(parameters: dict[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
+    """The agent's ${args_no_hyphens}, rendered by W&B's own code: fixed ones, swept ones."""
+
+    def render(name: str, value: Any) -> str:
+        (arg,) = create_sweep_command_args({"args": {name: {"value": value}}})["args_no_hyphens"]
+        return arg
+
+    fixed = [render(k, p["value"]) for k, p in parameters.items() if "value" in p]
+    swept = {k: [render(k, v) for v in p["values"]] for k, p in parameters.items() if "values" in p}
+    return fixed, swept
+
+
+@pytest.mark.parametrize("name", WANDB_SWEEPS)
+def test_wandb_sweep_parameters_are_valid_overrides(name: str) -> None:
+    sweep = _wandb_sweep(name)
+    assert "${args_no_hyphens}" in sweep["command"]
+    assert sweep["command"][2:4] == ["-m", "experiments.train"] and callable(train_main)
+    assert sweep["project"] == _job_config()["logger"]["project"]
+    fixed, swept = _wandb_overrides(sweep["parameters"])
+    assert swept, "a sweep sweeps something"
+    for values in swept.values():
+        for override in values:
+            config = _job_config(*fixed, override)
+            assert config["name"] == sweep["name"]  # the W&B group of its runs
+    assert {v.split("=")[1] for v in swept["mixer"]} == SHIPPED_MIXERS
+
+
+# --------------------------------------------------------------------- real sweeps (tiny, CPU)
+TINY = [
+    "trainer=debug",
+    "model.d_model=16",
+    "model.n_layers=1",
+    "task.datamodule.seq_len=32",
+    "task.datamodule.batch_size=4",
+    "task.datamodule.max_train_tokens=4096",
+    "callbacks.progress_bar=false",
+]
+# Records the job's torch thread count in its run dir; fails the job whose tag is fail_on.
+PROBE = """
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+
+class Probe(pl.Callback):
+    def __init__(self, tag, fail_on=""):
+        self.tag, self.fail_on = tag, fail_on
+
+    def on_train_start(self, trainer, pl_module):
+        info = {"threads": torch.get_num_threads()}
+        (Path(trainer.default_root_dir) / "probe.json").write_text(json.dumps(info))
+
+    def on_train_batch_end(self, trainer, *args):
+        if self.tag == self.fail_on and trainer.global_step >= 2:
+            raise RuntimeError(f"deliberate failure in {self.tag}")
+"""
+
+
+def _probe(fail_on: str) -> str:
+    spec = f"_target_:probe.Probe,tag:'${{mixer.name}}-${{seed}}',fail_on:{fail_on}"
+    return f"callbacks.extra=[{{{spec}}}]"
+
+
+@pytest.fixture(scope="module")
+def sweep_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """W&B off (the group is checked in the config), one data cache for this module, the probe."""
+    helpers = tmp_path_factory.mktemp("helpers")
+    (helpers / "probe.py").write_text(PROBE)
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "MIXERLAB_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(helpers), os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("OMP_NUM_THREADS", None)  # the launchers decide
+    return env
+
+
+def _train(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "train", "-m", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _results(sweep: Path) -> dict[str, dict[str, Any]]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))}
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_recorded_the_sweep_goes_on_and_compare_lists_it_apart(
+    sweep_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _train(
+        {**sweep_env, "OMP_NUM_THREADS": "1"}, tmp_path, "sweep=mixers", "mixer=attention,conv",
+        "seed=0,1", *TINY, _probe(fail_on="attention-0"), f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    # the first job fails; the three after it still run; the sweep then exits 1, naming the job
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Error executing job with overrides" in proc.stderr and "seed=0" in proc.stderr
+    assert "could not be composed" not in proc.stderr
+    results = _results(sweep)
+    assert list(results) == ["0_attention_text", "1_attention_text", "2_conv_text", "3_conv_text"]
+    failed = results.pop("0_attention_text")
+    assert failed["status"] == "failed" and "deliberate failure in attention-0" in failed["error"]
+    assert {r["status"] for r in results.values()} == {"finished"}
+    assert all(r["config"]["logger"]["group"] == "mixers_text" for r in results.values())
+
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "report"
+    assert compare.main([str(sweep), "--out", str(out)]) == 0
+    with (out / "comparison.csv").open() as f:
+        rows = {row["mixer"]: row for row in csv.DictReader(f)}
+    assert rows["attention"]["n"] == "1" and rows["attention"]["seeds"] == "1"
+    assert rows["conv"]["n"] == "2"
+    kept = results["1_attention_text"]["best"]["val/loss"]
+    assert float(rows["attention"]["val/loss_mean"]) == pytest.approx(kept)
+    report = (out / "comparison.md").read_text()
+    failed_part = report.split("## Failed and unfinished runs")[1]
+    assert "0_attention_text" in failed_part and "deliberate failure" in failed_part
+
+
+@pytest.mark.slow
+def test_joblib_jobs_run_in_worker_processes_without_oversubscription(
+    sweep_env: dict[str, str], tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _train(
+        sweep_env, tmp_path, "launcher=joblib", "mixer=attention", "mixer.n_heads=3,4", *TINY,
+        _probe(fail_on="nothing"), f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    # job 0 cannot be built (n_heads must divide d_model 16): a config error inside a worker is
+    # that job's failure, so the other job runs and the sweep exits 1 (not 2, a command-line error)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "could not be composed" not in proc.stderr
+    results = _results(sweep)
+    assert results["0_attention_text"]["status"] == "failed"
+    assert "divisible by n_heads 3" in results["0_attention_text"]["error"]
+    assert results["1_attention_text"]["status"] == "finished"
+    probe = json.loads((sweep / "1_attention_text" / "probe.json").read_text())
+    assert probe["threads"] == max(joblib.cpu_count() // 2, 1)  # cores // n_jobs
+
+
+@pytest.mark.slow
+def test_optuna_search_returns_the_best_monitored_metric(
+    sweep_env: dict[str, str], tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _train(
+        {**sweep_env, "OMP_NUM_THREADS": "1"}, tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=2",
+        *TINY, f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _results(sweep)
+    assert len(results) == 2 and {r["status"] for r in results.values()} == {"finished"}
+    lrs = {r["config"]["optim"]["lr"] for r in results.values()}
+    assert len(lrs) == 2 and all(1e-4 <= lr <= 3e-2 for lr in lrs)
+    study = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = min(r["best"]["val/loss"] for r in results.values())
+    assert study["best_value"] == pytest.approx(best)
