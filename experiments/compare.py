@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,10 +39,10 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from lightning_modules.metric_names import metric_mode
+
 RESULTS = "results.json"
 RESULT_KEYS = ("mixer", "task")  # results.json fields usable with --by; the rest is config
-MINIMIZE = {"loss", "ppl", "perplexity", "bpb", "bpc", "error", "err"}
-MAXIMIZE = {"acc", "accuracy", "f1", "auc"}
 PLOTS = {
     "curve_step.png": "validation metric vs step",
     "curve_wall.png": "validation metric vs wall-clock time",
@@ -238,12 +237,12 @@ def _check_key(runs: Sequence[Run], key: str, flag: str) -> None:
 
 def infer_mode(metric: str) -> str:
     """``min`` for losses (loss, ppl, bpb), ``max`` for accuracies, from the metric's name."""
-    words = set(re.split(r"[^a-z0-9]+", metric.split("@", 1)[0].lower()))
-    if words & MINIMIZE:
-        return "min"
-    if words & MAXIMIZE:
-        return "max"
-    raise ValueError(f"cannot tell whether {metric} should be minimised or maximised: pass --mode")
+    mode = metric_mode(metric)
+    if mode is None:
+        raise ValueError(
+            f"cannot tell whether {metric} should be minimised or maximised: pass --mode"
+        )
+    return mode
 
 
 # ---------------------------------------------------------------- grouping and aggregation

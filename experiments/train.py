@@ -44,8 +44,9 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from experiments.schema import ConfigError, validate_config
 from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
+from lightning_modules.metric_names import higher_is_better
 from lightning_modules.modules import ClassificationModule, LanguageModelModule
-from lightning_modules.results import RESULTS_FILE, HistoryLogger, RunResults, higher_is_better
+from lightning_modules.results import RESULTS_FILE, HistoryLogger, RunResults
 from mixers import SequenceModel
 
 CHECKPOINT_DIR = "checkpoints"

@@ -19,9 +19,10 @@ from typing import Any
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_modules.metric_names import higher_is_better
+
 HISTORY_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"
-HIGHER_IS_BETTER = ("val/acc",)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -29,11 +30,6 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def higher_is_better(metric: str) -> bool:
-    """Accuracies are maximised; losses, perplexity and bits per byte are minimised."""
-    return metric.startswith(HIGHER_IS_BETTER)
 
 
 def _finite_or_none(value: Any) -> Any:
