@@ -78,7 +78,7 @@ class SelfAttention(TokenMixer):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, no copy
         if self.rotary is not None:
             positions = torch.arange(start, start + length, device=x.device)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+            q, k = self.rotary(q, k, positions)
         return q, k, v
 
     def _attend(

@@ -148,7 +148,14 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()
+        try:
+            loaded = ep.load()
+        except Exception as exc:
+            _entry_points_loaded = False  # retry (and raise again) on the next call, not skip
+            raise ImportError(
+                f"mixer plugin {ep.name!r} ({ep.value}, entry-point group {ENTRY_POINT_GROUP!r}) "
+                f"failed to import: {exc}; fix or uninstall the package that provides it"
+            ) from exc
         if isinstance(loaded, type) and issubclass(loaded, TokenMixer):
             register_mixer(ep.name)(loaded)
 

@@ -59,7 +59,7 @@ class SpatialMix(nn.Module):
     def forward(self, v: Tensor, mask: Tensor | None = None) -> Tensor:
         batch, length, _ = v.shape
         if mask is not None:
-            v = v * mask[..., None].to(v.dtype)
+            v = v.masked_fill(~mask[..., None], 0.0)  # NaN or inf padding cannot leak either
         weight = self.weight[:, :length, :length]
         if self.causal:
             weight = weight.tril()

@@ -340,6 +340,11 @@ class SequenceModel(nn.Module):
         """
         if not self.causal or self.num_classes is not None:
             raise ValueError("generate needs a causal language model (causal=True, no num_classes)")
+        if prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(
+                f"generate needs a prompt of shape (batch, length >= 1), got "
+                f"{tuple(prompt.shape)}; start from at least one token (e.g. a BOS token)"
+            )
         total = prompt.shape[1] + max_new_tokens
         if self.max_len is not None and total > self.max_len:
             raise ValueError(

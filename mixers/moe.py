@@ -89,10 +89,10 @@ class MoEFeedForward(nn.Module):
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
         flat = x.reshape(-1, self.d_model)
-        where = torch.arange(flat.shape[0], device=x.device)
+        where, tokens = torch.arange(flat.shape[0], device=x.device), flat
         if mask is not None:
             where = where[mask.reshape(-1)]
-        tokens = flat[where]
+            tokens = flat[where]
         n_tokens = tokens.shape[0]
         out = flat.new_zeros(flat.shape)
         if n_tokens == 0:
@@ -110,20 +110,24 @@ class MoEFeedForward(nn.Module):
         # Rank of each token among the tokens routed to its expert, in flattened batch order.
         rank = (F.one_hot(expert, self.n_experts).cumsum(dim=0) - 1).gather(1, expert[:, None])
         rank = rank[:, 0]
-        slots = int(counts.max())
+        # One host sync sizes the expert buffer and counts the kept tokens.
+        per_expert = counts.tolist()
+        slots = max(per_expert)
         if self.training:
             slots = min(slots, math.ceil(self.capacity_factor * n_tokens / self.n_experts))
-        keep = rank < slots
-        n_kept = int(keep.sum())
+        n_kept = sum(min(count, slots) for count in per_expert)
         self.last_dropped_fraction = 1.0 - n_kept / n_tokens
 
-        slot = (expert * slots + rank)[keep]
+        slot = expert * slots + rank
+        if n_kept < n_tokens:  # drop the overflow (only in training: eval keeps every token)
+            kept = (rank < slots).nonzero()[:, 0]
+            slot, tokens, gate, where = slot[kept], tokens[kept], gate[kept], where[kept]
         buffer = tokens.new_zeros(self.n_experts * slots, self.d_model)
-        buffer = buffer.index_copy(0, slot, tokens[keep]).view(self.n_experts, slots, -1)
+        buffer = buffer.index_copy(0, slot, tokens).view(self.n_experts, slots, -1)
         hidden = self.dropout(F.gelu(torch.baddbmm(self.b_in, buffer, self.w_in)))
         expert_out = torch.baddbmm(self.b_out, hidden, self.w_out).view(-1, self.d_model)
-        y = expert_out[slot] * gate[keep, None].to(x.dtype)
-        return out.index_copy(0, where[keep], y).view_as(x)
+        y = expert_out[slot] * gate[:, None].to(x.dtype)
+        return out.index_copy(0, where, y).view_as(x)
 
     def flops_per_token(self) -> float:
         """The router plus one expert (top-1): 2 (d n + 2 d d_hidden)."""

@@ -39,11 +39,18 @@ class Rotary(nn.Module):
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Rotate ``x`` (..., L, head_dim) at integer ``positions`` (L,)."""
+    def forward(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotate ``q`` and ``k`` (..., L, head_dim) at integer ``positions`` (L,).
+
+        Both share one cos/sin table, so it is computed once per call rather than per tensor.
+        """
         angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]
-        cos = torch.cat((angles.cos(), angles.cos()), dim=-1).to(x.dtype)
-        sin = torch.cat((angles.sin(), angles.sin()), dim=-1).to(x.dtype)
-        half = x.shape[-1] // 2
-        rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated_half * sin
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated_half * sin

@@ -64,12 +64,14 @@ class RecurrentMixer(TokenMixer):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
-        padded = mask is not None and not bool(mask.all())
-        if padded and not self.causal:
-            # Lengths live on the CPU for packing; a sequence with no real token runs over one
-            # step of padding (its outputs are unspecified) since packing rejects length 0.
-            lengths = mask.sum(dim=1).clamp(min=1).cpu()
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        # Packing needs the lengths on the CPU: the one host sync, only for encoders given a mask.
+        lengths = None if mask is None or self.causal else mask.sum(dim=1).cpu()
+        if lengths is not None and bool((lengths < x.shape[1]).any()):
+            # A sequence with no real token runs over one step of padding (its outputs are
+            # unspecified) since packing rejects length 0.
+            packed = pack_padded_sequence(
+                x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False
+            )
             y, _ = self.rnn(packed)
             y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
         else:
@@ -78,7 +80,7 @@ class RecurrentMixer(TokenMixer):
         y = self.drop(y)
         if self.merge is not None:
             y = self.merge(y)
-        if padded:
+        if mask is not None:
             y = y.masked_fill(~mask[..., None], 0.0)
         return y
 

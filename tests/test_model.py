@@ -87,6 +87,8 @@ def test_generate_samples_within_top_k_and_respects_max_len():
     assert torch.equal(out, model.generate(tokens(3, 2), max_new_tokens=5, temperature=0))
     with pytest.raises(ValueError, match=r"14.*16|max_len 16"):
         model.generate(tokens(1, 10), max_new_tokens=7)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate(tokens(1, 0), max_new_tokens=3)
 
 
 def test_tied_embeddings_share_one_tensor_and_count_once():

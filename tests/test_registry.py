@@ -181,5 +181,23 @@ def test_entry_point_plugins_register(tmp_path: Path, monkeypatch: pytest.Monkey
         sys.modules.pop("_test_mixer_plugin", None)
 
 
+def test_broken_plugin_is_named_and_not_skipped_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist_info = tmp_path / "broken_mixer_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-mixer-plugin\nVersion: 0.1\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n_test_broken = _no_such_mixer_module\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(base, "_entry_points_loaded", False)
+    for _ in range(2):  # raised again on the next call, not silently skipped
+        with pytest.raises(ImportError, match=r"'_test_broken'.*uninstall"):
+            available_mixers()
+
+
 def test_scratch_registry_is_restored() -> None:
     assert not any(name.startswith("_test_plugin") for name in available_mixers())
