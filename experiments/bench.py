@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,9 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.io import write_atomic
 from mixers import SequenceModel, available_mixers
 
 VOCAB = 256  # byte-level
+
+
+class BenchError(Exception):
+    """A benchmark that cannot run here; the message says why and what to do."""
 
 
 @dataclass
@@ -122,8 +128,14 @@ def _ours(shape: Shape, mixer: str, **kwargs) -> Callable[[], nn.Module]:
 
 def reference_builders(shape: Shape) -> dict[str, dict[str, Callable[[], nn.Module]]]:
     """Pairs (ours, theirs) of the same shape; imports the reference packages lazily."""
-    from g_mlp_pytorch import gMLP
-    from x_transformers import Decoder, TransformerWrapper
+    try:
+        from g_mlp_pytorch import gMLP
+        from x_transformers import Decoder, TransformerWrapper
+    except ImportError as err:
+        raise BenchError(
+            f"bench reference needs the reference implementations ({err}); install them with "
+            "pip install 'mixerlab[bench]', or run the other benchmarks: mixerlab bench mixers"
+        ) from None
 
     d_ffn = 4 * shape.d_model
     return {
@@ -291,6 +303,17 @@ def _print_report(name: str, report: dict) -> None:
     print(json.dumps(report, indent=2, default=float))
 
 
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its error for a non-integer
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixerlab bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -299,13 +322,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"benchmarks to run (default all): {', '.join(BENCHMARKS)}",
     )
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per repeat")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    positive, count = _int_at_least(1), _int_at_least(0)
+    parser.add_argument(
+        "--steps", type=positive, default=10, help="timed training steps per repeat"
+    )
+    parser.add_argument("--warmup", type=count, default=3, help="untimed steps before timing")
+    parser.add_argument("--repeats", type=positive, default=3, help="interleaved repeats (median)")
+    parser.add_argument(
+        "--threads", type=positive, default=os.cpu_count(), help="torch CPU threads"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="JSON output folder")
     for field, default in asdict(Shape()).items():
-        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=default)
+        parser.add_argument(f"--{field.replace('_', '-')}", type=positive, default=default)
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
@@ -316,12 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     shape = Shape(**{field: getattr(args, field) for field in asdict(Shape())})
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        report = BENCHMARKS[name](shape, steps=args.steps, warmup=args.warmup, repeats=args.repeats)
+        try:
+            report = BENCHMARKS[name](
+                shape, steps=args.steps, warmup=args.warmup, repeats=args.repeats
+            )
+        except BenchError as err:
+            print(f"mixerlab bench: error: {err}", file=sys.stderr)
+            return 2
         meta = {"shape": asdict(shape), "threads": args.threads, "torch": torch.__version__}
         path = args.out / f"bench-{name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"benchmark": name, **meta, "results": report}, indent=2))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"benchmark": name, **meta, "results": report}, indent=2))
         _print_report(name, report)
         print(f"(written to {path})")
     return 0

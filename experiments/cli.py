@@ -81,8 +81,11 @@ def list_components() -> dict[str, list[tuple[str, str]]]:
 
 def _print_list(argv: Sequence[str]) -> int:
     if argv:
-        print("usage: mixerlab list   (takes no arguments)", file=sys.stderr)
-        return 0 if argv[0] in ("-h", "--help") else 2
+        asked = argv[0] in ("-h", "--help")  # help goes to stdout, a usage error to stderr
+        print(
+            "usage: mixerlab list   (takes no arguments)", file=sys.stdout if asked else sys.stderr
+        )
+        return 0 if asked else 2
     sections = list_components()
     width = max(len(name) for entries in sections.values() for name, _ in entries)
     usage = {

@@ -25,7 +25,6 @@ import html
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from lightning_modules.io import write_atomic
 from lightning_modules.metric_names import metric_mode
 
 RESULTS = "results.json"
@@ -540,7 +540,7 @@ def _mean_std(stats: Stats | None, mean_fmt: str, std_fmt: str) -> str:
     return text if stats.std is None else f"{text} ± {stats.std:{std_fmt}}"
 
 
-def _lr_cell(comparison: Comparison, group: Group) -> str:
+def _lr_cell(group: Group) -> str:
     lr = _label(group.lr)
     return f"{lr} (best of {len(group.lr_grid)})" if group.lr_picked else lr
 
@@ -576,7 +576,7 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             *g.label,
-            _lr_cell(comparison, g),
+            _lr_cell(g),
             str(g.metric.n),
             _mean_std(g.metric, ".4g", ".2g"),
             _human(g.params.mean if g.params else None),
@@ -788,13 +788,6 @@ def render_html(comparison: Comparison, plots: dict[str, bytes]) -> str:
 
 
 # ---------------------------------------------------------------- output files and CLI
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file and os.replace, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def write_outputs(comparison: Comparison, out: Path, band: str = "minmax") -> list[Path]:

@@ -13,6 +13,7 @@ import difflib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
@@ -70,6 +71,8 @@ class OptimConfig:
     grad_clip: Annotated[float | None, Allowed(lo=0)]
 
 
+# ckpt_path values Trainer.fit resolves itself ("registry:<model>" too); anything else is a file.
+FIT_CKPT_NAMES = ("last", "best", "hpc", "registry")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", 32, 16, 64)
 
 
@@ -128,7 +131,7 @@ LOGGERS: dict[str, type] = {
 
 @dataclass
 class TrainConfig:
-    seed: Annotated[int, Allowed(lo=0)]
+    seed: Annotated[int, Allowed(lo=0, hi=2**32 - 1)]  # numpy's seed range
     compile: bool
     name: str
     cache_dir: str | None
@@ -314,6 +317,13 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(
             f"callbacks.checkpoint.monitor={monitor!r} is not a logged metric; use val/loss, "
             "val/acc, val/bpb (text), val/acc@<val set> or train/loss"
+        )
+    ckpt_path = cfg["ckpt_path"]
+    local = ckpt_path is not None and "://" not in ckpt_path  # not a remote (fsspec) URL
+    if local and ckpt_path.split(":")[0] not in FIT_CKPT_NAMES and not Path(ckpt_path).is_file():
+        problems.append(
+            f"ckpt_path={ckpt_path!r}: no such checkpoint file; give the path of a .ckpt file "
+            "(e.g. <run dir>/checkpoints/last.ckpt), or resume=<run dir> to continue a run"
         )
     for i, extra in enumerate(cfg["callbacks"]["extra"]):
         if not isinstance(extra.get("_target_"), str):

@@ -35,12 +35,18 @@ import torch
 import yaml
 from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    OverrideParseException,
+    SearchPathException,
+)
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from experiments.schema import ConfigError, validate_config
 from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
@@ -54,6 +60,9 @@ CHECKPOINT_DIR = "checkpoints"
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # What Hydra raises when the command line or the config files cannot be composed.
 COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
+# What building the run from a valid-looking config raises for a value only the built object
+# can judge (a DataModule argument, a `_target_`, a Trainer setting): config errors too.
+BUILD_ERRORS = (ValueError, TypeError, InstantiationException, MisconfigurationException)
 # conf/sweep/optuna.yaml: the study's direction follows the monitored metric, as checkpointing does.
 OmegaConf.register_new_resolver(
     "mixerlab.direction",
@@ -219,19 +228,19 @@ def train(
             dm = build_datamodule(config)
             model = build_model(config, dm)
             module = build_module(config, model, dm)
-        except (ValueError, TypeError) as err:
+            all_callbacks = [*build_callbacks(config, run_dir), *callbacks]
+            monitor = next(cb for cb in all_callbacks if isinstance(cb, ThroughputMonitor))
+            trainer = pl.Trainer(
+                **config["trainer"],
+                check_val_every_n_epoch=None,  # validate every val_check_interval steps
+                gradient_clip_val=config["optim"]["grad_clip"],
+                default_root_dir=run_dir,
+                logger=build_loggers(config, run_dir, dm, history),
+                callbacks=all_callbacks,
+                enable_progress_bar=config["callbacks"]["progress_bar"],
+            )
+        except BUILD_ERRORS as err:
             raise ConfigError(f"building the run from the config failed: {err}") from err
-        all_callbacks = [*build_callbacks(config, run_dir), *callbacks]
-        monitor = next(cb for cb in all_callbacks if isinstance(cb, ThroughputMonitor))
-        trainer = pl.Trainer(
-            **config["trainer"],
-            check_val_every_n_epoch=None,  # validate every val_check_interval steps, across epochs
-            gradient_clip_val=config["optim"]["grad_clip"],
-            default_root_dir=run_dir,
-            logger=build_loggers(config, run_dir, dm, history),
-            callbacks=all_callbacks,
-            enable_progress_bar=config["callbacks"]["progress_bar"],
-        )
         last = run_dir / CHECKPOINT_DIR / "last.ckpt"
         ckpt_path = config["ckpt_path"] or (str(last) if last.exists() else None)
         if ckpt_path:

@@ -58,7 +58,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from lightning_modules.tasks import default_cache_dir
+from lightning_modules.io import write_atomic
+from lightning_modules.storage import cached_dataset, default_cache_dir
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = (0.9, 0.05, 0.05)
@@ -441,13 +442,6 @@ class TextTokenizer:
         return cls(bpe)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _load_tokenizer(kind: str, vocab_size: int, corpus: Corpus, cache_dir: Path) -> TextTokenizer:
     """Bytes, or the BPE for this corpus and vocabulary size, trained on the train split once."""
     if kind == "bytes":
@@ -455,7 +449,8 @@ def _load_tokenizer(kind: str, vocab_size: int, corpus: Corpus, cache_dir: Path)
     path = cache_dir / "tokenizers" / f"bpe{vocab_size}-{corpus.key}.json"
     if not path.is_file():
         texts = (_as_document(text) for _, text in corpus.splits["train"]())
-        _write_atomic(path, TextTokenizer.train_bpe(texts, vocab_size).bpe.to_str())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, TextTokenizer.train_bpe(texts, vocab_size).bpe.to_str())
     return TextTokenizer(Tokenizer.from_file(str(path)))
 
 
@@ -483,17 +478,14 @@ def _block_rows(tokens: datasets.Dataset, seq_len: int) -> Iterator[dict[str, np
 def _cached(
     generator: Callable[[], Iterator[dict[str, Any]]], fingerprint: str, split: str, cache_dir: Path
 ) -> datasets.Dataset:
-    """``from_generator`` under an explicit fingerprint: built once, then memory-mapped.
+    """One split's stage, cached under ``fingerprint`` (see :func:`cached_dataset`).
 
     The generator must yield at least one row. Features are inferred from its uint16 arrays
     (``ids`` becomes ``list<uint16>``): declaring them makes ``datasets`` turn every array into
     Python scalars, which builds about 7x slower.
     """
-    return datasets.Dataset.from_generator(
-        generator,
-        cache_dir=str(cache_dir / "datasets"),
-        fingerprint=fingerprint,
-        split=datasets.NamedSplit(split),
+    return cached_dataset(
+        generator, cache_dir=cache_dir, fingerprint=fingerprint, split=datasets.NamedSplit(split)
     )
 
 
@@ -538,8 +530,10 @@ class TextLMDataModule(pl.LightningDataModule):
 
     ``prepare_data`` reads the corpus, trains the BPE (if any) and writes the cached datasets;
     ``setup`` loads them (memory-mapped) and sets the attributes the train app reads:
-    ``task_type``, ``vocab_size``, ``max_len``, ``num_classes``, ``bytes_per_token`` (train-split
-    bytes / train-split tokens, so bits per byte compare across tokenizers), ``fingerprint``,
+    ``task_type``, ``vocab_size``, ``max_len``, ``num_classes``, ``bytes_per_token`` (val-split
+    bytes / val-split tokens: ``val/bpb`` is then the val loss per byte of the val text, which
+    compares across tokenizers; a BPE trained on the train split compresses that split best, so
+    its ratio would understate val bits per byte), ``fingerprint``,
     ``val_set_names``, and ``stats`` (documents, bytes, tokens and blocks per split).
     """
 
@@ -689,7 +683,7 @@ class TextLMDataModule(pl.LightningDataModule):
             }
             for split in blocks
         }
-        self.bytes_per_token = self.stats["train"]["bytes"] / self.stats["train"]["tokens"]
+        self.bytes_per_token = self.stats["val"]["bytes"] / self.stats["val"]["tokens"]
         self.fingerprint = {**self.corpus.fingerprint, "tokenizer": self.tokenizer.name}
 
     def documents(self, split: str) -> list[str]:

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,17 +18,11 @@ from typing import Any
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_modules.io import write_atomic
 from lightning_modules.metric_names import higher_is_better
 
 HISTORY_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -45,7 +38,12 @@ class HistoryLogger(Logger):
     Rows are kept in memory and the file is rewritten at most every ``flush_every_s`` seconds and
     after every validation, because columns appear as new metrics are first logged (val metrics
     only after the first validation) and a CSV header cannot grow in place. An existing file
-    (a resumed run) is continued: its rows stay and its wall clock goes on from its last row.
+    (a resumed run) is continued: its wall clock goes on from its last row, and its rows stay
+    up to the step this process logs first. Older rows at that step or later were logged after
+    the checkpoint the run resumed from (the run was killed hard), or by a run that restarted
+    from scratch: they are dropped, so every step appears once and ``best`` only sees the
+    resumed lineage. (Lightning logs a step's metrics under the step's index, so a run resumed
+    from a checkpoint at global step S logs steps >= S only.)
     """
 
     def __init__(self, run_dir: str | Path, flush_every_s: float = 5.0) -> None:
@@ -53,7 +51,8 @@ class HistoryLogger(Logger):
         self.path = Path(run_dir) / HISTORY_FILE
         self.flush_every_s = flush_every_s
         self.rows: list[dict[str, float]] = []
-        if self.path.exists():
+        self._resumed = self.path.exists()
+        if self._resumed:
             with self.path.open(newline="") as f:
                 self.rows = [
                     {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)
@@ -81,6 +80,9 @@ class HistoryLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         row = {"step": float(step or 0), "wall_s": round(self.wall_s(), 3)}
+        if self._resumed:  # the first row of a resumed run: drop the old rows it supersedes
+            self._resumed = False
+            self.rows = [old for old in self.rows if old["step"] < row["step"]]
         row.update({k: float(v) for k, v in metrics.items() if k != "epoch"})
         self.rows.append(row)
         now = time.perf_counter()

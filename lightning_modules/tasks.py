@@ -20,23 +20,22 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from datasets.exceptions import DatasetGenerationError
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
+
+from lightning_modules.storage import cached_dataset, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,6 @@ IGNORE_INDEX = -100
 TRAIN_STREAM, VAL_STREAM = 0, 1
 # Rows drawn per numpy call: bounds memory (MQAR draws a (rows, vocab/2) matrix for the keys).
 CHUNK_ROWS = 1024
-
-
-def default_cache_dir() -> str:
-    """``$MIXERLAB_CACHE`` or ``~/.cache/mixerlab``: where generated datasets are kept."""
-    return os.environ.get("MIXERLAB_CACHE") or str(Path.home() / ".cache" / "mixerlab")
 
 
 def pad_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
@@ -85,12 +79,16 @@ class PaddedExamples(TorchDataset):
         return self.inputs[index, :n], target
 
 
-def _column_to_padded(column: Any, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """An Arrow list column as a right-padded (rows, longest) int64 array and the row lengths."""
+def _offsets_and_values(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow list column as row offsets (from 0, even for a sliced column) and flat values."""
     array = column.combine_chunks()
     offsets = array.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    values = array.flatten().to_numpy()
+    return offsets - offsets[0], array.flatten().to_numpy()
+
+
+def _column_to_padded(column: Any, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow list column as a right-padded (rows, longest) int64 array and the row lengths."""
+    offsets, values = _offsets_and_values(column)
     lengths = np.diff(offsets)
     out = np.full((len(lengths), int(lengths.max())), pad, dtype=np.int64)
     rows = np.repeat(np.arange(len(lengths)), lengths)
@@ -100,10 +98,8 @@ def _column_to_padded(column: Any, pad: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _row_hashes(column: Any) -> set[int]:
     """Hashes of the rows of an int32 Arrow list column, for dropping train inputs from val."""
-    array = column.combine_chunks()
-    offsets = array.offsets.to_numpy()
-    offsets = offsets - offsets[0]
-    values = array.flatten().to_numpy().astype(np.int32, copy=False)
+    offsets, values = _offsets_and_values(column)
+    values = values.astype(np.int32, copy=False)
     return {hash(values[a:b].tobytes()) for a, b in itertools.pairwise(offsets)}
 
 
@@ -277,20 +273,14 @@ class SyntheticTaskDataModule(pl.LightningDataModule, ABC):
     def _build(
         self, fingerprint: str, parts: list[Part], spawn_keys: list[tuple[int, int]], dedup: bool
     ) -> datasets.Dataset:
-        try:
-            return datasets.Dataset.from_generator(
-                self._examples,
-                features=self._features(),
-                # Tuples, not lists: datasets would take lists for shards and split them.
-                gen_kwargs={"parts": tuple(parts), "spawn_keys": tuple(spawn_keys), "dedup": dedup},
-                cache_dir=str(Path(self.cache_dir) / "datasets"),  # the layout data.py uses too
-                fingerprint=f"{self.task_name}-{fingerprint}",
-            )
-        except DatasetGenerationError as err:
-            # datasets wraps whatever the generator raises; surface our own bad-input errors.
-            if isinstance(err.__cause__, ValueError):
-                raise err.__cause__ from None
-            raise
+        return cached_dataset(
+            self._examples,
+            cache_dir=self.cache_dir,
+            fingerprint=f"{self.task_name}-{fingerprint}",
+            features=self._features(),
+            # Tuples, not lists: datasets would take lists for shards and split them.
+            gen_kwargs={"parts": tuple(parts), "spawn_keys": tuple(spawn_keys), "dedup": dedup},
+        )
 
     def _train_input_hashes(self) -> set[int]:
         if self._train_hashes is None:

@@ -64,6 +64,32 @@ def test_config_errors_exit_2_without_traceback(
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+task.datamodule.batch_sise=3", "unexpected keyword argument 'batch_sise'"),
+        ("task.datamodule._target_=nowhere.DataModule", "Error locating target 'nowhere."),
+    ],
+)
+def test_errors_building_the_run_exit_2_without_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, override: str, expected: str
+) -> None:
+    """Values only the built objects can judge (DataModule arguments, a _target_, Trainer
+    settings) are config errors too: exit 2, a clear message, no traceback."""
+    args = ("train", "logger=none", override, f"hydra.run.dir={tmp_path / 'run'}")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert "mixerlab train: building the run from the config failed" in err and expected in err
+    assert "Traceback" not in err
+
+
+def test_list_help_goes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "list", "--help")
+    assert code == 0 and "usage: mixerlab list" in out and not err
+    code, out, err = run_cli(capsys, "list", "extra")
+    assert code == 2 and "usage: mixerlab list" in err and not out
+
+
 @pytest.mark.slow
 def test_config_error_through_the_console_script(tmp_path: Path) -> None:
     """The real process: exit status 2, the known mixers on stderr, no Python traceback."""

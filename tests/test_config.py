@@ -157,3 +157,14 @@ def test_missing_value_is_reported(base: dict) -> None:
     cfg.name = "???"
     with pytest.raises(ConfigError, match="name"):
         validate_config(cfg)
+
+
+def test_values_that_would_fail_at_run_time_are_rejected(base: dict, tmp_path) -> None:
+    assert "seed must be in [0, 4294967295]" in _problems(base, "seed", 2**32)
+    missing = str(tmp_path / "nope.ckpt")
+    assert f"ckpt_path={missing!r}: no such checkpoint file" in _problems(
+        base, "ckpt_path", missing
+    )
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    for fine in (str(tmp_path / "last.ckpt"), "last", "s3://bucket/run/last.ckpt"):
+        validate_config(dict(base, ckpt_path=fine))

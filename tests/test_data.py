@@ -221,8 +221,10 @@ def test_bpe_is_trained_on_the_train_split_only(tmp_path: Path) -> None:
     assert any("trainword" in token for token in vocab)
     assert not any("heldout" in token or "ldoutz" in token for token in vocab)
     assert dm.vocab_size == len(vocab) <= 300 and dm.fingerprint["tokenizer"] == f"bpe{len(vocab)}"
-    stats = dm.stats["train"]
-    assert dm.bytes_per_token == stats["bytes"] / stats["tokens"] > 1.5
+    train, val = dm.stats["train"], dm.stats["val"]
+    assert train["bytes"] / train["tokens"] > 1.5
+    # val/bpb divides by the val text's ratio: held-out words compress worse than train text
+    assert dm.bytes_per_token == val["bytes"] / val["tokens"] < train["bytes"] / train["tokens"]
     text = "héllo wörld ✓ trainword\n\tdef f(): pass\n"
     assert dm.tokenizer.decode(dm.tokenizer.encode(text)) == text
     assert next(iter(dm.train_dataloader()))["input"].max() < dm.vocab_size

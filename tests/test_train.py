@@ -76,6 +76,22 @@ def test_history_logger_rewrites_atomically_and_continues(tmp_path: Path) -> Non
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_history_logger_drops_rows_past_the_resumed_checkpoint(tmp_path: Path) -> None:
+    history = HistoryLogger(tmp_path)
+    for step in range(6):
+        history.log_metrics({"train/loss": 2.0}, step=step)
+    history.log_metrics({"val/loss": 0.5}, step=5)
+    # killed hard after step 6; the next process resumes from a checkpoint at global step 3
+    resumed = HistoryLogger(tmp_path)
+    for step in (3, 4):
+        resumed.log_metrics({"train/loss": 1.0}, step=step)
+    assert [row["step"] for row in resumed.rows] == [0, 1, 2, 3, 4]
+    assert resumed.best() == {} and resumed.latest() == {"train/loss": 1.0}
+    resumed.save()
+    with (tmp_path / "metrics.csv").open() as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [0, 1, 2, 3, 4]
+
+
 def test_results_have_exactly_the_contract_fields(tmp_path: Path) -> None:
     assert {f.name for f in fields(RunResults)} == RESULT_FIELDS
     RunResults(
