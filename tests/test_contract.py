@@ -13,8 +13,6 @@ import pytest
 from mixers import available_mixers, describe_mixer, get_mixer_class, mixer_hparams
 from mixers.testing import CHECKS
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 BUILT_IN = ["attention", "rnn", "conv", "gmlp", "smlp"]
 MODES = [pytest.param(True, id="causal"), pytest.param(False, id="encoder")]
 

@@ -16,8 +16,6 @@ from mixers import base
 from mixers.base import TokenMixer, available_mixers, register_mixer
 from mixers.testing import CHECKS, ContractError, MixerCase, check_mixer
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 class CumulativeMean(TokenMixer):
     """Reference mixer: the running (causal) or global (encoder) mean of a projection, masked."""

@@ -180,7 +180,6 @@ def _fit(module: pl.LightningModule, data: pl.LightningDataModule, tmp_path: Pat
     return trainer
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = _WithAux(SequenceModel(16, 16, 1, mixer="conv", max_len=8))
@@ -201,7 +200,6 @@ def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) ->
     assert {"tokens_per_s", "step_time_s", "params", "val/acc@short"} <= set(header)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
     model = SequenceModel(16, 16, 1, mixer="rnn", causal=False, max_len=8, num_classes=3)
     module = ClassificationModule(model, lr=1e-3, val_set_names=["short", "long"])
