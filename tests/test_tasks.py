@@ -387,3 +387,16 @@ def test_shipped_task_config_builds_its_datamodule(tmp_path, name):
     assert isinstance(dm, SMALL[name][0])
     assert (dm.task_name, dm.task_type) == (spec["name"], spec["type"])
     assert spec["causal"] is (dm.task_type == "lm")  # ListOps is the encoder task
+
+
+def test_shipped_recall_tasks_validate_beyond_the_training_length():
+    def spec(name):
+        return yaml.safe_load((files("conf") / "task" / f"{name}.yaml").read_text())["datamodule"]
+
+    mqar = spec("mqar")
+    longest_train = max(c["seq_len"] for c in mqar["train_configs"])
+    assert max(c["seq_len"] for c in mqar["test_configs"]) > longest_train
+    assert any(c["seq_len"] == longest_train for c in mqar["test_configs"])  # and at it
+    induction = spec("induction_heads")
+    assert induction["seq_len"] in induction["test_seq_lens"]
+    assert max(induction["test_seq_lens"]) > induction["seq_len"]
