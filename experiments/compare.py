@@ -1,6 +1,6 @@
 """Compare finished runs: tables, curves and a report, aggregated over seeds.
 
-    mixerlab compare PATH... [--by KEYS] [--metric NAME] [--out DIR]
+    mixerlab compare PATH... [--by KEYS] [--metric NAME] [--also METRICS] [--out DIR]
 
 Reads every ``results.json`` below the given paths (the contract the train app writes at the end
 of a run and on failure), groups finished runs by mixer or by any config keys and aggregates over
@@ -8,7 +8,8 @@ seeds. When a group holds a learning-rate grid it keeps the best learning rate o
 metric, as Zoology reports MQAR: RNN and conv mixers are learning-rate sensitive, so one shared lr
 would compare tuning rather than mixers. The pick is printed and written with every table. Failed
 and unfinished runs are listed apart, with their error, so a crashed seed never silently shrinks a
-mean.
+mean. ``--also`` adds columns for further metrics (``val/acc@*`` for every validation set of a
+task), taken at the end of training from the same runs.
 
 Outputs in ``--out`` (default ``<first PATH>/comparison``): a table in the terminal,
 ``comparison.csv``, ``comparison.md``, PNG plots (metric vs step, vs wall-clock time, vs parameter
@@ -21,6 +22,7 @@ import argparse
 import base64
 import csv
 import difflib
+import fnmatch
 import html
 import io
 import json
@@ -74,6 +76,11 @@ class Run:
         value = (self.results.get("best") or {}).get(metric)
         return math.nan if value is None else float(value)
 
+    def final(self, metric: str) -> float | None:
+        """The metric's last logged value (results' ``metrics``), None when never logged."""
+        value = (self.results.get("metrics") or {}).get(metric)
+        return None if value is None else float(value)
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -99,6 +106,7 @@ class Group:
     flops_per_token: Stats | None
     tokens_per_s: Stats | None
     wall_s: Stats | None
+    also: dict[str, Stats | None] = field(default_factory=dict)
 
     @property
     def lr_picked(self) -> bool:
@@ -139,6 +147,7 @@ class Comparison:
     lr_key: str
     groups: list[Group]
     unfinished: list[Run]
+    also: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     curves: dict[Path, Curve] = field(default_factory=dict)
 
@@ -308,10 +317,34 @@ def _mixed_warning(name: str, runs: Sequence[Run], ignore: set[str]) -> str | No
     return f"group {name}: {reason}, with identical configs (the same run repeated?)"
 
 
+def expand_also(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
+    """The final metrics named by ``patterns`` (fnmatch globs), in pattern then logging order."""
+    have = list(dict.fromkeys(name for run in runs for name in run.results.get("metrics") or {}))
+    names: list[str] = []
+    for pattern in patterns:
+        matched = [name for name in have if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise ValueError(
+                f"--also {pattern}: no finished run logged a metric by that name. "
+                f"Metrics the runs have: {', '.join(have) or 'none'}"
+            )
+        names += [name for name in matched if name not in names]
+    return names
+
+
 def build_comparison(
-    runs: Sequence[Run], by: Sequence[str], metric: str, mode: str | None, lr_key: str
+    runs: Sequence[Run],
+    by: Sequence[str],
+    metric: str,
+    mode: str | None,
+    lr_key: str,
+    also: Sequence[str] = (),
 ) -> Comparison:
-    """Group finished runs by ``by``, keep the best lr per group, aggregate over seeds."""
+    """Group finished runs by ``by``, keep the best lr per group, aggregate over seeds.
+
+    ``also``: further metrics (globs allowed) to aggregate over the kept runs, at their final
+    values.
+    """
     if not by:
         raise ValueError("--by needs at least one key, e.g. --by mixer")
     for key in by:
@@ -332,13 +365,17 @@ def build_comparison(
     for run in finished:
         buckets.setdefault(tuple(_label(lookup(run.results, k)) for k in by), []).append(run)
     unfinished = [run for run in runs if run.status != "finished"]
-    comparison = Comparison(list(by), metric, mode, lr_key, [], unfinished)
+    also = expand_also(finished, also)
+    comparison = Comparison(list(by), metric, mode, lr_key, [], unfinished, also)
     for label, members in buckets.items():
         lr, grid = select_lr(members, metric, mode, lr_key)
         kept = [run for run in members if lookup(run.results, lr_key) == lr]
         numbers = ("params", "flops_per_token", "tokens_per_s", "wall_s")
         stats = {name: _field_stats(kept, name) for name in numbers}
         group = Group(label=label, runs=kept, metric=grid[lr], lr=lr, lr_grid=grid, **stats)
+        for name in also:
+            values = [v for run in kept if (v := run.final(name)) is not None]
+            group.also[name] = summarize(values) if values else None
         comparison.groups.append(group)
         name = comparison.group_name(group)
         if (warning := _mixed_warning(name, kept, {"seed", lr_key, *by})) is not None:
@@ -553,6 +590,8 @@ def title(comparison: Comparison) -> str:
 def caption(comparison: Comparison) -> str:
     """How the numbers were made, under every table."""
     text = "mean ± sample std over seeds; n = seeds."
+    if comparison.also:
+        text += f" {', '.join(comparison.also)}: at the end of training, same runs."
     if any(g.lr_picked for g in comparison.groups):
         text += (
             f" Where a group swept {comparison.lr_key}, only the {comparison.lr_key} with the best"
@@ -568,6 +607,7 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         comparison.lr_key,
         "n",
         comparison.metric,
+        *comparison.also,
         "params",
         "FLOPs/token",
         "tokens/s",
@@ -579,6 +619,7 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             _lr_cell(g),
             str(g.metric.n),
             _mean_std(g.metric, ".4g", ".2g"),
+            *(_mean_std(g.also[name], ".4g", ".2g") for name in comparison.also),
             _human(g.params.mean if g.params else None),
             _human(g.flops_per_token.mean if g.flops_per_token else None),
             _mean_std(g.tokens_per_s, ",.0f", ",.0f"),
@@ -675,6 +716,7 @@ def render_csv(comparison: Comparison) -> str:
         f"{metric}_std",
         f"{metric}_min",
         f"{metric}_max",
+        *(f"{name}_{stat}" for name in comparison.also for stat in ("mean", "std")),
         "params",
         "flops_per_token",
         "tokens_per_s_mean",
@@ -699,6 +741,11 @@ def render_csv(comparison: Comparison) -> str:
                 num(g.metric.std),
                 num(g.metric.min),
                 num(g.metric.max),
+                *(
+                    num(getattr(g.also[name], stat) if g.also[name] else None)
+                    for name in comparison.also
+                    for stat in ("mean", "std")
+                ),
                 num(g.params.mean if g.params else None),
                 num(g.flops_per_token.mean if g.flops_per_token else None),
                 num(g.tokens_per_s.mean if g.tokens_per_s else None),
@@ -830,6 +877,13 @@ def _parser() -> argparse.ArgumentParser:
         "--metric", default="val/loss", metavar="NAME", help="selection metric, from results' best"
     )
     parser.add_argument(
+        "--also",
+        default="",
+        metavar="METRICS",
+        help="comma-separated further metrics to tabulate, final values of the same runs; globs "
+        "allowed: 'val/acc@*' gives one column per validation set",
+    )
+    parser.add_argument(
         "--mode",
         choices=("min", "max"),
         help="minimise or maximise --metric (default: from its name)",
@@ -856,7 +910,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = load_runs(args.paths)
         by = [key.strip() for key in args.by.split(",") if key.strip()]
-        comparison = build_comparison(runs, by, args.metric, args.mode, args.lr_key)
+        also = [name.strip() for name in args.also.split(",") if name.strip()]
+        comparison = build_comparison(runs, by, args.metric, args.mode, args.lr_key, also)
     except ValueError as err:
         print(f"mixerlab compare: error: {err}", file=sys.stderr)
         return 2

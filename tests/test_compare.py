@@ -40,6 +40,7 @@ def write_run(
     wall_s: float = 30.0,
     status: str = "finished",
     error: str | None = None,
+    final: dict[str, float] | None = None,
 ) -> Path:
     """A run folder as the train app leaves it; the val/loss curve ends at ``loss``."""
     run = root / name
@@ -58,7 +59,7 @@ def write_run(
         "seed": seed,
         "params": params,
         "flops_per_token": 2.0 * params,
-        "metrics": {"val/loss": loss, "val/acc": acc},
+        "metrics": {"val/loss": loss, "val/acc": acc, **(final or {})},
         "best": {"val/loss": loss, "val/acc": acc},
         "tokens_per_s": tokens_per_s,
         "wall_s": wall_s,
@@ -353,3 +354,27 @@ def test_real_sweep_then_compare(tmp_path, capsys):
         assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses))
         assert float(row["params"]) == runs[0]["params"]
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+def test_also_tabulates_final_metrics_of_the_kept_runs(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for lr, acc in ((1e-3, 0.9), (1e-2, 0.4)):  # lr 1e-3 is kept; 1e-2 runs must not count
+            per_set = {"val/acc@len=64": acc + seed / 100, "val/acc@len=128": acc / 2 + seed / 10}
+            write_run(root, f"r{lr}_{seed}", mixer="rnn", seed=seed, lr=lr, loss=1.0, acc=acc,
+                      final=per_set)  # fmt: skip
+    out = tmp_path / "out"
+    assert main([str(root), "--metric", "val/acc", "--also", "val/acc@*", "--out", str(out)]) == 0
+
+    (row,) = read_csv(out / "comparison.csv")
+    assert row["lr"] == "0.001"
+    assert float(row["val/acc@len=64_mean"]) == pytest.approx(0.905)
+    assert float(row["val/acc@len=128_mean"]) == pytest.approx(0.5)
+    assert float(row["val/acc@len=128_std"]) == pytest.approx(statistics.stdev([0.45, 0.55]))
+    header = (out / "comparison.md").read_text().splitlines()[2]
+    assert header.index("val/acc@len=64") < header.index("val/acc@len=128")  # logging order
+    assert "at the end of training" in (out / "comparison.md").read_text()
+
+    assert main([str(root), "--also", "val/bpb", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "--also val/bpb" in error and "val/acc@len=128" in error
