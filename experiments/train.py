@@ -338,6 +338,11 @@ def _summary(results: RunResults, run_dir: Path) -> str:
         f"{k} {v:.4f}" for k, v in results.metrics.items() if k in shown and math.isfinite(v)
     )
     best = "  ".join(f"{k} {v:.4f}" for k, v in results.best.items() if k in shown)
+    per_set = "  ".join(  # a task with several val sets: its pooled val/acc hides them
+        f"{k.split('@', 1)[1]} {v:.4f}"
+        for k, v in results.metrics.items()
+        if k.startswith("val/acc@") and math.isfinite(v)
+    )
     speed = ""
     if math.isfinite(results.tokens_per_s):
         speed = f" ({results.params:,} params, {results.tokens_per_s:,.0f} tokens/s)"
@@ -345,6 +350,7 @@ def _summary(results: RunResults, run_dir: Path) -> str:
         f"mixerlab: {results.status} {results.mixer} on {results.task} in {results.wall_s:.0f} s"
         + speed,
         f"  final     {metrics or '-'}",
+        *([f"  val/acc@  {per_set}"] if per_set else []),
         f"  best      {best or '-'}",
         f"  run dir   {run_dir}",
     ]

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from experiments.schema import ConfigError
-from experiments.train import train, wandb_mode
+from experiments.train import _summary, train, wandb_mode
 from lightning_modules.callbacks import ThroughputMonitor
 from lightning_modules.modules import (
     ClassificationModule,
@@ -103,6 +103,19 @@ def test_results_have_exactly_the_contract_fields(tmp_path: Path) -> None:
     assert set(data) == RESULT_FIELDS
     assert data["metrics"]["val/loss"] is None and data["tokens_per_s"] is None
     assert data["history"] == "metrics.csv"
+
+
+def test_summary_shows_every_validation_set(tmp_path: Path) -> None:
+    per_set = {"val/acc@seq_len=64": 0.99, "val/acc@seq_len=128": 0.5}
+    results = RunResults(
+        status="finished", mixer="attention", task="induction_heads", seed=0, params=1,
+        flops_per_token=2.0, metrics={"val/acc": 0.745, **per_set}, best={"val/acc": 0.745},
+        tokens_per_s=10.0, wall_s=1.0, wandb_run_id=None, checkpoints={}, config={}, error=None,
+    )  # fmt: skip
+    lines = _summary(results, tmp_path).splitlines()
+    assert "  val/acc@  seq_len=64 0.9900  seq_len=128 0.5000" in lines
+    results.metrics = {"val/acc": 0.745}  # one val set: no per-set line
+    assert "val/acc@" not in _summary(results, tmp_path)
 
 
 def test_wandb_mode_env_wins_and_auto_needs_credentials(
