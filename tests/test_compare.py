@@ -368,12 +368,18 @@ def test_also_tabulates_final_metrics_of_the_kept_runs(tmp_path, capsys):
 
     (row,) = read_csv(out / "comparison.csv")
     assert row["lr"] == "0.001"
-    assert float(row["val/acc@len=64_mean"]) == pytest.approx(0.905)
-    assert float(row["val/acc@len=128_mean"]) == pytest.approx(0.5)
-    assert float(row["val/acc@len=128_std"]) == pytest.approx(statistics.stdev([0.45, 0.55]))
+    assert float(row["val/acc@len=64_final_mean"]) == pytest.approx(0.905)
+    assert float(row["val/acc@len=128_final_mean"]) == pytest.approx(0.5)
+    assert float(row["val/acc@len=128_final_std"]) == pytest.approx(statistics.stdev([0.45, 0.55]))
     header = (out / "comparison.md").read_text().splitlines()[2]
     assert header.index("val/acc@len=64") < header.index("val/acc@len=128")  # logging order
     assert "at the end of training" in (out / "comparison.md").read_text()
+
+    # the selection metric itself, at its final value: its own columns, not a clash
+    assert main([str(root), "--metric", "val/acc", "--also", "val/acc", "--out", str(out)]) == 0
+    (row,) = read_csv(out / "comparison.csv")
+    assert float(row["val/acc_mean"]) == float(row["val/acc_final_mean"]) == pytest.approx(0.9)
+    assert "| val/acc | val/acc (final) |" in (out / "comparison.md").read_text()
 
     assert main([str(root), "--also", "val/bpb", "--out", str(out)]) == 2
     error = capsys.readouterr().err
