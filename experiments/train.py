@@ -139,9 +139,14 @@ def wandb_mode(configured: str) -> str:
 
 
 def build_loggers(
-    config: dict[str, Any], run_dir: Path, dm: pl.LightningDataModule, history: HistoryLogger
+    config: dict[str, Any],
+    run_dir: Path,
+    dm: pl.LightningDataModule,
+    val_metrics: Sequence[str],
+    history: HistoryLogger,
 ) -> list[Logger]:
-    """metrics.csv always; plus W&B or Lightning's CSVLogger as ``logger.kind`` says."""
+    """metrics.csv always; plus W&B or Lightning's CSVLogger as ``logger.kind`` says; W&B
+    summarises each of ``val_metrics`` by its best and last value."""
     settings = config["logger"]
     loggers: list[Logger] = [history]
     if settings["kind"] == "csv":
@@ -162,13 +167,22 @@ def build_loggers(
             config={**config, "data_fingerprint": dm.fingerprint},
         )
         run = wandb_logger.experiment
-        summaries = {"val/loss": "min", "val/acc": "max", "val/bpb": "min", "val/ppl": "min"}
-        for name in dm.val_set_names if len(dm.val_set_names) > 1 else ():
-            summaries.update({f"val/loss@{name}": "min", f"val/acc@{name}": "max"})
-        for metric, summary in summaries.items():
-            run.define_metric(metric, step_metric="trainer/global_step", summary=f"{summary},last")
+        for metric in val_metrics:
+            best = "max" if higher_is_better(metric) else "min"
+            run.define_metric(metric, step_metric="trainer/global_step", summary=f"{best},last")
         loggers.append(wandb_logger)
     return loggers
+
+
+def check_monitor(monitor: str, val_metrics: Sequence[str]) -> None:
+    """Lightning finds a monitor that is never logged only at the first validation, after that
+    much training; the module knows its metric names before the first step."""
+    logged = [*val_metrics, "train/loss"]
+    if monitor not in logged:
+        raise ValueError(
+            f"callbacks.checkpoint.monitor={monitor!r} is not logged by this task and model; "
+            f"choose one of: {', '.join(logged)}"
+        )
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path) -> list[pl.Callback]:
@@ -228,6 +242,8 @@ def train(
             dm = build_datamodule(config)
             model = build_model(config, dm)
             module = build_module(config, model, dm)
+            val_metrics = module.val_metric_names()
+            check_monitor(config["callbacks"]["checkpoint"]["monitor"], val_metrics)
             all_callbacks = [*build_callbacks(config, run_dir), *callbacks]
             monitor = next(cb for cb in all_callbacks if isinstance(cb, ThroughputMonitor))
             trainer = pl.Trainer(
@@ -235,7 +251,7 @@ def train(
                 check_val_every_n_epoch=None,  # validate every val_check_interval steps
                 gradient_clip_val=config["optim"]["grad_clip"],
                 default_root_dir=run_dir,
-                logger=build_loggers(config, run_dir, dm, history),
+                logger=build_loggers(config, run_dir, dm, val_metrics, history),
                 callbacks=all_callbacks,
                 enable_progress_bar=config["callbacks"]["progress_bar"],
             )

@@ -202,6 +202,7 @@ def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) ->
     metrics = _fit(module, _ToyData(), tmp_path).callback_metrics
     for key in ("val/loss", "val/acc", "val/ppl", "val/bpb", "train/loss", "train/aux_loss"):
         assert key in metrics, key
+    assert sorted(module.val_metric_names()) == sorted(k for k in metrics if k.startswith("val/"))
     for name in ("short", "long"):
         assert f"val/acc@{name}" in metrics and f"val/loss@{name}" in metrics
     loss = metrics["val/loss"].item()
@@ -219,6 +220,7 @@ def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
     metrics = _fit(module, _ToyData("classification"), tmp_path).callback_metrics
     assert 0.0 <= metrics["val/acc"].item() <= 1.0
     assert "val/ppl" not in metrics and "val/acc@long" in metrics
+    assert sorted(module.val_metric_names()) == sorted(k for k in metrics if k.startswith("val/"))
 
 
 def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
@@ -229,6 +231,24 @@ def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model\.n_layers must be >= 1"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_monitor_the_task_never_logs_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra import compose, initialize_config_module
+
+    monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose(
+            "config", overrides=["experiment=mqar", "callbacks.checkpoint.monitor=val/bpb"]
+        )
+    # bits per byte mean nothing on synthetic tokens; the message lists what MQAR does log
+    with pytest.raises(ConfigError, match=r"monitor='val/bpb' is not logged.*val/acc@seq_len=128"):
+        train(cfg, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "failed" and results["metrics"] == {}
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 # ------------------------------------------------------------- end to end, through the CLI
