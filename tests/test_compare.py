@@ -334,7 +334,7 @@ def test_real_sweep_then_compare(tmp_path, capsys):
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
-    overrides = ["trainer=debug", "logger=none", "model.d_model=16", "model.n_layers=1"]
+    overrides = ["debug=default", "logger=none", "model.d_model=16", "model.n_layers=1"]
     command = [sys.executable, "-m", "experiments.cli", "train", "-m", *overrides]
     command += ["mixer=attention,conv", "seed=0,1", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)

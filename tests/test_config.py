@@ -41,13 +41,25 @@ def base() -> dict:
     + [f"experiment={e}" for e in _options("experiment")]
     + [f"trainer={t}" for t in _options("trainer")]
     + [f"logger={lg}" for lg in _options("logger")]
-    + [f"sweep={s}" for s in _options("sweep")],
+    + [f"sweep={s}" for s in _options("sweep")]
+    + [f"debug={d}" for d in _options("debug")],
 )
 def test_every_shipped_option_composes_and_validates(override: str) -> None:
     cfg = validate_config(_compose(override))
     group, option = override.split("=")
     if group == "mixer":
         assert cfg["mixer"]["name"] == option
+
+
+@pytest.mark.parametrize("preset", [f"experiment={e}" for e in _options("experiment")])
+def test_debug_cuts_every_preset_to_a_few_cpu_steps(preset: str) -> None:
+    preset_trainer = validate_config(_compose(preset))["trainer"]
+    trainer = validate_config(_compose(preset, "debug=default"))["trainer"]
+    assert preset_trainer["max_steps"] > trainer["max_steps"] == 4  # not the preset's budget
+    assert trainer["val_check_interval"] == 2 and trainer["accelerator"] == "cpu"
+    # the command line still wins over the debug preset
+    longer = validate_config(_compose(preset, "debug=default", "trainer.max_steps=6"))
+    assert longer["trainer"]["max_steps"] == 6
 
 
 def test_default_config_is_the_main_job(base: dict) -> None:

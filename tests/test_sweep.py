@@ -176,7 +176,7 @@ def test_wandb_sweep_parameters_are_valid_overrides(name: str) -> None:
 
 # --------------------------------------------------------------------- real sweeps (tiny, CPU)
 TINY = [
-    "trainer=debug",
+    "debug=default",
     "model.d_model=16",
     "model.n_layers=1",
     "task.datamodule.seq_len=32",

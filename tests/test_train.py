@@ -253,7 +253,7 @@ def test_a_monitor_the_task_never_logs_fails_before_training(
 
 # ------------------------------------------------------------- end to end, through the CLI
 TINY = [
-    "trainer=debug",
+    "debug=default",
     "model.d_model=32",
     "model.n_layers=1",
     "task.datamodule.seq_len=32",
