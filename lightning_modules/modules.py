@@ -170,9 +170,10 @@ class _SequenceModule(pl.LightningModule):
     def val_metric_names(self) -> list[str]:
         """Every name ``on_validation_epoch_end`` logs, known before training: a run checks its
         checkpoint monitor against them, and W&B summarises them."""
-        per_set = [f"val/{kind}@{name}" for name in self.val_set_names if self.val_sets
-                   for kind in ("loss", "acc")]  # fmt: skip
-        return ["val/loss", "val/acc", *self._val_extras(torch.zeros(())), *per_set]
+        names = ["val/loss", "val/acc", *self._val_extras(torch.zeros(()))]
+        for name in self.val_set_names if self.val_sets else ():
+            names += [f"val/loss@{name}", f"val/acc@{name}"]
+        return names
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
