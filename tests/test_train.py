@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -223,11 +224,16 @@ def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
     assert sorted(module.val_metric_names()) == sorted(k for k in metrics if k.startswith("val/"))
 
 
-def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
+def _run_config(*overrides: str) -> DictConfig:
+    """The shipped config with command-line style overrides, as ``mixerlab train`` composes it."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("config", overrides=["model.n_layers=0"])
+        return compose("config", overrides=list(overrides))
+
+
+def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
+    cfg = _run_config("model.n_layers=0")
     with pytest.raises(ConfigError, match=r"model\.n_layers must be >= 1"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -236,13 +242,8 @@ def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
 def test_a_monitor_the_task_never_logs_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hydra import compose, initialize_config_module
-
     monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose(
-            "config", overrides=["experiment=mqar", "callbacks.checkpoint.monitor=val/bpb"]
-        )
+    cfg = _run_config("experiment=mqar", "callbacks.checkpoint.monitor=val/bpb")
     # bits per byte mean nothing on synthetic tokens; the message lists what MQAR does log
     with pytest.raises(ConfigError, match=r"monitor='val/bpb' is not logged.*val/acc@seq_len=128"):
         train(cfg, tmp_path / "run")
