@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("mixers", "lightning_modules", "experiments", "conf")
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +26,45 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class ProjectCopy:
+    """A copy of mixerlab's source packages in which a test may add files (a throwaway mixer,
+    task or plot) and run Python: ``PYTHONPATH`` puts the copy in front of the installed
+    packages, so the real tree is never touched."""
+
+    root: Path
+
+    def write(self, relative_path: str, text: str) -> Path:
+        path = self.root / relative_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """``python *args`` in the copy, on one torch thread, W&B off."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(self.root),
+            "WANDB_MODE": "disabled",
+            "OMP_NUM_THREADS": "1",
+        }
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> ProjectCopy:
+    root = tmp_path / "project"
+    skip = shutil.ignore_patterns("__pycache__")
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, root / package, ignore=skip)
+    return ProjectCopy(root)
