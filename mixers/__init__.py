@@ -3,11 +3,14 @@
     from mixers import build_mixer, available_mixers, SequenceModel
     mixer = build_mixer("gmlp", d_model=64, causal=True, max_len=256)
 
-Importing this package registers the built-in mixers; plugins register through the entry-point
-group ``mixerlab.mixers``.
+Importing this package imports every public module in it, so a built-in mixer is one file whose
+``@register_mixer`` runs on import (plus its ``conf/mixer/<name>.yaml``), and no list of built-ins
+is written anywhere; plugins register through the entry-point group ``mixerlab.mixers``.
 """
 
-from mixers import attention, conv, gmlp, rnn, smlp  # noqa: F401  (registers the built-ins)
+import importlib
+import pkgutil
+
 from mixers.base import (
     TokenMixer,
     available_mixers,
@@ -18,6 +21,10 @@ from mixers.base import (
     register_mixer,
 )
 from mixers.model import SequenceModel
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "SequenceModel",

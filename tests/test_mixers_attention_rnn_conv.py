@@ -1,4 +1,5 @@
-"""Behaviour of the attention, rnn and conv mixers: the contract plus what is specific to each."""
+"""Behaviour of the attention, rnn and conv mixers: the contract for each hyper-parameter variant,
+then what is specific to each."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from mixers.attention import SelfAttention
 from mixers.base import TokenMixer, build_mixer, describe_mixer
 from mixers.conv import ConvMixer
 from mixers.rnn import RecurrentMixer
+from mixers.testing import check_mixer
 
 D = 16
 L = 10
 ATOL = 1e-5
 
-# (registered name, hparams): every variant runs through every contract test, in both modes.
+# (registered name, hparams): every variant runs through every contract check, in both modes.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("attention", {}),
     ("attention", {"n_heads": 2, "rope": True, "bias": False}),
@@ -42,105 +44,10 @@ def randn(*shape: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(params=VARIANTS, ids=IDS)
-def variant(request) -> tuple[str, dict[str, Any]]:
-    return request.param
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_shape_and_finite(variant, causal: bool) -> None:
-    mixer = make(*variant, causal=causal)
-    y = mixer(randn(3, L, D))
-    assert y.shape == (3, L, D)
-    assert torch.isfinite(y).all()
-
-
-def test_causal_output_ignores_the_future(variant) -> None:
-    mixer = make(*variant, causal=True)
-    x = randn(2, L, D)
-    changed = x.clone()
-    changed[:, 6:] = randn(2, L - 6, D, seed=2)
-    y, y_changed = mixer(x), mixer(changed)
-    torch.testing.assert_close(y_changed[:, :6], y[:, :6], atol=ATOL, rtol=0)
-    assert not torch.allclose(y_changed[:, 6:], y[:, 6:], atol=1e-3)
-
-
-def test_encoder_sees_the_future(variant) -> None:
-    mixer = make(*variant, causal=False)
-    x = randn(2, L, D)
-    changed = x.clone()
-    changed[:, 1:] = randn(2, L - 1, D, seed=2)
-    # Position 0 reads position 1 in every variant (conv's centred window included).
-    assert not torch.allclose(mixer(changed)[:, 0], mixer(x)[:, 0], atol=1e-3)
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_padding_invariance(variant, causal: bool) -> None:
-    """A padded batch equals each sequence run alone, at real positions, whatever the padding."""
-    mixer = make(*variant, causal=causal)
-    lengths = [L, 7, 2]
-    x = randn(len(lengths), L, D)
-    mask = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
-    y = mixer(x, mask)
-    assert torch.isfinite(y).all()
-    for i, n in enumerate(lengths):
-        alone = mixer(x[i : i + 1, :n])
-        torch.testing.assert_close(y[i : i + 1, :n], alone, atol=ATOL, rtol=0)
-    # Different padded content and more padding: the real outputs stay the same.
-    noisy = torch.where(mask[..., None], x, 100 * randn(*x.shape, seed=3))
-    longer = torch.cat((noisy, randn(3, 4, D, seed=4)), dim=1)
-    longer_mask = torch.cat((mask, torch.zeros(3, 4, dtype=torch.bool)), dim=1)
-    y_longer = mixer(longer, longer_mask)
-    torch.testing.assert_close(y_longer[:, :L][mask], y[mask], atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_fully_padded_sequence_stays_finite(variant, causal: bool) -> None:
-    mixer = make(*variant, causal=causal)
-    mask = torch.zeros(2, L, dtype=torch.bool)
-    mask[0, :4] = True
-    assert torch.isfinite(mixer(randn(2, L, D), mask)).all()
-
-
-def test_step_equals_forward(variant) -> None:
-    mixer = make(*variant, causal=True, max_len=L)
-    assert mixer.supports_step
-    x = randn(3, L, D)
-    state = mixer.init_state(3)
-    steps = []
-    for t in range(L):
-        y_t, state = mixer.step(x[:, t], state)
-        steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, dim=1), mixer(x), atol=ATOL, rtol=0)
-    with pytest.raises(ValueError, match=f"{L + 1}.*max_len {L}"):
-        mixer.step(x[:, 0], state)
-
-
-def test_encoder_cannot_step(variant) -> None:
-    mixer = make(*variant, causal=False)
-    with pytest.raises(ValueError, match="causal"):
-        mixer.step(randn(1, D), mixer.init_state(1))
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_gradient_reaches_every_parameter(variant, causal: bool) -> None:
-    mixer = make(*variant, causal=causal).train()
-    mask = torch.ones(2, L, dtype=torch.bool)
-    mask[1, 5:] = False
-    mixer(randn(2, L, D), mask).square().sum().backward()
-    for name, p in mixer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-
-
-def test_max_len_violation_names_both_lengths(variant) -> None:
-    mixer = make(*variant, causal=True, max_len=8)
-    with pytest.raises(ValueError, match=r"length 9 .*max_len 8"):
-        mixer(randn(1, 9, D))
-
-
-def test_flops_per_token_is_positive(variant) -> None:
-    for causal in (True, False):
-        assert make(*variant, causal=causal).flops_per_token(L) > 0
+@pytest.mark.parametrize(("name", "hparams"), VARIANTS, ids=IDS)
+def test_variant_meets_the_contract(name: str, hparams: dict[str, Any]) -> None:
+    """Every hyper-parameter variant, in both modes: the contract suite builds defaults only."""
+    check_mixer(name, d_model=D, hparams=hparams)
 
 
 # --- attention -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from mixers import SequenceModel, build_mixer
 from mixers.gmlp import SpatialMix
 from mixers.moe import MoEFeedForward
 from mixers.smlp import ExpertLayerNorm
+from mixers.testing import check_mixer
 
 D, MAX_LEN = 16, 12
 
@@ -40,75 +41,22 @@ def inputs(batch: int = 2, length: int = 10, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, length, D, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("perturb", [0.0, 0.5], ids=["init", "perturbed"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_shape_and_finite(variant, causal):
-    y = make(variant, causal)(inputs())
-    assert y.shape == (2, 10, D)
-    assert torch.isfinite(y).all()
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_causal_output_ignores_the_future(variant):
-    mixer, x = make(variant), inputs()
-    changed = x.clone()
-    changed[:, 6:] = torch.randn_like(changed[:, 6:])
-    y, y_changed = mixer(x), mixer(changed)
-    torch.testing.assert_close(y[:, :6], y_changed[:, :6], atol=1e-6, rtol=0)
-    assert not torch.allclose(y[:, 6:], y_changed[:, 6:])
+def test_variant_meets_the_contract(variant: str, perturb: float) -> None:
+    """At init W is near 0, so positions barely mix; perturbed weights make a leak visible."""
+    name, hparams = VARIANTS[variant]
+    atol = 1e-4 if perturb else 1e-5  # larger weights, larger rounding differences
+    check_mixer(name, d_model=D, max_len=MAX_LEN, hparams=hparams, perturb=perturb, atol=atol)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_encoder_sees_the_future(variant):
-    mixer, x = make(variant, causal=False), inputs()
-    changed = x.clone()
-    changed[:, -1] += 1.0
-    assert (mixer(x)[:, 0] - mixer(changed)[:, 0]).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_padding_invariance(variant, causal):
-    """A padded batch equals each sequence alone on real positions, whatever the padding holds."""
-    mixer = make(variant, causal)
-    x = inputs(2, 10)
-    x[1, 6:] = 100.0 * torch.randn(4, D)  # loud garbage at padded positions
-    mask = torch.ones(2, 10, dtype=torch.bool)
-    mask[1, 6:] = False
-    batched = mixer(x, mask)
-    torch.testing.assert_close(batched[0], mixer(x[:1])[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched[1, :6], mixer(x[1:, :6])[0], atol=1e-5, rtol=0)
-    assert torch.isfinite(batched).all()
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_step_equals_forward(variant):
-    mixer, x = make(variant), inputs(2, MAX_LEN)
-    state = mixer.init_state(2)
-    steps = []
-    for t in range(MAX_LEN):
-        y_t, state = mixer.step(x[:, t], state)
-        steps.append(y_t)
-    assert state["position"] == MAX_LEN
-    torch.testing.assert_close(torch.stack(steps, dim=1), mixer(x), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="exceeds"):
-        mixer.step(x[:, 0], state)
-
-
-def test_encoder_cannot_step():
-    mixer = make("gmlp", causal=False)
-    with pytest.raises(ValueError, match="causal"):
-        mixer.step(inputs()[:, 0], mixer.init_state(2))
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_gradient_reaches_every_parameter_at_init(variant):
-    """Even with W ~ 0 at init the mix is linear in W, so W gets a gradient from the start."""
+def test_causal_mix_trains_only_the_lower_triangle_of_w(variant):
+    """W gets a gradient from the first step (the mix is linear in W), but only where a position
+    reads its past."""
     mixer = make(variant, trained=False).train()
     mixer(inputs()).pow(2).sum().backward()
-    for name, p in mixer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    # Causal: only the lower triangle of W is used, so only it learns.
+    assert mixer.spatial.weight.grad.abs().sum() > 0
     upper = torch.ones(MAX_LEN, MAX_LEN, dtype=torch.bool).triu(1)
     assert (mixer.spatial.weight.grad[:, upper] == 0).all()
 
@@ -178,13 +126,6 @@ def test_amlp_attention_contributes_to_the_gate():
         mixer.attn.out.weight.zero_()
         mixer.attn.out.bias.zero_()
     assert (mixer(x) - y).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_too_long_input_names_both_lengths(variant):
-    mixer = make(variant)
-    with pytest.raises(ValueError, match=rf"{MAX_LEN + 1}.*max_len {MAX_LEN}"):
-        mixer(inputs(1, MAX_LEN + 1))
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import LogUniformDistribution, UniformDistribution
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from experiments import compare
+import experiments.train  # noqa: F401  (registers the mixerlab.direction resolver)
+from experiments import compare, wandb_sweep
 from experiments.schema import validate_config
-from experiments.train import main as train_main  # also registers the mixerlab.direction resolver
+from mixers import available_mixers
 
 
 def _options(group: str) -> list[str]:
@@ -36,7 +37,6 @@ def _options(group: str) -> list[str]:
 
 GRID_SWEEPS = [name for name in _options("sweep") if name != "optuna"]
 SHIPPED_MIXERS = {name for name in _options("mixer") if name != "plugin"}
-WANDB_SWEEPS = _options("wandb_sweep")
 
 
 def _compose(*overrides: str, hydra: bool = True) -> DictConfig:
@@ -57,20 +57,20 @@ def _value(config: dict[str, Any], key: str) -> Any:
     return node["name"] if isinstance(node, dict) else node
 
 
-def _sweep_jobs(params: dict[str, str]) -> dict[str, list[str]]:
-    """Each swept key's values as the overrides Hydra gives the jobs (``key=value``)."""
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+def _sweep_jobs(*overrides: str) -> dict[str, list[str]]:
+    """Each swept key's values as the overrides the jobs get (``key=value``), globs expanded."""
+    parameters = wandb_sweep.grid(overrides)["parameters"]
     return {
-        o.key_or_group: [f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in parsed
+        key: [f"{key}={value}" for value in p["values"]]
+        for key, p in parameters.items()
+        if "values" in p
     }
 
 
 # ------------------------------------------------------------------------- composing presets
 @pytest.mark.parametrize("preset", GRID_SWEEPS)
 def test_grid_sweep_presets_name_the_sweep_and_every_value_is_a_valid_run(preset: str) -> None:
-    cfg = _compose(f"sweep={preset}")
-    assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
-    jobs = _sweep_jobs(OmegaConf.to_container(cfg.hydra.sweeper.params))
+    jobs = _sweep_jobs(f"sweep={preset}")
     assert "seed" in jobs and len(jobs) >= 2
     names = set()
     for key, overrides in jobs.items():
@@ -85,9 +85,10 @@ def test_grid_sweep_presets_name_the_sweep_and_every_value_is_a_valid_run(preset
 
 
 def test_mixer_sweeps_cover_every_shipped_mixer() -> None:
+    """The presets glob conf/mixer/: every built-in mixer, and nothing else, without a list."""
+    assert set(available_mixers()) == SHIPPED_MIXERS  # no plugin is installed in the test env
     for preset in ("mixers", "mixers_lr"):
-        params = OmegaConf.to_container(_compose(f"sweep={preset}").hydra.sweeper.params)
-        assert {o.split("=")[1] for o in _sweep_jobs(params)["mixer"]} == SHIPPED_MIXERS
+        assert {o.split("=")[1] for o in _sweep_jobs(f"sweep={preset}")["mixer"]} == SHIPPED_MIXERS
 
 
 def test_sweep_name_follows_the_task_and_the_command_line() -> None:
@@ -142,11 +143,7 @@ def test_optuna_search_space_is_valid_overrides() -> None:
             assert _value(config, key) == pytest.approx(value)
 
 
-# ----------------------------------------------------------------------------- W&B sweep file
-def _wandb_sweep(name: str) -> dict[str, Any]:
-    return yaml.safe_load((files("conf") / "wandb_sweep" / f"{name}.yaml").read_text())
-
-
+# ---------------------------------------------------------------------------- W&B sweep files
 def _wandb_overrides(parameters: dict[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
     """The agent's ${args_no_hyphens}, rendered by W&B's own code: fixed ones, swept ones."""
 
@@ -159,19 +156,38 @@ def _wandb_overrides(parameters: dict[str, Any]) -> tuple[list[str], dict[str, l
     return fixed, swept
 
 
-@pytest.mark.parametrize("name", WANDB_SWEEPS)
-def test_wandb_sweep_parameters_are_valid_overrides(name: str) -> None:
-    sweep = _wandb_sweep(name)
-    assert "${args_no_hyphens}" in sweep["command"]
-    assert sweep["command"][2:4] == ["-m", "experiments.train"] and callable(train_main)
+@pytest.mark.parametrize("preset", GRID_SWEEPS)
+def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> None:
+    out = tmp_path / "sweep.yaml"
+    assert wandb_sweep.main([f"sweep={preset}", "experiment=mqar", "--out", str(out)]) == 0
+    sweep = yaml.safe_load(out.read_text())
+    assert sweep["command"][2:] == ["-m", "experiments.train", "${args_no_hyphens}"]
     assert sweep["project"] == _job_config()["logger"]["project"]
     fixed, swept = _wandb_overrides(sweep["parameters"])
-    assert swept, "a sweep sweeps something"
-    for values in swept.values():
-        for override in values:
+    assert "experiment=mqar" in fixed and swept
+    for key, values in swept.items():
+        assert values == _sweep_jobs(f"sweep={preset}", "experiment=mqar")[key]
+        for override in values:  # every agent run is a valid run in the sweep's group
             config = _job_config(*fixed, override)
-            assert config["name"] == sweep["name"]  # the W&B group of its runs
-    assert {v.split("=")[1] for v in swept["mixer"]} == SHIPPED_MIXERS
+            assert config["name"] == sweep["name"]
+            assert sweep["name"].startswith(f"{preset}_") and sweep["name"].endswith("_mqar")
+            assert config["task"]["name"] == "mqar"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["experiment=mqar"], "name a sweep preset"),
+        (["sweep=optuna"], "not a grid sweep"),
+        (["sweep=mixers", "seed=0,1"], "put swept values in the preset"),
+        (["sweep=mixers", "launcher=joblib"], "agents launch the runs"),
+    ],
+)
+def test_wandb_sweep_refuses_what_a_grid_file_cannot_hold(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert wandb_sweep.main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------- real sweeps (tiny, CPU)

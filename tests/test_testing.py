@@ -36,8 +36,8 @@ class CumulativeMean(TokenMixer):
     def mix(self, v: Tensor, weight: Tensor) -> Tensor:
         v = v * weight
         if self.causal:
-            return v.cumsum(1) / weight.cumsum(1)
-        return (v.sum(1, keepdim=True) / weight.sum(1, keepdim=True)).expand_as(v)
+            return v.cumsum(1) / weight.cumsum(1).clamp_min(1)
+        return (v.sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)).expand_as(v)
 
     def init_state(self, batch_size: int) -> dict[str, Tensor | int]:
         return {"sum": torch.zeros(batch_size, self.d_model), "count": 0}
@@ -54,7 +54,7 @@ class CumulativeMean(TokenMixer):
 class LeaksFuture(CumulativeMean):
     def mix(self, v: Tensor, weight: Tensor) -> Tensor:
         v = v * weight
-        return (v.sum(1, keepdim=True) / weight.sum(1, keepdim=True)).expand_as(v)
+        return (v.sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)).expand_as(v)
 
 
 class BlindEncoder(CumulativeMean):
@@ -63,7 +63,7 @@ class BlindEncoder(CumulativeMean):
 
 
 class BlindLocalEncoder(BlindEncoder):
-    global_mixing = False  # a local mixer must still see the next position
+    global_mixing = False  # a local mixer must still see some later position
 
 
 class IgnoresMask(CumulativeMean):
@@ -74,6 +74,13 @@ class IgnoresMask(CumulativeMean):
 class NaNAtPadding(CumulativeMean):
     def mix(self, v: Tensor, weight: Tensor) -> Tensor:
         return super().mix(v, weight) * weight / weight
+
+
+class NaNOnEmptyRow(CumulativeMean):
+    """Divides by the count of real tokens: 0 / 0 on a row with none."""
+
+    def mix(self, v: Tensor, weight: Tensor) -> Tensor:
+        return (v * weight).sum(1, keepdim=True).expand_as(v) / weight.sum(1, keepdim=True)
 
 
 class MixesBatchRows(CumulativeMean):
@@ -190,6 +197,7 @@ def test_checks_are_listed_in_order() -> None:
         "determinism",
         "state_dict",
         "step",
+        "encoder_step",
         "max_len",
         "flops",
         "aux_loss",
@@ -209,9 +217,10 @@ def test_check_mixer_checks_both_modes_by_default() -> None:
 BROKEN = [
     (DropsAChannel, True, "shapes", r"forward must return a torch.float32 tensor shaped like"),
     (NaNAtPadding, True, "finite", r"non-finite output in eval mode at row 1, padded position"),
+    (NaNOnEmptyRow, False, "finite", r"non-finite output in eval mode at row 3, padded position 0"),
     (LeaksFuture, True, "causality", r"position 0 changed .* when position 1 .* leaks the future"),
-    (BlindEncoder, False, "sees_future", r"did not change when the last real position 23"),
-    (BlindLocalEncoder, False, "sees_future", r"when the next position 1 changed"),
+    (BlindEncoder, False, "sees_future", r"did not change when the last real position 23 changed"),
+    (BlindLocalEncoder, False, "sees_future", r"did not change when positions 1.. changed"),
     (IgnoresMask, False, "padding", r"row 1 \(17 real of 20 positions\) .* padding leaks"),
     (MixesBatchRows, True, "batch_independence", r"row 0 changed .* mixes batch rows"),
     (UnusedParameter, True, "gradients", r"parameter 'unused' received no gradient"),
@@ -220,6 +229,7 @@ BROKEN = [
     (StateOutsideStateDict, False, "state_dict", r"some state lives outside the state_dict"),
     (StepOffByOne, True, "step", r"step output at position 0 differs from forward"),
     (StepsPastMaxLen, True, "step", r"stepping to position 25 with max_len=24 did not raise"),
+    (StepsPastMaxLen, False, "encoder_step", r"step did not raise ValueError in encoder mode"),
     (NoLengthCheck, False, "max_len", r"length 25 > max_len 24 did not raise ValueError"),
     (VagueLengthError, True, "max_len", r"must name both lengths, got: input too long"),
     (ZeroFlops, True, "flops", r"flops_per_token\(1\) must be positive and finite, got 0.0"),

@@ -1,163 +1,20 @@
-"""Contract checks for token mixers, usable on any mixer class or registered name.
-
-A plugin author proves a new mixer in one line::
-
-    from mixers.testing import check_mixer
-    check_mixer(MyMixer)            # or check_mixer("my_mixer", hparams={"width": 4})
-
-Every check builds small fp32 instances (CPU, fixed seeds, no global RNG side effects) and raises
-:class:`ContractError` (an ``AssertionError``) whose message names the mixer, the mode and what
-broke. ``CHECKS`` maps each check's name to a :class:`Check`, so a test suite can parametrize over
-them (``tests/test_contract.py`` does, over every registered mixer). Plain PyTorch and the standard
-library only: no pytest, so the checks run anywhere.
-"""
+"""The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
+independence, gradients, determinism, state_dict, step, max_len, FLOPs and aux_loss. Each check
+builds small fp32 instances through its :class:`MixerCase` and raises ``ContractError`` naming
+what broke; ``@contract_check`` registers it in ``CHECKS`` in the order of this file."""
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from mixers.base import TokenMixer, build_mixer, get_mixer_class
+from mixers.testing.case import MixerCase, contract_check, max_abs_diff
 
 
-class ContractError(AssertionError):
-    """A mixer broke the token-mixer contract; the message names the mixer, mode and problem."""
-
-
-@dataclass
-class MixerCase:
-    """One mixer in one mode at one small size: builds instances and random inputs for a check."""
-
-    mixer: str | type[TokenMixer]
-    causal: bool = True
-    d_model: int = 32
-    max_len: int = 24
-    hparams: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    atol: float = 1e-5
-
-    def __post_init__(self) -> None:
-        if self.max_len < 8:
-            raise ValueError(f"the contract checks need max_len >= 8, got {self.max_len}")
-        if isinstance(self.mixer, str):
-            self.cls = get_mixer_class(self.mixer)
-            self.name = self.mixer
-        elif isinstance(self.mixer, type) and issubclass(self.mixer, TokenMixer):
-            self.cls = self.mixer
-            self.name = self.mixer.__dict__.get("registry_name", self.mixer.__name__)
-        else:
-            raise TypeError(
-                f"check a mixer by registered name or TokenMixer subclass, got {self.mixer!r}"
-            )
-        self._inputs = torch.Generator().manual_seed(self.seed)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}(causal={self.causal})"
-
-    def fail(self, problem: str) -> ContractError:
-        return ContractError(f"{self.label}: {problem}")
-
-    def build(self, *, seed_offset: int = 0, train: bool = False) -> TokenMixer:
-        """A fresh instance seeded with ``seed + seed_offset``, in eval mode unless ``train``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + seed_offset)
-            kwargs = {"causal": self.causal, "max_len": self.max_len, **self.hparams}
-            if isinstance(self.mixer, str):
-                mixer = build_mixer(self.mixer, self.d_model, **kwargs)
-            else:
-                mixer = self.cls(self.d_model, **kwargs)
-        return mixer.train(train)
-
-    def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
-        return scale * torch.randn(*shape, generator=self._inputs)
-
-    def mask(self, lengths: list[int], total: int) -> Tensor:
-        """Right-padding mask (len(lengths), total): True at the first ``lengths[b]`` positions."""
-        return torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
-
-    def run(self, mixer: TokenMixer, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Forward ``x`` and fail unless the output is a tensor shaped and typed like ``x``."""
-        y = mixer(x, mask)
-        if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype:
-            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-            raise self.fail(
-                f"forward must return a {x.dtype} tensor shaped like its input "
-                f"{tuple(x.shape)}, got {got}"
-            )
-        return y
-
-    def assert_close(self, actual: Tensor, expected: Tensor, problem: str) -> None:
-        """Fail with ``problem`` (formatted with ``{diff}``) when the tensors differ beyond atol."""
-        diff = max_abs_diff(actual, expected)
-        if not diff <= self.atol:
-            raise self.fail(problem.format(diff=f"{diff:.3g}") + f" (atol {self.atol:g})")
-
-
-def max_abs_diff(a: Tensor, b: Tensor) -> float:
-    """Largest absolute difference; NaN anywhere counts as infinitely different."""
-    diff = (a.detach().float() - b.detach().float()).abs()
-    return float(torch.nan_to_num(diff, nan=math.inf).max()) if diff.numel() else 0.0
-
-
-def _always(cls: type[TokenMixer], causal: bool) -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Check:
-    """A named contract check; call it like ``check_mixer`` but for one mode (``causal``)."""
-
-    name: str
-    run: Callable[[MixerCase], None]
-    applies: Callable[[type[TokenMixer], bool], bool] = _always
-    when: str = "always"
-
-    def __call__(
-        self,
-        mixer: str | type[TokenMixer],
-        *,
-        causal: bool = True,
-        d_model: int = 32,
-        max_len: int = 24,
-        hparams: dict[str, Any] | None = None,
-        seed: int = 0,
-        atol: float = 1e-5,
-    ) -> None:
-        case = MixerCase(mixer, causal, d_model, max_len, dict(hparams or {}), seed, atol)
-        if not self.applies(case.cls, causal):
-            raise ValueError(
-                f"check {self.name!r} does not apply to {case.label}: it runs {self.when}"
-            )
-        self.run(case)
-
-    @property
-    def description(self) -> str:
-        return (self.run.__doc__ or "").strip().splitlines()[0]
-
-
-CHECKS: dict[str, Check] = {}
-
-
-def _check(
-    name: str,
-    applies: Callable[[type[TokenMixer], bool], bool] = _always,
-    when: str = "always",
-) -> Callable[[Callable[[MixerCase], None]], Check]:
-    def register(run: Callable[[MixerCase], None]) -> Check:
-        CHECKS[name] = Check(name, run, applies, when)
-        return CHECKS[name]
-
-    return register
-
-
-@_check("shapes")
+@contract_check("shapes")
 def check_shapes(case: MixerCase) -> None:
     """Output is shaped (B, L, d_model) for length 1, a middle length and max_len."""
     mixer = case.build()
@@ -168,12 +25,13 @@ def check_shapes(case: MixerCase) -> None:
             case.run(mixer, x, case.mask([length, max(1, length - 1)], length))
 
 
-@_check("finite")
+@contract_check("finite")
 def check_finite(case: MixerCase) -> None:
-    """Outputs are finite everywhere, padded positions included, in train and eval mode."""
+    """Outputs are finite everywhere, padded positions and an all-padding row included, in train
+    and eval mode."""
     length = case.max_len
-    x = case.randn(3, length, case.d_model)
-    mask = case.mask([length, 1, length // 2], length)
+    x = case.randn(4, length, case.d_model)
+    mask = case.mask([length, 1, length // 2, 0], length)
     for train in (False, True):
         mode = "train" if train else "eval"
         with torch.no_grad():
@@ -188,7 +46,7 @@ def check_finite(case: MixerCase) -> None:
             )
 
 
-@_check("causality", applies=lambda cls, causal: causal, when="for causal=True")
+@contract_check("causality", applies=lambda cls, causal: causal, when="for causal=True")
 def check_causality(case: MixerCase) -> None:
     """causal=True: changing position j leaves every output before j unchanged."""
     mixer = case.build()
@@ -210,33 +68,34 @@ def check_causality(case: MixerCase) -> None:
                 )
 
 
-@_check("sees_future", applies=lambda cls, causal: not causal, when="for causal=False")
+@contract_check("sees_future", applies=lambda cls, causal: not causal, when="for causal=False")
 def check_sees_future(case: MixerCase) -> None:
-    """causal=False: the first position's output changes with a later real position: the last
-    one for a global mixer, the next one for a local mixer (``global_mixing = False``)."""
+    """causal=False: the first position's output changes with later real positions: with the last
+    one for a global mixer, with the ones after it for a local mixer (``global_mixing = False``;
+    a dilated window may skip the next position)."""
     mixer = case.build()
     length = case.max_len
     lengths = [length, length - 3]
-    later = [n - 1 if mixer.global_mixing else 1 for n in lengths]
     x = case.randn(2, length, case.d_model)
     mask = case.mask(lengths, length)
     changed = x.clone()
-    for row, j in enumerate(later):
-        changed[row, j] = case.randn(case.d_model, scale=3.0)
+    for row, n in enumerate(lengths):
+        later = slice(n - 1, n) if mixer.global_mixing else slice(1, n)
+        changed[row, later] = case.randn(later.stop - later.start, case.d_model, scale=3.0)
     with torch.no_grad():
         first = case.run(mixer, x, mask)[:, 0]
         first_changed = case.run(mixer, changed, mask)[:, 0]
-    for row, (n, j) in enumerate(zip(lengths, later, strict=True)):
+    for row, n in enumerate(lengths):
         if max_abs_diff(first[row], first_changed[row]) == 0.0:
-            which = "last real" if mixer.global_mixing else "next"
+            which = f"the last real position {n - 1}" if mixer.global_mixing else "positions 1.."
             raise case.fail(
-                f"output at position 0 of row {row} ({n} real tokens) did not change when the "
-                f"{which} position {j} changed: an encoder (causal=False) must see "
+                f"output at position 0 of row {row} ({n} real tokens) did not change when "
+                f"{which} changed: an encoder (causal=False) must see "
                 + ("every real position" if mixer.global_mixing else "later positions")
             )
 
 
-@_check("padding")
+@contract_check("padding")
 def check_padding(case: MixerCase) -> None:
     """Real positions of a right-padded batch equal each sequence run alone, whatever the pad."""
     mixer = case.build()
@@ -271,7 +130,7 @@ def check_padding(case: MixerCase) -> None:
                 )
 
 
-@_check("batch_independence")
+@contract_check("batch_independence")
 def check_batch_independence(case: MixerCase) -> None:
     """In eval mode a row's output does not depend on the other rows of the batch."""
     mixer = case.build()
@@ -291,7 +150,7 @@ def check_batch_independence(case: MixerCase) -> None:
             )
 
 
-@_check("gradients")
+@contract_check("gradients")
 def check_gradients(case: MixerCase) -> None:
     """In train mode every trainable parameter gets a finite gradient, nonzero somewhere."""
     mixer = case.build(train=True)
@@ -323,7 +182,7 @@ def check_gradients(case: MixerCase) -> None:
         raise case.fail("the input received no gradient through the mixer")
 
 
-@_check("determinism")
+@contract_check("determinism")
 def check_determinism(case: MixerCase) -> None:
     """Two eval-mode forwards of the same input give the same output."""
     mixer = case.build()
@@ -338,7 +197,7 @@ def check_determinism(case: MixerCase) -> None:
         )
 
 
-@_check("state_dict")
+@contract_check("state_dict")
 def check_state_dict(case: MixerCase) -> None:
     """A fresh instance (another seed) loaded with the state_dict gives identical outputs."""
     source = case.build()
@@ -360,7 +219,7 @@ def check_state_dict(case: MixerCase) -> None:
         )
 
 
-@_check(
+@contract_check(
     "step",
     applies=lambda cls, causal: causal and cls.supports_step,
     when="for causal=True mixers with supports_step",
@@ -392,7 +251,26 @@ def check_step(case: MixerCase) -> None:
     )
 
 
-@_check("max_len")
+@contract_check(
+    "encoder_step",
+    applies=lambda cls, causal: not causal and cls.supports_step,
+    when="for causal=False mixers with supports_step",
+)
+def check_encoder_step(case: MixerCase) -> None:
+    """An encoder refuses to step: a step sees only the past, which is not what it computes."""
+    mixer = case.build()
+    try:
+        with torch.no_grad():
+            mixer.step(case.randn(1, case.d_model), mixer.init_state(1))
+    except ValueError:
+        return
+    raise case.fail(
+        "step did not raise ValueError in encoder mode (causal=False); call "
+        "self.check_step(position) first in step"
+    )
+
+
+@contract_check("max_len")
 def check_max_len(case: MixerCase) -> None:
     """Input longer than max_len raises a ValueError that names both lengths."""
     mixer = case.build()
@@ -419,7 +297,7 @@ def check_max_len(case: MixerCase) -> None:
     )
 
 
-@_check("flops")
+@contract_check("flops")
 def check_flops(case: MixerCase) -> None:
     """flops_per_token(L) is a positive finite number for length 1, a middle length and max_len."""
     mixer = case.build()
@@ -433,7 +311,7 @@ def check_flops(case: MixerCase) -> None:
             raise case.fail(f"flops_per_token({length}) must be positive and finite, got {flops}")
 
 
-@_check("aux_loss")
+@contract_check("aux_loss")
 def check_aux_loss(case: MixerCase) -> None:
     """aux_loss is None or a finite scalar tensor after forward, in train and eval mode."""
     length = case.max_len // 2
@@ -451,32 +329,3 @@ def check_aux_loss(case: MixerCase) -> None:
             raise case.fail(f"aux_loss after a {mode} forward must be a float scalar, got {got}")
         if not torch.isfinite(aux):
             raise case.fail(f"aux_loss after a {mode} forward is not finite: {float(aux)}")
-
-
-def check_mixer(
-    mixer: str | type[TokenMixer],
-    *,
-    d_model: int = 32,
-    max_len: int = 24,
-    hparams: dict[str, Any] | None = None,
-    causal: bool | None = None,
-    seed: int = 0,
-    atol: float = 1e-5,
-) -> None:
-    """Run every check that applies, in both modes when ``causal`` is None.
-
-    All checks run before anything is raised, so one ContractError lists every broken rule.
-    """
-    modes = (True, False) if causal is None else (causal,)
-    failures: list[str] = []
-    for mode in modes:
-        for check in CHECKS.values():
-            case = MixerCase(mixer, mode, d_model, max_len, dict(hparams or {}), seed, atol)
-            if not check.applies(case.cls, mode):
-                continue
-            try:
-                check.run(case)
-            except AssertionError as exc:
-                failures.append(f"[{check.name}] {exc}")
-    if failures:
-        raise ContractError(f"{len(failures)} contract check(s) failed:\n" + "\n".join(failures))

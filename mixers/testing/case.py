@@ -1,0 +1,144 @@
+"""What every contract check uses: one mixer in one mode (:class:`MixerCase`), the error it
+raises, and the registry of checks (``CHECKS``, filled by ``@contract_check`` in checks.py)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mixers.base import TokenMixer, build_mixer, get_mixer_class
+
+
+class ContractError(AssertionError):
+    """A mixer broke the token-mixer contract; the message names the mixer, mode and problem."""
+
+
+@dataclass
+class MixerCase:
+    """One mixer in one mode at one small size: builds instances and random inputs for a check."""
+
+    mixer: str | type[TokenMixer]
+    causal: bool = True
+    d_model: int = 32
+    max_len: int = 24
+    hparams: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    atol: float = 1e-5
+    # Std of Gaussian noise added to every parameter after init: an init that mixes positions
+    # only weakly (gMLP's W near 0) can hide a leak that trained weights would show.
+    perturb: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_len < 8:
+            raise ValueError(f"the contract checks need max_len >= 8, got {self.max_len}")
+        if isinstance(self.mixer, str):
+            self.cls = get_mixer_class(self.mixer)
+            self.name = self.mixer
+        elif isinstance(self.mixer, type) and issubclass(self.mixer, TokenMixer):
+            self.cls = self.mixer
+            self.name = self.mixer.__dict__.get("registry_name", self.mixer.__name__)
+        else:
+            raise TypeError(
+                f"check a mixer by registered name or TokenMixer subclass, got {self.mixer!r}"
+            )
+        self._inputs = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}(causal={self.causal})"
+
+    def fail(self, problem: str) -> ContractError:
+        return ContractError(f"{self.label}: {problem}")
+
+    def build(self, *, seed_offset: int = 0, train: bool = False) -> TokenMixer:
+        """A fresh instance seeded with ``seed + seed_offset``, in eval mode unless ``train``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + seed_offset)
+            kwargs = {"causal": self.causal, "max_len": self.max_len, **self.hparams}
+            if isinstance(self.mixer, str):
+                mixer = build_mixer(self.mixer, self.d_model, **kwargs)
+            else:
+                mixer = self.cls(self.d_model, **kwargs)
+            if self.perturb:
+                with torch.no_grad():
+                    for param in mixer.parameters():
+                        param.add_(self.perturb * torch.randn_like(param))
+        return mixer.train(train)
+
+    def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
+        return scale * torch.randn(*shape, generator=self._inputs)
+
+    def mask(self, lengths: list[int], total: int) -> Tensor:
+        """Right-padding mask (len(lengths), total): True at the first ``lengths[b]`` positions."""
+        return torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
+
+    def run(self, mixer: TokenMixer, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Forward ``x`` and fail unless the output is a tensor shaped and typed like ``x``."""
+        y = mixer(x, mask)
+        if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype:
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            raise self.fail(
+                f"forward must return a {x.dtype} tensor shaped like its input "
+                f"{tuple(x.shape)}, got {got}"
+            )
+        return y
+
+    def assert_close(self, actual: Tensor, expected: Tensor, problem: str) -> None:
+        """Fail with ``problem`` (formatted with ``{diff}``) when the tensors differ beyond atol."""
+        diff = max_abs_diff(actual, expected)
+        if not diff <= self.atol:
+            raise self.fail(problem.format(diff=f"{diff:.3g}") + f" (atol {self.atol:g})")
+
+
+def max_abs_diff(a: Tensor, b: Tensor) -> float:
+    """Largest absolute difference; NaN anywhere counts as infinitely different."""
+    diff = (a.detach().float() - b.detach().float()).abs()
+    return float(torch.nan_to_num(diff, nan=math.inf).max()) if diff.numel() else 0.0
+
+
+def _always(cls: type[TokenMixer], causal: bool) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named contract check; call it like ``check_mixer`` but for one mode (``causal``)."""
+
+    name: str
+    run: Callable[[MixerCase], None]
+    applies: Callable[[type[TokenMixer], bool], bool] = _always
+    when: str = "always"
+
+    def __call__(self, mixer: str | type[TokenMixer], *, causal: bool = True, **case: Any) -> None:
+        """Run this check on ``mixer`` in one mode; ``case`` takes :class:`MixerCase`'s fields
+        (d_model, max_len, hparams, seed, atol, perturb)."""
+        checked = MixerCase(mixer, causal, **case)
+        if not self.applies(checked.cls, causal):
+            raise ValueError(
+                f"check {self.name!r} does not apply to {checked.label}: it runs {self.when}"
+            )
+        self.run(checked)
+
+    @property
+    def description(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def contract_check(
+    name: str,
+    applies: Callable[[type[TokenMixer], bool], bool] = _always,
+    when: str = "always",
+) -> Callable[[Callable[[MixerCase], None]], Check]:
+    def register(run: Callable[[MixerCase], None]) -> Check:
+        CHECKS[name] = Check(name, run, applies, when)
+        return CHECKS[name]
+
+    return register
