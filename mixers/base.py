@@ -18,6 +18,12 @@ from torch import Tensor, nn
 ENTRY_POINT_GROUP = "mixerlab.mixers"
 
 
+def count_params(module: nn.Module) -> int:
+    """The one parameter count of every table, log and budget: each tensor once (a tied
+    embedding and head count once), trainable or not."""
+    return sum(p.numel() for p in module.parameters())
+
+
 class TokenMixer(nn.Module):
     """Base class of every token mixer.
 
@@ -104,7 +110,7 @@ class TokenMixer(nn.Module):
         raise NotImplementedError
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return count_params(self)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, causal={self.causal}, max_len={self.max_len}"

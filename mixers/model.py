@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer, build_mixer
+from mixers.base import TokenMixer, build_mixer, count_params
 from mixers.base import mixer_hparams as accepted_hparams
 from mixers.moe import MoEFeedForward
 from mixers.positions import sinusoidal_table
@@ -281,7 +281,7 @@ class SequenceModel(nn.Module):
     # -- accounting ---------------------------------------------------------------------------
     def num_params(self) -> int:
         """Parameters, counting tied embeddings once."""
-        return sum(p.numel() for p in self.parameters())
+        return count_params(self)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Analytic forward FLOPs per token: mixers, channel mixers and the output head."""
