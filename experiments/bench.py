@@ -14,6 +14,7 @@ table and written to ``<out>/bench-<name>.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.io import write_atomic
-from mixers import SequenceModel, available_mixers
+from mixers import SequenceModel, available_mixers, count_params
 
 VOCAB = 256  # byte-level
 
@@ -111,7 +112,7 @@ def _measure_interleaved(
         results.append(
             Measurement(
                 name=name,
-                params=sum(p.numel() for p in trainer.model.parameters()),
+                params=count_params(trainer.model),
                 tokens_per_s=tokens / median,
                 step_ms=1000 * median,
                 repeats=[round(tokens / s, 1) for s in seconds[name]],
@@ -242,7 +243,8 @@ def bench_overhead(shape: Shape, *, steps: int, warmup: int, repeats: int) -> di
         torch.manual_seed(0)
         bare.append(_Trainer(build(), batch).time(steps, warmup))
         torch.manual_seed(0)
-        module = LanguageModelModule(build(), lr=1e-3, warmup_steps=0, bytes_per_token=1.0)
+        optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)  # no schedule, as bare
+        module = LanguageModelModule(build(), optimizer=optimizer, bytes_per_token=1.0)
         timer = _StepTimer()
         trainer = pl.Trainer(
             max_steps=warmup + steps,
@@ -268,7 +270,8 @@ def bench_overhead(shape: Shape, *, steps: int, warmup: int, repeats: int) -> di
 
 def bench_loader(shape: Shape, *, steps: int, warmup: int, repeats: int) -> dict:
     """The default task's loader throughput next to the model's training throughput."""
-    from lightning_modules.data import TextLMDataModule, measure_loader_throughput
+    from lightning_modules.tasks.loading import measure_loader_throughput
+    from lightning_modules.tasks.text import TextLMDataModule
 
     dm = TextLMDataModule(seq_len=shape.seq_len, batch_size=shape.batch_size)
     dm.prepare_data()

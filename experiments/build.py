@@ -13,43 +13,38 @@ from urllib.parse import urlparse
 
 import hydra
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers import Logger
 
-from experiments.schema import ConfigError
 from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
-from lightning_modules.metric_names import higher_is_better
+from lightning_modules.metric_names import mode_of
 from lightning_modules.modules import ClassificationModule, LanguageModelModule
 from lightning_modules.results import RESULTS_FILE, HistoryLogger
+from lightning_modules.tasks import TaskDataModule, build_task
 from mixers import SequenceModel
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-def build_datamodule(config: dict[str, Any]) -> pl.LightningDataModule:
-    """The task's DataModule, prepared and set up for fitting."""
-    spec = dict(config["task"]["datamodule"])
-    dm = hydra.utils.instantiate(  # _convert_: plain lists/dicts, not OmegaConf containers
-        spec, seed=config["seed"], cache_dir=config["cache_dir"], _convert_="all"
+def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
+    """The registered task's DataModule, prepared and set up for fitting."""
+    task = config["task"]
+    dm = build_task(
+        task["name"], seed=config["seed"], cache_dir=config["cache_dir"], **task["datamodule"]
     )
     dm.prepare_data()
     dm.setup("fit")
-    if dm.task_type != config["task"]["type"]:
-        raise ConfigError(
-            f"task.type={config['task']['type']!r} but {spec['_target_']} produces "
-            f"{dm.task_type!r} batches; set task.type={dm.task_type}"
-        )
+    dm.check_ready()
     return dm
 
 
-def build_model(config: dict[str, Any], dm: pl.LightningDataModule) -> SequenceModel:
-    """The SequenceModel for this task: vocabulary, length and head come from the DataModule."""
+def build_model(config: dict[str, Any], dm: TaskDataModule) -> SequenceModel:
+    """The SequenceModel for this task: vocabulary, length, causality and head come from it."""
     mixer = dict(config["mixer"])
     return SequenceModel(
         dm.vocab_size,
         mixer=mixer.pop("name"),
         mixer_hparams=mixer,
-        causal=config["task"]["causal"],
+        causal=dm.causal,
         max_len=dm.max_len,
         num_classes=dm.num_classes,
         **config["model"],
@@ -59,13 +54,11 @@ def build_model(config: dict[str, Any], dm: pl.LightningDataModule) -> SequenceM
 def build_module(
     config: dict[str, Any], model: SequenceModel, dm: pl.LightningDataModule
 ) -> pl.LightningModule:
+    """The task type's LightningModule, with the optimiser and LR schedule ``optim`` names."""
     optim = config["optim"]
     kwargs = {
-        "lr": optim["lr"],
-        "warmup_steps": optim["warmup_steps"],
-        "weight_decay": optim["weight_decay"],
-        "betas": tuple(optim["betas"]),
-        "min_lr_ratio": optim["min_lr_ratio"],
+        "optimizer": hydra.utils.instantiate(optim["optimizer"]),
+        "scheduler": hydra.utils.instantiate(optim["scheduler"]),
         "val_set_names": dm.val_set_names,
         "compile": config["compile"],
     }
@@ -99,33 +92,28 @@ def build_loggers(
     val_metrics: Sequence[str],
     history: HistoryLogger,
 ) -> list[Logger]:
-    """metrics.csv always; plus W&B or Lightning's CSVLogger as ``logger.kind`` says; W&B
+    """metrics.csv always; plus W&B when ``logger`` names it (``logger=wandb``), which
     summarises each of ``val_metrics`` by its best and last value."""
-    settings = config["logger"]
-    loggers: list[Logger] = [history]
-    if settings["kind"] == "csv":
-        loggers.append(CSVLogger(run_dir, name="csv", version=""))
-    elif settings["kind"] == "wandb":
-        previous = _previous_results(run_dir)
-        mixer, task = config["mixer"]["name"], config["task"]["name"]
-        wandb_logger = WandbLogger(
-            project=settings["project"],
-            entity=settings["entity"],
-            name=f"{mixer}-{task}-seed{config['seed']}",
-            save_dir=str(run_dir),
-            id=previous.get("wandb_run_id"),  # a resumed run continues its W&B run
-            group=settings["group"],
-            tags=[mixer, task, *settings["tags"]],
-            job_type=settings["job_type"],
-            mode=wandb_mode(settings["mode"]),
-            config={**config, "data_fingerprint": dm.fingerprint},
-        )
-        run = wandb_logger.experiment
-        for metric in val_metrics:
-            best = "max" if higher_is_better(metric) else "min"
-            run.define_metric(metric, step_metric="trainer/global_step", summary=f"{best},last")
-        loggers.append(wandb_logger)
-    return loggers
+    spec = config["logger"]
+    if not spec:
+        return [history]
+    mixer, task = config["mixer"]["name"], config["task"]["name"]
+    wandb_logger = hydra.utils.instantiate(
+        spec,
+        name=f"{mixer}-{task}-seed{config['seed']}",
+        save_dir=str(run_dir),
+        id=_previous_results(run_dir).get("wandb_run_id"),  # a resumed run continues its W&B run
+        tags=[mixer, task, *spec["tags"]],
+        mode=wandb_mode(spec["mode"]),
+    )
+    # the run's config as W&B's, here rather than through instantiate, which would build the
+    # objects its _target_ nodes name
+    wandb_logger.log_hyperparams({**config, "data_fingerprint": dm.fingerprint})
+    run = wandb_logger.experiment
+    for metric in val_metrics:
+        summary = f"{mode_of(metric)},last"
+        run.define_metric(metric, step_metric="trainer/global_step", summary=summary)
+    return [history, wandb_logger]
 
 
 def check_monitor(monitor: str, val_metrics: Sequence[str]) -> None:
@@ -140,23 +128,17 @@ def check_monitor(monitor: str, val_metrics: Sequence[str]) -> None:
 
 
 def build_callbacks(config: dict[str, Any], run_dir: Path) -> list[pl.Callback]:
+    """The configured checkpoint and ``extra`` callbacks, and the ones every run needs."""
     settings = config["callbacks"]
-    ckpt = settings["checkpoint"]
-    callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / CHECKPOINT_DIR,
-            filename="best",
-            monitor=ckpt["monitor"],
-            mode="max" if higher_is_better(ckpt["monitor"]) else "min",
-            save_last=ckpt["save_last"],
-            save_top_k=ckpt["save_top_k"],
-            every_n_train_steps=ckpt["every_n_train_steps"],
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        ),
-        CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR),
-        ThroughputMonitor(window=config["trainer"]["log_every_n_steps"]),
-    ]
+    checkpoint = hydra.utils.instantiate(
+        settings["checkpoint"],  # what a run's results and resuming rely on is set here
+        dirpath=str(run_dir / CHECKPOINT_DIR),
+        filename="best",
+        mode=mode_of(settings["checkpoint"]["monitor"]),
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks = [checkpoint, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR), ThroughputMonitor()]
     if settings["progress_bar"]:
         callbacks.append(ProgressBar())
     callbacks.extend(hydra.utils.instantiate(spec) for spec in settings["extra"])

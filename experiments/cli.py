@@ -4,6 +4,7 @@ mixerlab train [hydra overrides and flags]   # train (Hydra app: -m, --cfg job, 
 mixerlab list                                # mixers, tasks and experiments, one line each
 mixerlab compare RUN_DIR...                  # tables and curves over finished runs
 mixerlab bench [NAME...]                     # speed benchmarks
+mixerlab wandb-sweep sweep=NAME [overrides]  # a W&B sweep file for a grid-sweep preset
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 from importlib.resources import files
-from typing import Any
-
-import yaml
 
 COMMANDS = {
     "train": "train a model (a Hydra app: overrides, -m, --cfg job, --help, --info)",
     "list": "list the mixers, tasks and experiments",
     "compare": "compare finished runs: tables and curves",
     "bench": "speed benchmarks (tokens/s, Lightning overhead, reference models)",
+    "wandb-sweep": "write a W&B sweep file for a grid-sweep preset (sweep=mixers_lr ...)",
 }
 # Modules with main(argv) -> int, imported only when their command runs, so that `mixerlab list`
 # does not pay for Lightning and Hydra.
@@ -28,6 +27,7 @@ MODULES = {
     "train": "experiments.train",
     "compare": "experiments.compare",
     "bench": "experiments.bench",
+    "wandb-sweep": "experiments.wandb_sweep",
 }
 
 
@@ -63,18 +63,14 @@ def _first_comment(text: str) -> str:
     return ""
 
 
-def _task_description(text: str) -> str:
-    data: Any = yaml.safe_load(text) or {}
-    return str(data.get("description", "")) if isinstance(data, dict) else ""
-
-
 def list_components() -> dict[str, list[tuple[str, str]]]:
-    """What can be combined: registered mixers (plugins too), shipped tasks and experiments."""
+    """What can be combined: registered mixers and tasks (plugins too) and shipped experiments."""
+    from lightning_modules.tasks import available_tasks, describe_task
     from mixers import available_mixers, describe_mixer
 
     return {
         "mixers": [(name, describe_mixer(name)) for name in available_mixers()],
-        "tasks": [(name, _task_description(text)) for name, text in _conf_entries("task")],
+        "tasks": [(name, describe_task(name)) for name in available_tasks()],
         "experiments": [(name, _first_comment(text)) for name, text in _conf_entries("experiment")],
     }
 

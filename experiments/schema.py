@@ -3,8 +3,8 @@
 Hydra composes YAML without knowing what the keys mean; a typo in an experiment file or a
 ``+model.d_modle=64`` override would otherwise surface minutes later as a TypeError deep inside
 training, or never. :func:`validate_config` walks the composed config against the dataclasses
-below (and the mixer registry for ``mixer``) and raises one :class:`ConfigError` that lists every
-problem with the key, what was given and what is allowed.
+below (and the mixer and task registries for ``mixer`` and ``task``) and raises one
+:class:`ConfigError` that lists every problem with the key, what was given and what is allowed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
+from lightning_modules.tasks.base import RUN_ARGUMENTS
 from mixers import available_mixers, get_mixer_class, mixer_hparams
 from mixers.model import FFN_KINDS, NORM_KINDS, POS_KINDS
 
@@ -53,15 +55,6 @@ class ModelConfig:
 
 
 @dataclass
-class TaskConfig:
-    name: str
-    description: str
-    type: Annotated[str, Allowed(choices=("lm", "classification"))]
-    causal: bool
-    datamodule: dict[str, Any]
-
-
-@dataclass
 class OptimConfig:
     lr: Annotated[float, Allowed(lo=1e-12)]
     weight_decay: Annotated[float, Allowed(lo=0)]
@@ -69,6 +62,8 @@ class OptimConfig:
     warmup_steps: Annotated[int, Allowed(lo=0)]
     min_lr_ratio: Annotated[float, Allowed(lo=0, hi=1)]
     grad_clip: Annotated[float | None, Allowed(lo=0)]
+    optimizer: dict[str, Any]  # instantiated (a _target_ spec), called with parameter groups
+    scheduler: dict[str, Any]  # instantiated (a _target_ spec), called with the optimiser
 
 
 # ckpt_path values Trainer.fit resolves itself ("registry:<model>" too); anything else is a file.
@@ -93,6 +88,7 @@ class TrainerConfig:
 
 @dataclass
 class CheckpointConfig:
+    _target_: str
     monitor: str
     save_last: bool
     save_top_k: Annotated[int, Allowed(lo=-1)]
@@ -108,25 +104,13 @@ class CallbacksConfig:
 
 @dataclass
 class WandbConfig:
-    kind: Annotated[str, Allowed(choices=("wandb",))]
+    _target_: str
     mode: Annotated[str, Allowed(choices=("auto", "offline", "online", "disabled"))]
     project: str
     entity: str | None
     group: str | None
     tags: list[str]
     job_type: str
-
-
-@dataclass
-class PlainLoggerConfig:
-    kind: Annotated[str, Allowed(choices=("csv", "none"))]
-
-
-LOGGERS: dict[str, type] = {
-    "wandb": WandbConfig,
-    "csv": PlainLoggerConfig,
-    "none": PlainLoggerConfig,
-}
 
 
 @dataclass
@@ -138,10 +122,10 @@ class TrainConfig:
     ckpt_path: str | None
     mixer: dict[str, Any]  # checked against the registry, see _check_mixer
     model: ModelConfig
-    task: TaskConfig
+    task: dict[str, Any]  # checked against the task registry, see _check_task
     optim: OptimConfig
     trainer: TrainerConfig
-    logger: dict[str, Any]  # checked against LOGGERS[kind], see _check_logger
+    logger: dict[str, Any]  # empty or W&B's, see _check_logger
     callbacks: CallbacksConfig
 
 
@@ -159,6 +143,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     _check(plain, TrainConfig, "", problems)
     if not problems:
         _check_mixer(plain["mixer"], problems)
+        _check_task(plain["task"], problems)
         _check_logger(plain["logger"], problems)
         _check_cross(plain, problems)
     if problems:
@@ -287,28 +272,61 @@ def _check_mixer(node: Mapping[str, Any], problems: list[str]) -> None:
             )
 
 
-def _check_logger(node: Mapping[str, Any], problems: list[str]) -> None:
-    kind = node.get("kind")
-    if kind not in LOGGERS:
-        problems.append(f"logger.kind={kind!r} is not allowed; choose one of: {', '.join(LOGGERS)}")
-        return
-    _check(node, LOGGERS[kind], "logger.", problems)
-
-
-def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
-    """Constraints between keys that no single key's type can express."""
-    datamodule = cfg["task"]["datamodule"]
-    if not isinstance(datamodule.get("_target_"), str):
+def _check_task(node: dict[str, Any], problems: list[str]) -> None:
+    """``task.name`` must be registered and ``task.datamodule`` its keyword arguments; the
+    registration's ``type`` and ``causal`` are filled in, so the recorded config holds them."""
+    name = node.get("name")
+    known = available_tasks()
+    if name not in known:
         problems.append(
-            "task.datamodule._target_ must name the DataModule class, "
-            "e.g. lightning_modules.data.TextLMDataModule"
+            f"task.name={name!r} is not a registered task; known tasks: {', '.join(known)} "
+            "(select one with task=<name>)"
         )
-    for key in ("seed", "cache_dir"):
-        if key in datamodule:
+        return
+    cls = get_task_class(name)
+    registered = {"type": cls.task_type, "causal": cls.causal}
+    for key in sorted(set(node) - {"name", "datamodule"}):
+        if key not in registered:
+            problems.append(_unknown(f"task.{key}", key, ["name", "datamodule"], "task"))
+        elif node[key] != registered[key]:
+            problems.append(
+                f"task.{key}={node[key]!r} contradicts task {name!r}, registered with "
+                f"{key}={registered[key]!r}; remove task.{key}: the registration sets it"
+            )
+    datamodule = node.get("datamodule")
+    if not isinstance(datamodule, Mapping):
+        problems.append(f"task.datamodule must be a mapping, got {datamodule!r}")
+        return
+    accepted = task_arguments(name)
+    for key, value in datamodule.items():
+        if key in RUN_ARGUMENTS:
             problems.append(
                 f"task.datamodule.{key} is set by the run (top-level {key}); "
                 "remove it from the task"
             )
+        elif key not in accepted:
+            problems.append(
+                _unknown(f"task.datamodule.{key}", key, list(accepted), f"task {name!r}")
+                + f" ({cls.__name__}'s keyword arguments; task.name selects the class)"
+            )
+        elif isinstance(accepted[key], (bool, int, float, str)) and not _matches(
+            value, type(accepted[key])
+        ):
+            problems.append(
+                f"task.datamodule.{key} must be {_type_name(type(accepted[key]))} like its "
+                f"default {accepted[key]!r}, got {value!r}"
+            )
+    node.update(registered)
+
+
+def _check_logger(node: Mapping[str, Any], problems: list[str]) -> None:
+    """Empty (``logger=csv`` or ``none``: metrics.csv only) or W&B's settings."""
+    if node:
+        _check(node, WandbConfig, "logger.", problems)
+
+
+def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
+    """Constraints between keys that no single key's type can express."""
     if len(cfg["optim"]["betas"]) != 2:
         betas = cfg["optim"]["betas"]
         problems.append(f"optim.betas must be two numbers [beta1, beta2], got {betas}")
@@ -328,3 +346,6 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
     for i, extra in enumerate(cfg["callbacks"]["extra"]):
         if not isinstance(extra.get("_target_"), str):
             problems.append(f"callbacks.extra[{i}] needs _target_: <callback class path>")
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(cfg["optim"][key].get("_target_"), str):
+            problems.append(f"optim.{key} needs _target_: <{key} class or function path>")

@@ -29,7 +29,6 @@ import hydra
 import pytorch_lightning as pl
 import torch
 import yaml
-from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
@@ -54,7 +53,7 @@ from experiments.build import (
 )
 from experiments.schema import ConfigError, validate_config
 from lightning_modules.callbacks import ThroughputMonitor
-from lightning_modules.metric_names import higher_is_better
+from lightning_modules.metric_names import mode_of
 from lightning_modules.results import HistoryLogger, RunResults
 from mixers import SequenceModel
 
@@ -68,7 +67,7 @@ BUILD_ERRORS = (ValueError, TypeError, InstantiationException, MisconfigurationE
 # conf/sweep/optuna.yaml: the study's direction follows the monitored metric, as checkpointing does.
 OmegaConf.register_new_resolver(
     "mixerlab.direction",
-    lambda metric: "maximize" if higher_is_better(metric) else "minimize",
+    lambda metric: {"max": "maximize", "min": "minimize"}[mode_of(metric)],
     replace=True,
 )
 
@@ -154,7 +153,7 @@ def _results(
     monitor: ThroughputMonitor | None,
     history: HistoryLogger,
 ) -> RunResults:
-    history.save()
+    history.flush()
     ckpt_dir = run_dir / CHECKPOINT_DIR
     best_path = None
     if trainer is not None and trainer.checkpoint_callback is not None:
@@ -256,13 +255,47 @@ def _hydra_app(cfg: DictConfig) -> float | None:
         raise SystemExit(2) from None
 
 
+# Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
+# --info/-i takes the next argument only when it is one of its topics.
+HYDRA_VALUE_FLAGS = frozenset(
+    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+    | {"--config-dir", "-cd", "--experimental-rerun"}
+)
+HYDRA_INFO_FLAGS = frozenset({"--info", "-i"})
+HYDRA_INFO_TOPICS = frozenset(
+    {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+)
+
+
+def split_hydra_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(flags with their values, overrides) of a Hydra command line, each in the given order."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        flags.append(arg)
+        takes_value = arg in HYDRA_VALUE_FLAGS or (
+            arg in HYDRA_INFO_FLAGS and i < len(args) and args[i] in HYDRA_INFO_TOPICS
+        )
+        if takes_value and i < len(args):
+            flags.append(args[i])
+            i += 1
+    return flags, overrides
+
+
 def expand_resume(argv: Sequence[str]) -> list[str]:
     """``resume=<run dir>`` -> that run's overrides + the given ones + ``hydra.run.dir=<dir>``.
 
     Flags (``--config-dir`` and the like) stay in front; a given override replaces the run's
     override of the same key.
     """
-    overrides = get_args_parser().parse_args(list(argv)).overrides
+    flags, overrides = split_hydra_argv(argv)
     resume = [arg for arg in overrides if arg.startswith("resume=")]
     if not resume:
         return list(argv)
@@ -273,7 +306,6 @@ def expand_resume(argv: Sequence[str]) -> list[str]:
             f"resume={run_dir}: {saved} not found; pass the directory of a run started by "
             "`mixerlab train` (it holds .hydra/ and checkpoints/)"
         )
-    flags = [arg for arg in argv if arg not in overrides]
     merged: dict[str, str] = {}
     for override in [*yaml.safe_load(saved.read_text()), *overrides]:
         if not override.startswith("resume="):

@@ -7,50 +7,93 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.trainer.states import RunningStage, TrainerFn
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from torch import Tensor
+from torch import Tensor, nn
+
+# Training FLOPs per token = 3 x forward: the backward pass costs about twice the forward
+# (gradients for activations and for weights), the convention of Kaplan et al. and PaLM's MFU.
+TRAINING_FLOPS_PER_FORWARD = 3
+TRAINING = RunningStage.TRAINING
 
 
-class ThroughputMonitor(pl.Callback):
-    """Logs ``params`` once, and ``tokens_per_s`` and ``step_time_s`` every ``window`` steps.
+def _batch_size(batch: dict[str, Tensor]) -> int:
+    return batch["mask"].shape[0]
 
-    Tokens are the real tokens of each batch (``mask.sum()``), so padding does not inflate the
-    rate. The mask sums stay on the device until the window closes, so counting adds no device
-    synchronisation per step. Validation runs restart the window so they are never counted as
-    training time. ``tokens_per_s`` is also shown in the progress bar.
+
+class ThroughputMonitor(pl.callbacks.ThroughputMonitor):
+    """Lightning's ThroughputMonitor, fed once per logging interval with what a run counts.
+
+    Items are real tokens (``mask.sum()``: padding does not inflate the rate); FLOPs are the
+    training FLOPs of those tokens from the model's own accounting,
+    ``TRAINING_FLOPS_PER_FORWARD x model.flops_per_token(seq_len)`` per token (none for a model
+    that does not count its FLOPs); batches are optimiser steps. Lightning's own monitor syncs
+    the device and reads the counts every batch; here the counts stay on the device and
+    Lightning's ``Throughput`` is updated only at the steps Lightning logs (every
+    ``log_every_n_steps`` optimiser steps), so rates are over the last interval and counting
+    adds no device sync per step.
+
+    Logs ``tokens_per_s`` (in the progress bar too), ``step_time_s``, Lightning's
+    ``train/device/flops_per_sec`` and, where the device's peak is known (GPUs),
+    ``train/device/mfu``; ``params`` once at the start. Validation, and what runs between it and
+    the next training batch (checkpointing), is not training time: the clock pauses meanwhile.
+    Validation throughput is not logged: its rows would fall at validation-batch indices, not
+    at the training steps metrics.csv and W&B are keyed on.
     """
 
-    def __init__(self, window: int = 10) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1 step, got {window}")
-        self.window = window
-        self.total_tokens = 0
-        self.total_time_s = 0.0
-        self._restart_window()
-
-    def _restart_window(self) -> None:
-        self._window_start: float | None = None
-        self._window_tokens: Tensor | int = 0
-        self._window_steps = 0
+    def __init__(self) -> None:
+        super().__init__(batch_size_fn=_batch_size, window_size=2)
+        self._flops_per_token: dict[int, float | None] = {}
+        self._counted_tokens, self._counted_s = 0, 0.0
 
     @property
     def tokens_per_s(self) -> float:
-        """Average over every closed window of this process's training."""
-        return self.total_tokens / self.total_time_s if self.total_time_s else float("nan")
+        """Training tokens per second of this process, over every interval it logged."""
+        return self._counted_tokens / self._counted_s if self._counted_s else float("nan")
 
+    def _training_flops_per_token(self, model: nn.Module, seq_len: int) -> float | None:
+        if seq_len not in self._flops_per_token:
+            try:
+                flops = TRAINING_FLOPS_PER_FORWARD * model.flops_per_token(seq_len)
+            except NotImplementedError:  # a plugin mixer without its FLOP count
+                flops = None
+            self._flops_per_token[seq_len] = flops
+        return self._flops_per_token[seq_len]
+
+    @rank_zero_only
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = sum(p.numel() for p in pl_module.parameters())
+        super().on_train_start(trainer)  # resets Lightning's training Throughput and clock
+        self._pending_tokens: Tensor | int = 0
+        self._pending_flops: Tensor | float | None = 0.0
+        self._first_step = trainer.global_step
+        self._last_logged_step = trainer.global_step
+        self._baseline_s: float | None = None
+        self._paused_at: float | None = None
         for logger in trainer.loggers:
-            logger.log_metrics({"params": params}, step=trainer.global_step)
+            logger.log_metrics({"params": pl_module.model.num_params()}, step=trainer.global_step)
 
+    @rank_zero_only
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._window_start is None:
-            self._window_start = time.perf_counter()
-        self._window_tokens = self._window_tokens + batch["mask"].sum()
+        if self._paused_at is not None:
+            self._t0s[TRAINING] += time.perf_counter() - self._paused_at
+            self._paused_at = None
+        per_token = self._training_flops_per_token(pl_module.model, batch["mask"].shape[1])
+        if self._baseline_s is None:  # rates start at the first batch, not at loader start-up
+            self._baseline_s = self._record(trainer, 0, None if per_token is None else 0.0)
+        tokens = batch["mask"].sum()  # stays on the device until the next logged step
+        self._pending_tokens = self._pending_tokens + tokens
+        if per_token is None or self._pending_flops is None:
+            self._pending_flops = None
+        else:
+            self._pending_flops = self._pending_flops + per_token * tokens
+        self._samples[TRAINING] += self.batch_size_fn(batch)
 
+    @rank_zero_only
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -59,21 +102,47 @@ class ThroughputMonitor(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._window_steps += 1
-        if self._window_steps < self.window or self._window_start is None:
-            return
-        elapsed = time.perf_counter() - self._window_start
-        tokens = int(self._window_tokens)
-        self.total_tokens += tokens
-        self.total_time_s += elapsed
-        metrics = {"tokens_per_s": tokens / elapsed, "step_time_s": elapsed / self._window_steps}
-        for logger in trainer.loggers:  # Lightning's convention: the step is the batch's index
-            logger.log_metrics(metrics, step=trainer.global_step - 1)
-        pl_module.log("tokens_per_s", metrics["tokens_per_s"], prog_bar=True, logger=False)
-        self._restart_window()
+        step = trainer.global_step  # unchanged by a batch that only accumulates gradients
+        if step == self._last_logged_step or step % trainer.log_every_n_steps:
+            return  # Lightning logs this batch's metrics at the same steps
+        self._last_logged_step = step
+        flops = None if self._pending_flops is None else float(self._pending_flops)
+        elapsed = self._record(trainer, int(self._pending_tokens), flops)
+        self._pending_tokens, self._pending_flops = 0, None if flops is None else 0.0
+        self._counted_tokens, self._counted_s = self._lengths[TRAINING], elapsed - self._baseline_s
+        rates = self._throughputs[TRAINING].compute()
+        pl_module.log("tokens_per_s", rates["device/items_per_sec"], prog_bar=True)
+        pl_module.log("step_time_s", 1.0 / rates["device/batches_per_sec"])
+        pl_module.log_dict(
+            {f"train/{k}": v for k, v in rates.items() if "flops" in k or "mfu" in k}
+        )
 
+    def _record(self, trainer: pl.Trainer, tokens: int, flops: float | None) -> float:
+        """Add ``tokens`` and ``flops`` done since the last record to Lightning's ``Throughput``,
+        as totals since training started; returns the training seconds so far."""
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # the clock must see the queued work done
+        elapsed = time.perf_counter() - self._t0s[TRAINING]
+        self._lengths[TRAINING] += tokens
+        self._throughputs[TRAINING].update(
+            time=elapsed,
+            batches=trainer.global_step - self._first_step,
+            samples=self._samples[TRAINING],
+            lengths=self._lengths[TRAINING],
+            flops=flops,
+        )
+        return elapsed
+
+    @rank_zero_only
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restart_window()
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._paused_at = time.perf_counter()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Validation throughput is not logged (see the class docstring)."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The training clock resumes at the next training batch, not here."""
 
 
 class ProgressBar(RichProgressBar):

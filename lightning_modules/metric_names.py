@@ -21,6 +21,7 @@ def metric_mode(metric: str) -> str | None:
     return None
 
 
-def higher_is_better(metric: str) -> bool:
-    """Accuracies are maximised; everything else (losses, perplexity, bits per byte) minimised."""
-    return metric_mode(metric) == "max"
+def mode_of(metric: str) -> str:
+    """A definite direction for what must pick one (checkpoints, W&B summaries, Optuna, a run's
+    best values): ``metric_mode``, and ``"min"`` when the name says neither."""
+    return metric_mode(metric) or "min"

@@ -1,21 +1,25 @@
 """LightningModules around a :class:`mixers.SequenceModel`: language modelling and classification.
 
-Both share one optimiser recipe (AdamW, no weight decay on norms/biases/embeddings, linear warmup
-then cosine decay to ``min_lr_ratio`` of the peak, stepped every optimiser step) so that a
-comparison between mixers never differs in how they were trained. Validation metrics are
-accumulated with torchmetrics over whole validation sets, one set per validation dataloader.
+Both take the optimiser and LR scheduler as factories (what ``hydra.utils.instantiate`` makes
+of a ``_partial_: true`` node, see ``conf/optim/``): the optimiser is called with
+:func:`parameter_groups` (no weight decay on norms/biases/embeddings), the scheduler with the
+optimiser, stepped every optimiser step (:class:`WarmupCosine` is the run's schedule). Validation
+metrics are accumulated with torchmetrics over whole validation sets, one set per validation
+dataloader.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -23,13 +27,19 @@ IGNORE_INDEX = -100
 
 
 class WarmupCosine:
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``min_ratio``.
+    """LR multiplier for ``LambdaLR``: linear warmup to 1 over ``warmup_steps``, then cosine to
+    ``min_ratio`` at ``total_steps``.
 
     ``total_steps=None`` keeps the multiplier at 1 after warmup (no known end to decay towards).
-    A callable object rather than a closure so that LambdaLR can pickle it into checkpoints.
+    A callable object rather than a closure so that LambdaLR keeps its settings in checkpoints.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int | None, min_ratio: float) -> None:
+        if warmup_steps < 0 or not 0.0 <= min_ratio <= 1.0:
+            raise ValueError(
+                f"need warmup_steps >= 0 and 0 <= min_ratio <= 1, got warmup_steps="
+                f"{warmup_steps}, min_ratio={min_ratio}"
+            )
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_ratio = min_ratio
@@ -44,8 +54,9 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay matrices only; norms, biases and embedding tables are not decayed.
+def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """Optimiser groups: matrices take the optimiser's weight decay; norms, biases and embedding
+    tables get none.
 
     Decaying embeddings shrinks rare tokens towards zero and decaying norm gains fights the
     normalisation, so both are left alone (GPT-2/nanoGPT recipe).
@@ -56,10 +67,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or id(p) in embedding_params else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class _ValSet(nn.Module):
@@ -89,32 +97,19 @@ class _SequenceModule(pl.LightningModule):
         model: nn.Module,
         *,
         num_classes: int,
-        lr: float,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.1,
-        betas: Sequence[float] = (0.9, 0.95),
-        min_lr_ratio: float = 0.1,
-        max_steps: int | None = None,
+        optimizer: Callable[[list[dict[str, Any]]], Optimizer],
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         val_set_names: Sequence[str] = ("val",),
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if lr <= 0 or warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(
-                f"need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got lr={lr}, "
-                f"warmup_steps={warmup_steps}, min_lr_ratio={min_lr_ratio}"
-            )
         if not val_set_names:
             raise ValueError("val_set_names needs at least one name (one per val dataloader)")
         self.model = model
         if compile:
             model.compile()  # in place: state_dict keys stay the same, checkpoints stay portable
-        self.lr = lr
-        self.warmup_steps = warmup_steps
-        self.weight_decay = weight_decay
-        self.betas = tuple(betas)
-        self.min_lr_ratio = min_lr_ratio
-        self.max_steps = max_steps
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.val_set_names = list(val_set_names)
         # per-set metrics only when there are several sets; val_all covers them all together
         several = len(self.val_set_names) > 1
@@ -176,15 +171,11 @@ class _SequenceModule(pl.LightningModule):
         return names
 
     # -- optimisation --------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, self.weight_decay), lr=self.lr, betas=self.betas
-        )
-        total = self.max_steps
-        if total is None and self.trainer.max_steps > 0:
-            total = self.trainer.max_steps
-        schedule = WarmupCosine(self.warmup_steps, total, self.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+        optimizer = self.optimizer_factory(parameter_groups(self.model))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
 
 from lightning_modules.io import write_atomic
-from lightning_modules.metric_names import higher_is_better
+from lightning_modules.metric_names import mode_of
 
 HISTORY_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"
@@ -32,79 +34,110 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-class HistoryLogger(Logger):
-    """Every logging event as one row of ``metrics.csv``: ``step``, ``wall_s``, the metrics.
+class HistoryWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer with what a run's ``metrics.csv`` adds: a ``wall_s``
+    column after ``step``, the other columns in the order metrics were first logged, every row
+    kept in memory and the whole file rewritten atomically, and an existing file continued.
 
-    Rows are kept in memory and the file is rewritten at most every ``flush_every_s`` seconds and
-    after every validation, because columns appear as new metrics are first logged (val metrics
-    only after the first validation) and a CSV header cannot grow in place. An existing file
-    (a resumed run) is continued: its wall clock goes on from its last row, and its rows stay
-    up to the step this process logs first. Older rows at that step or later were logged after
-    the checkpoint the run resumed from (the run was killed hard), or by a run that restarted
-    from scratch: they are dropped, so every step appears once and ``best`` only sees the
-    resumed lineage. (Lightning logs a step's metrics under the step's index, so a run resumed
-    from a checkpoint at global step S logs steps >= S only.)
+    Continuing (a resumed run): the wall clock goes on from the file's last row, and its rows
+    stay up to the step this process logs first. Older rows at that step or later were logged
+    after the checkpoint the run resumed from (the run was killed hard), or by a run that
+    restarted from scratch: they are dropped, so every step appears once and ``best`` only sees
+    the resumed lineage. (Lightning logs a step's metrics under the step's index, so a run
+    resumed from a checkpoint at global step S logs steps >= S only.)
     """
 
-    def __init__(self, run_dir: str | Path, flush_every_s: float = 5.0) -> None:
-        super().__init__()
-        self.path = Path(run_dir) / HISTORY_FILE
-        self.flush_every_s = flush_every_s
-        self.rows: list[dict[str, float]] = []
-        self._resumed = self.path.exists()
-        if self._resumed:
-            with self.path.open(newline="") as f:
-                self.rows = [
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        path = Path(self.metrics_file_path)
+        if path.exists():
+            with path.open(newline="") as f:
+                self.metrics = [
                     {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)
                 ]
-        previous_wall = self.rows[-1]["wall_s"] if self.rows else 0.0
-        self._start = time.perf_counter() - previous_wall
-        self._last_flush = time.perf_counter()
+        self._resumed = path.exists()
+        self._start = time.perf_counter() - (self.metrics[-1]["wall_s"] if self.metrics else 0.0)
 
-    @property
-    def name(self) -> str:
-        return "history"
-
-    @property
-    def version(self) -> str:
-        return ""
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes an existing metrics.csv here; a resumed run continues it instead."""
 
     def wall_s(self) -> float:
         """Seconds since the run started, resumed segments included."""
         return time.perf_counter() - self._start
 
-    @rank_zero_only
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        """Nothing to do: the resolved config is stored in results.json."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        row = {"step": float(step or 0), "wall_s": round(self.wall_s(), 3)}
+    def log_metrics(self, metrics_dict: dict[str, float | Tensor], step: int | None = None) -> None:
+        row = {"step": float(len(self.metrics) if step is None else step)}
+        row["wall_s"] = round(self.wall_s(), 3)
         if self._resumed:  # the first row of a resumed run: drop the old rows it supersedes
             self._resumed = False
-            self.rows = [old for old in self.rows if old["step"] < row["step"]]
-        row.update({k: float(v) for k, v in metrics.items() if k != "epoch"})
-        self.rows.append(row)
-        now = time.perf_counter()
-        if now - self._last_flush >= self.flush_every_s or any(k.startswith("val/") for k in row):
-            self.save()
+            self.metrics = [old for old in self.metrics if old["step"] < row["step"]]
+        row.update({k: float(v) for k, v in metrics_dict.items() if k != "epoch"})
+        self.metrics.append(row)
 
-    @rank_zero_only
     def save(self) -> None:
         columns = ["step", "wall_s"]
-        for row in self.rows:
+        for row in self.metrics:
             columns.extend(k for k in row if k not in columns)
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: _csv_value(k, v) for k, v in row.items()})
-        write_atomic(self.path, out.getvalue())
+        for row in self.metrics:
+            writer.writerow({k: int(v) if k == "step" else v for k, v in row.items()})
+        write_atomic(Path(self.metrics_file_path), out.getvalue())
+
+
+class HistoryLogger(CSVLogger):
+    """Lightning's CSVLogger writing every logging event as one row of ``<run dir>/metrics.csv``:
+    ``step``, ``wall_s``, the metrics (see :class:`HistoryWriter`).
+
+    The file is rewritten at most every ``flush_every_s`` seconds and after every validation
+    (Lightning's save after each logging event only writes then), because columns appear as new
+    metrics are first logged (val metrics only after the first validation) and a CSV header
+    cannot grow in place. ``wall_s`` counts from this logger's creation (the run's start).
+    """
+
+    def __init__(self, run_dir: str | Path, flush_every_s: float = 5.0) -> None:
+        super().__init__(run_dir, name="", version="")
+        self.flush_every_s = flush_every_s
+        # made at once, and read through on every rank (``experiment`` is a dummy off rank 0)
+        self._writer = HistoryWriter(self.log_dir)
+        self._experiment = self._writer
         self._last_flush = time.perf_counter()
+        self._unsaved_val_rows = False
+
+    @rank_zero_only
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to do: the resolved config is stored in results.json."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float | Tensor], step: int | None = None) -> None:
+        self._writer.log_metrics(metrics, step)
+        self._unsaved_val_rows |= any(k.startswith("val/") for k in metrics)
+        self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if self._unsaved_val_rows or time.perf_counter() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Write metrics.csv now."""
+        self._writer.save()
+        self._last_flush = time.perf_counter()
+        self._unsaved_val_rows = False
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.save()
+        self.flush()
+
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        return self._writer.metrics
+
+    def wall_s(self) -> float:
+        """Seconds since the run started, resumed segments included."""
+        return self._writer.wall_s()
 
     def latest(self) -> dict[str, float]:
         """The last logged value of every metric."""
@@ -114,19 +147,15 @@ class HistoryLogger(Logger):
         return values
 
     def best(self) -> dict[str, float]:
-        """The best value of every validation metric over the run (min, or max for accuracy)."""
+        """The best value of every validation metric over the run (see ``mode_of``)."""
         best: dict[str, float] = {}
         for row in self.rows:
             for key, value in row.items():
                 if not key.startswith("val/") or math.isnan(value):
                     continue
-                pick = max if higher_is_better(key) else min
+                pick = max if mode_of(key) == "max" else min
                 best[key] = pick(best.get(key, value), value)
         return best
-
-
-def _csv_value(key: str, value: float) -> int | float:
-    return int(value) if key == "step" else value
 
 
 @dataclass

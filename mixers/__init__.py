@@ -8,9 +8,6 @@ Importing this package imports every public module in it, so a built-in mixer is
 is written anywhere; plugins register through the entry-point group ``mixerlab.mixers``.
 """
 
-import importlib
-import pkgutil
-
 from mixers.base import (
     TokenMixer,
     available_mixers,
@@ -22,10 +19,9 @@ from mixers.base import (
     register_mixer,
 )
 from mixers.model import SequenceModel
+from mixers.registry import import_public_modules
 
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_public_modules(__name__, __path__)
 
 __all__ = [
     "SequenceModel",

@@ -7,13 +7,13 @@ fixed by :class:`mixers.model.Block`, so an ablation swaps exactly one thing.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from mixers.registry import Registry
 
 ENTRY_POINT_GROUP = "mixerlab.mixers"
 
@@ -116,98 +116,49 @@ class TokenMixer(nn.Module):
         return f"d_model={self.d_model}, causal={self.causal}, max_len={self.max_len}"
 
 
-_REGISTRY: dict[str, type[TokenMixer]] = {}
-_entry_points_loaded = False
-
-
 def register_mixer(name: str) -> Callable[[type[TokenMixer]], type[TokenMixer]]:
     """Class decorator: make a :class:`TokenMixer` subclass buildable as ``build_mixer(name)``."""
 
     def decorate(cls: type[TokenMixer]) -> type[TokenMixer]:
-        if not (isinstance(cls, type) and issubclass(cls, TokenMixer)):
-            raise TypeError(f"register_mixer({name!r}) needs a TokenMixer subclass, got {cls!r}")
-        known = _REGISTRY.get(name)
-        if known is not None and known is not cls and _qualname(known) != _qualname(cls):
-            raise ValueError(
-                f"mixer name {name!r} is already registered to {_qualname(known)}; "
-                "pick another name"
-            )
-        _REGISTRY[name] = cls
+        MIXERS.add(name, cls)
         cls.registry_name = name
         return cls
 
     return decorate
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _load_entry_points() -> None:
-    """Import plugins of the ``mixerlab.mixers`` group once.
-
-    An entry point may name a module (importing it runs its ``@register_mixer``) or a TokenMixer
-    class (registered under the entry point's name).
-    """
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            loaded = ep.load()
-        except Exception as exc:
-            _entry_points_loaded = False  # retry (and raise again) on the next call, not skip
-            raise ImportError(
-                f"mixer plugin {ep.name!r} ({ep.value}, entry-point group {ENTRY_POINT_GROUP!r}) "
-                f"failed to import: {exc}; fix or uninstall the package that provides it"
-            ) from exc
-        if isinstance(loaded, type) and issubclass(loaded, TokenMixer):
-            register_mixer(ep.name)(loaded)
+MIXERS: Registry[TokenMixer] = Registry(
+    "mixer",
+    TokenMixer,
+    ENTRY_POINT_GROUP,
+    argument="hyper-parameter",
+    set_by_run=("causal", "max_len"),
+    adopt=lambda name, cls: register_mixer(name)(cls),
+)
 
 
 def available_mixers() -> list[str]:
     """Names of all registered mixers, built-in and plugins, sorted."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    return MIXERS.names()
 
 
 def get_mixer_class(name: str) -> type[TokenMixer]:
-    _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown mixer {name!r}; known mixers: {', '.join(available_mixers())}"
-        ) from None
+    return MIXERS.get(name)
 
 
 def describe_mixer(name: str) -> str:
     """The first line of the mixer's docstring: the one-line description `mixerlab list` shows."""
-    doc = inspect.getdoc(get_mixer_class(name)) or ""
-    return doc.splitlines()[0] if doc else ""
+    return MIXERS.describe(name)
 
 
 def mixer_hparams(name: str) -> dict[str, Any]:
     """The keyword hyper-parameters a mixer accepts, with their defaults."""
-    params = inspect.signature(get_mixer_class(name).__init__).parameters
-    return {
-        key: p.default
-        for key, p in params.items()
-        if p.kind is p.KEYWORD_ONLY and key not in ("causal", "max_len")
-    }
+    return MIXERS.arguments(name)
 
 
 def build_mixer(
     name: str, d_model: int, *, causal: bool = True, max_len: int | None = None, **hparams: Any
 ) -> TokenMixer:
     """Build a registered mixer by name; unknown names and hyper-parameters get a clear error."""
-    cls = get_mixer_class(name)
-    allowed = mixer_hparams(name)
-    unknown = sorted(set(hparams) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"mixer {name!r} got unknown hyper-parameter(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(sorted(allowed)) or '(none)'}"
-        )
-    return cls(d_model, causal=causal, max_len=max_len, **hparams)
+    MIXERS.check_arguments(name, hparams)
+    return MIXERS.get(name)(d_model, causal=causal, max_len=max_len, **hparams)

@@ -68,3 +68,15 @@ def project_copy(tmp_path: Path) -> ProjectCopy:
     for package in PACKAGES:
         shutil.copytree(ROOT / package, root / package, ignore=skip)
     return ProjectCopy(root)
+
+
+@pytest.fixture
+def scratch_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test may register mixers and tasks, or load test plugins: both registries are restored
+    afterwards, so nothing it adds reaches the other tests."""
+    from lightning_modules.tasks.base import TASKS
+    from mixers.base import MIXERS
+
+    for registry in (MIXERS, TASKS):
+        monkeypatch.setattr(registry, "classes", dict(registry.classes))
+        monkeypatch.setattr(registry, "plugins_loaded", registry.plugins_loaded)

@@ -52,6 +52,8 @@ def test_bench_and_compare_are_dispatched_lazily() -> None:
         ("model.d_model=wide", "model.d_model must be an integer, got 'wide'"),
         ("model.d_modle=64", "Could not override 'model.d_modle'"),  # Hydra struct mode
         ("trainer=fast", "Available options in 'trainer'"),
+        ("+task.datamodule.batch_sise=3", "not a known key (did you mean batch_size?)"),
+        ("task.name=nope", "known tasks: induction_heads"),
     ],
 )
 def test_config_errors_exit_2_without_traceback(
@@ -67,8 +69,8 @@ def test_config_errors_exit_2_without_traceback(
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("+task.datamodule.batch_sise=3", "unexpected keyword argument 'batch_sise'"),
-        ("task.datamodule._target_=nowhere.DataModule", "Error locating target 'nowhere."),
+        ("task.datamodule.seq_len=0", "seq_len must be a positive integer"),
+        ("callbacks.checkpoint._target_=nowhere.Checkpoint", "Error locating target 'nowhere."),
     ],
 )
 def test_errors_building_the_run_exit_2_without_traceback(
@@ -134,6 +136,27 @@ def test_resume_reuses_the_runs_overrides_and_directory(tmp_path: Path) -> None:
         "trainer.max_steps=20",
         f"hydra.run.dir={tmp_path.resolve()}",
     ]
+
+
+def test_hydra_flags_and_their_values_are_told_from_overrides() -> None:
+    argv = [
+        "-m", "--config-dir", "/x", "mixer=rnn", "-cn=config", "--cfg", "job", "--resolve",
+        "--info", "defaults", "+model.d_model=64", "-i", "~logger", "seed=-1",
+    ]  # fmt: skip
+    flags, overrides = train.split_hydra_argv(argv)
+    assert flags == [
+        "-m", "--config-dir", "/x", "-cn=config", "--cfg", "job", "--resolve",
+        "--info", "defaults", "-i",
+    ]  # fmt: skip
+    assert overrides == ["mixer=rnn", "+model.d_model=64", "~logger", "seed=-1"]
+
+
+def test_resume_keeps_flags_given_anywhere_in_front(tmp_path: Path) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["mixer=rnn"]))
+    argv = train.expand_resume([f"resume={tmp_path}", "--cfg", "job", "seed=1", "-m"])
+    run_dir = f"hydra.run.dir={tmp_path.resolve()}"
+    assert argv == ["--cfg", "job", "-m", "mixer=rnn", "seed=1", run_dir]
 
 
 def test_resume_of_a_folder_that_is_no_run_exits_2(

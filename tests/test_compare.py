@@ -1,20 +1,23 @@
-"""mixerlab compare on synthetic run directories (results.json + metrics.csv), no training."""
+"""mixerlab compare on synthetic run directories (results.json + metrics.csv), no training: the
+aggregation, the tables and the command line. Curves and plots are in test_compare_plots.py."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from experiments.compare import Curve, Run, infer_mode, main, read_curve, seed_band
+from experiments.compare import main
+from experiments.compare.aggregate import build_comparison
+from experiments.compare.plots import base
+from experiments.compare.runs import load_runs
 
 STEPS = (10, 20, 30)
 
@@ -23,6 +26,13 @@ STEPS = (10, 20, 30)
 def wide_terminal(monkeypatch):
     """rich wraps to 80 columns when not on a terminal; the checks read whole cells."""
     monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture(autouse=True)
+def without_plots(monkeypatch):
+    """These tests read tables, never PNGs: drawing none saves about a second per compare.
+    test_compare_plots.py checks the plots."""
+    monkeypatch.setattr(base, "_REGISTRY", {})
 
 
 def write_run(
@@ -193,25 +203,6 @@ def test_failed_and_interrupted_runs_are_listed_apart(tmp_path, capsys):
     assert "File x" in (out / "report.html").read_text()  # the full traceback
 
 
-def test_all_output_files_are_written(tmp_path):
-    root = tmp_path / "runs"
-    two_by_two(root)
-    assert main([str(root)]) == 0  # default out: the first path's comparison/
-    out = root / "comparison"
-    pngs = ["curve_step.png", "curve_wall.png", "metric_vs_params.png", "throughput.png"]
-    for name in ["comparison.csv", "comparison.md", "report.html", *pngs]:
-        assert (out / name).stat().st_size > 0, name
-    for name in pngs:
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == len(pngs)
-    assert "<td>attention</td>" in report
-    assert not list(out.glob(".*tmp"))
-    # compare again over the same folder: the outputs are not taken for runs
-    assert main([str(root)]) == 0
-    assert len(read_csv(out / "comparison.csv")) == 2
-
-
 def test_by_config_keys(tmp_path, capsys):
     root = tmp_path / "runs"
     for mixer in ("attention", "conv"):
@@ -283,77 +274,59 @@ def test_only_failed_runs_is_an_error_that_still_lists_them(tmp_path, capsys):
     assert "ValueError: boom" in captured.out and "none of the 1 runs finished" in captured.err
 
 
-def test_curves_come_from_the_runs_metrics_csv(tmp_path, capsys):
-    run = write_run(tmp_path, "a0", mixer="attention", seed=3, loss=1.0)
-    curve = read_curve(Run(run, json.loads((run / "results.json").read_text())), "val/loss")
-    assert curve.step.tolist() == list(STEPS)  # train-only rows skipped
-    assert curve.value.tolist() == pytest.approx([1.2, 1.1, 1.0])
-    assert curve.wall_s.tolist() == [s * 0.5 + 3 for s in STEPS]
-
-    write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.0)
-    (tmp_path / "a1" / "metrics.csv").unlink()
-    assert main([str(tmp_path)]) == 0
-    terminal = capsys.readouterr().out
-    assert (
-        "no val/loss curve for 1 run(s)" in terminal and "history metrics.csv not found" in terminal
-    )
-
-
-def test_seed_band_interpolates_onto_the_shared_steps():
-    a = Curve(np.array([0.0, 10.0, 20.0]), np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
-    b = Curve(np.array([5.0, 15.0, 25.0]), np.array([5.0, 7.0, 9.0]), np.array([3.0, 3.0, 3.0]))
-    band = seed_band([a, b], "minmax")
-    assert band.step.tolist() == [5.0, 10.0, 15.0, 20.0]  # only where both seeds have data
-    assert band.wall_s.tolist() == pytest.approx([2.75, 3.5, 4.25, 5.0])  # mean time to the step
-    assert band.center.tolist() == pytest.approx([2.25, 2.5, 2.75, 3.0])
-    assert band.low.tolist() == pytest.approx([1.5, 2.0, 2.5, 3.0])
-    assert band.high.tolist() == pytest.approx([3.0] * 4)
-    band = seed_band([a, b], "std")
-    spread = np.std([[1.5, 2, 2.5, 3], [3] * 4], axis=0, ddof=1)
-    assert (band.high - band.center).tolist() == pytest.approx(spread.tolist())
-    late = Curve(a.step + 100, a.wall_s, a.value)
-    assert seed_band([a, late], "minmax") is None
-
-
-def test_mode_is_inferred_from_the_metric_name():
-    assert infer_mode("val/loss") == infer_mode("val/bpb") == infer_mode("val/ppl") == "min"
-    assert infer_mode("val/acc") == infer_mode("val/acc@seq_len=256,kv=16") == "max"
-    with pytest.raises(ValueError, match="--mode"):
-        infer_mode("val/score")
-
-
-@pytest.mark.slow
-def test_real_sweep_then_compare(tmp_path, capsys):
-    """Two mixers x two seeds through `mixerlab train -m` (tiny, CPU), then compare the sweep."""
-    sweep = tmp_path / "sweep"
-    env = {
-        **os.environ,
-        "MIXERLAB_CACHE": str(tmp_path / "cache"),
-        "WANDB_MODE": "disabled",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    overrides = ["debug=default", "logger=none", "model.d_model=16", "model.n_layers=1"]
-    command = [sys.executable, "-m", "experiments.cli", "train", "-m", *overrides]
-    command += ["mixer=attention,conv", "seed=0,1", f"hydra.sweep.dir={sweep}"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-
+def test_the_selection_direction_comes_from_the_metric_name_or_mode(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_run(root, "a", mixer="attention", seed=0, loss=1.0, acc=0.2)
+    write_run(root, "r", mixer="rnn", seed=0, loss=2.0, acc=0.7)
+    for path in root.glob("*/results.json"):  # a metric whose name says neither min nor max
+        data = json.loads(path.read_text())
+        data["best"]["val/score"] = data["best"]["val/acc@seq_len=256,kv=16"] = data["best"][
+            "val/acc"
+        ]
+        path.write_text(json.dumps(data))
     out = tmp_path / "out"
-    assert main([str(sweep), "--out", str(out)]) == 0
-    assert "warning" not in capsys.readouterr().out  # every run has its curve
-    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
-    assert len(results) == 4 and {r["status"] for r in results} == {"finished"}
-    rows = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}
-    assert set(rows) == {"attention", "conv"}
-    for mixer, row in rows.items():
-        runs = [r for r in results if r["mixer"] == mixer]
-        assert row["n"] == "2" and sorted(row["seeds"].split(";")) == ["0", "1"]
-        losses = [r["best"]["val/loss"] for r in runs]
-        assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses))
-        assert float(row["params"]) == runs[0]["params"]
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+    assert main([str(root), "--metric", "val/score", "--out", str(out)]) == 2
+    assert "val/score should be minimised or maximised: pass --mode" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([str(root), "--metric", "val/score", "--mode", "max", "--out", str(out)]) == 0
+    assert [row["mixer"] for row in read_csv(out / "comparison.csv")] == ["rnn", "attention"]
+    assert "higher is better" in capsys.readouterr().out
+
+    runs = load_runs([root])
+    assert build_comparison(runs, ["mixer"], "val/loss", None, "optim.lr").mode == "min"
+    per_set = build_comparison(runs, ["mixer"], "val/acc@seq_len=256,kv=16", None, "optim.lr")
+    assert per_set.mode == "max"  # the validation set's name after @ does not count
+
+
+def test_the_comparison_cannot_be_changed_once_built(tmp_path):
+    two_by_two(tmp_path)
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    group = comparison.groups[0]
+    with pytest.raises(FrozenInstanceError):
+        comparison.warnings = ("added later",)
+    with pytest.raises(FrozenInstanceError):
+        group.metric.mean = 0.0
+    with pytest.raises(TypeError):
+        comparison.groups[0] = group
+    with pytest.raises(TypeError):
+        comparison.curves["attention"] = comparison.curves["rnn"]
+    with pytest.raises(TypeError):
+        group.lr_grid[0.1] = group.metric
+    with pytest.raises(AttributeError):
+        comparison.warnings.append("added later")
+
+
+def test_compare_imports_neither_torch_nor_lightning(tmp_path):
+    """``mixerlab compare`` starts fast: the whole command runs without torch or Lightning."""
+    two_by_two(tmp_path / "runs")
+    script = (
+        "import sys; from experiments.cli import main; "
+        f"code = main(['compare', {str(tmp_path / 'runs')!r}]); "
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'lightning') if m in sys.modules]; "
+        "print(code, heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stderr[-2000:]
 
 
 def test_also_tabulates_final_metrics_of_the_kept_runs(tmp_path, capsys):

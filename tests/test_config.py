@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from experiments.schema import ConfigError, validate_config
+from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from mixers import available_mixers, mixer_hparams
 
 
@@ -65,7 +66,8 @@ def test_debug_cuts_every_preset_to_a_few_cpu_steps(preset: str) -> None:
 def test_default_config_is_the_main_job(base: dict) -> None:
     validate_config(base)
     assert base["task"]["name"] == "text" and base["mixer"]["name"] == "attention"
-    assert base["logger"]["kind"] == "wandb" and base["logger"]["mode"] == "auto"
+    assert base["logger"]["_target_"] == "pytorch_lightning.loggers.WandbLogger"
+    assert base["logger"]["mode"] == "auto"
 
 
 @pytest.mark.parametrize("name", SHIPPED_MIXERS)
@@ -144,15 +146,73 @@ def test_mixer_hparam_type_follows_its_default(base: dict) -> None:
     assert "mixer.n_heads must be an integer" in _problems(base, "mixer.n_heads", "four")
 
 
-def test_logger_schema_depends_on_kind(base: dict) -> None:
+def test_logger_is_wandb_or_nothing_beside_metrics_csv(base: dict) -> None:
     assert "logger.mode='sometimes'" in _problems(base, "logger.mode", "sometimes")
-    cfg = dict(base, logger={"kind": "csv", "project": "x"})
-    with pytest.raises(ConfigError, match=r"logger\.project is not a known key"):
-        validate_config(cfg)
+    assert "logger.projetc is not a known key" in _problems(base, "logger.projetc", "x")
+    with pytest.raises(ConfigError, match=r"logger\._target_ is missing"):
+        validate_config(dict(base, logger={"project": "x"}))
+    for option in ("csv", "none"):
+        assert validate_config(_compose(f"logger={option}"))["logger"] == {}
+
+
+def test_optimiser_and_scheduler_specs_follow_the_plain_optim_keys() -> None:
+    optim = validate_config(
+        _compose("optim.lr=0.02", "optim.betas=[0.8,0.9]", "optim.weight_decay=0.3",
+                 "optim.warmup_steps=7", "optim.min_lr_ratio=0.2", "trainer.max_steps=70")
+    )["optim"]  # fmt: skip
+    assert optim["optimizer"] == {
+        "_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.02,
+        "weight_decay": 0.3, "betas": [0.8, 0.9],
+    }  # fmt: skip
+    schedule = optim["scheduler"]["lr_lambda"]
+    assert schedule["warmup_steps"] == 7 and schedule["min_ratio"] == 0.2
+    assert schedule["total_steps"] == 70
+    no_target = {**optim, "optimizer": {"lr": 1.0}}
+    with pytest.raises(ConfigError, match=r"optim\.optimizer needs _target_"):
+        validate_config(dict(validate_config(_compose()), optim=no_target))
+
+
+def test_checkpoint_callback_is_a_target_spec(base: dict) -> None:
+    assert base["callbacks"]["checkpoint"]["_target_"].endswith("ModelCheckpoint")
+    msg = _problems(base, "callbacks.checkpoint.save_lats", True)
+    assert "did you mean save_last" in msg
 
 
 def test_datamodule_must_not_set_what_the_run_sets(base: dict) -> None:
     assert "task.datamodule.seed is set by the run" in _problems(base, "task.datamodule.seed", 3)
+
+
+@pytest.mark.parametrize("name", _options("task"))
+def test_task_type_and_causality_come_from_the_registration(name: str) -> None:
+    cls = get_task_class(name)
+    task = validate_config(_compose(f"task={name}"))["task"]
+    assert (task["name"], task["type"], task["causal"]) == (name, cls.task_type, cls.causal)
+    assert validate_config(_compose(f"task={name}"))["task"] == task  # validating again agrees
+
+
+def test_unknown_task_lists_registered_tasks(base: dict) -> None:
+    msg = _problems(base, "task.name", "wikitext")
+    assert "task.name='wikitext' is not a registered task" in msg
+    for name in available_tasks():
+        assert name in msg
+
+
+def test_unknown_datamodule_key_lists_the_task_arguments(base: dict) -> None:
+    msg = _problems(base, "task.datamodule.seq_lenn", 64)
+    assert "task.datamodule.seq_lenn" in msg and "did you mean seq_len" in msg
+    for key in task_arguments("text"):
+        assert key in msg
+
+
+def test_datamodule_value_type_follows_its_default(base: dict) -> None:
+    msg = _problems(base, "task.datamodule.seq_len", "long")
+    assert "task.datamodule.seq_len must be an integer like its default" in msg
+
+
+def test_task_type_contradicting_the_registration_is_refused(base: dict) -> None:
+    msg = _problems(base, "task.causal", False)
+    assert "task.causal=False contradicts task 'text', registered with causal=True" in msg
+    assert "task.description is not a known key" in _problems(base, "task.description", "x")
 
 
 def test_all_problems_are_reported_at_once(base: dict) -> None:

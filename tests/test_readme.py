@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mixers import base, build_mixer
+from mixers import build_mixer
 from mixers.testing import check_mixer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -19,8 +19,8 @@ def readme_mixer_example() -> str:
     return example
 
 
-def test_readme_mixer_example_passes_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+@pytest.mark.usefixtures("scratch_registries")
+def test_readme_mixer_example_passes_the_contract() -> None:
     namespace: dict = {}
     exec(compile(readme_mixer_example(), str(README), "exec"), namespace)
     mixer_cls = namespace["CumulativeMean"]

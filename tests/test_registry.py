@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from mixers import base
 from mixers.base import (
     ENTRY_POINT_GROUP,
+    MIXERS,
     TokenMixer,
     available_mixers,
     build_mixer,
@@ -54,9 +54,8 @@ class PositionTable(Scale):
 
 
 @pytest.fixture(autouse=True)
-def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A copy of the registry for each test, so test mixers never reach the other tests."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+def test_mixers(scratch_registries: None) -> None:
+    """Every test here sees two test mixers; the shared fixture removes them afterwards."""
     register_mixer("_test_scale")(Scale)
     register_mixer("_test_position_table")(PositionTable)
 
@@ -164,7 +163,7 @@ def test_entry_point_plugins_register(tmp_path: Path, monkeypatch: pytest.Monkey
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(base, "_entry_points_loaded", False)
+    monkeypatch.setattr(MIXERS, "plugins_loaded", False)
 
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     assert {"_test_plugin_module", "_test_plugin_class"} <= set(found.names)
@@ -193,7 +192,7 @@ def test_broken_plugin_is_named_and_not_skipped_later(
         f"[{ENTRY_POINT_GROUP}]\n_test_broken = _no_such_mixer_module\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(base, "_entry_points_loaded", False)
+    monkeypatch.setattr(MIXERS, "plugins_loaded", False)
     for _ in range(2):  # raised again on the next call, not silently skipped
         with pytest.raises(ImportError, match=r"'_test_broken'.*uninstall"):
             available_mixers()

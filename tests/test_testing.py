@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers import base
 from mixers.base import TokenMixer, available_mixers, register_mixer
 from mixers.testing import CHECKS, ContractError, MixerCase, check_mixer
 
@@ -294,8 +293,8 @@ def test_case_rejects_what_is_not_a_mixer() -> None:
         MixerCase(CumulativeMean, max_len=2)
 
 
-def test_check_mixer_by_registered_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+@pytest.mark.usefixtures("scratch_registries")
+def test_check_mixer_by_registered_name() -> None:
     register_mixer("_test_cumulative_mean")(type("Registered", (CumulativeMean,), {}))
     check_mixer("_test_cumulative_mean", causal=True, d_model=8, max_len=8)
     with pytest.raises(ValueError, match="unknown hyper-parameter"):

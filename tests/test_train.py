@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -12,16 +13,20 @@ from dataclasses import fields
 from importlib.resources import files
 from pathlib import Path
 
+import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.trainer.states import RunningStage
 from torch import nn
 from torch.utils.data import DataLoader
 
+from experiments.build import wandb_mode
 from experiments.schema import ConfigError
-from experiments.train import _summary, train, wandb_mode
-from lightning_modules.callbacks import ThroughputMonitor
+from experiments.train import _summary, train
+from lightning_modules.callbacks import TRAINING_FLOPS_PER_FORWARD, ThroughputMonitor
 from lightning_modules.modules import (
     ClassificationModule,
     LanguageModelModule,
@@ -50,20 +55,66 @@ def test_warmup_then_cosine_to_the_floor() -> None:
 
 def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
     model = SequenceModel(32, 16, 1, mixer="attention", max_len=8)
-    decay, no_decay = parameter_groups(model, 0.1)
+    decay, no_decay = parameter_groups(model)
     decayed = {id(p) for p in decay["params"]}
     assert id(model.embed.weight) not in decayed  # tied with the head
     assert id(model.pos_embed.weight) not in decayed
     assert id(model.norm.weight) not in decayed
     assert id(model.blocks[0].ffn.up.weight) in decayed
     assert id(model.blocks[0].ffn.up.bias) not in decayed
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    n_params = sum(p.numel() for p in model.parameters())
-    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == n_params
+    assert "weight_decay" not in decay and no_decay["weight_decay"] == 0.0  # the optimiser's
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
+
+
+def _optimisation(*overrides: str) -> tuple:
+    """The optimiser and scheduler factories ``build_module`` instantiates from the config."""
+    optim = OmegaConf.to_container(_run_config(*overrides), resolve=True)["optim"]
+    return hydra.utils.instantiate(optim["optimizer"]), hydra.utils.instantiate(optim["scheduler"])
+
+
+def test_optimiser_and_schedule_are_instantiated_from_the_command_line_keys(
+    tmp_path: Path,
+) -> None:
+    optimizer, scheduler = _optimisation(
+        "optim.lr=0.01", "optim.weight_decay=0.2", "optim.betas=[0.8,0.9]",
+        "optim.warmup_steps=10", "optim.min_lr_ratio=0.1", "trainer.max_steps=110",
+    )  # fmt: skip
+    model = SequenceModel(32, 16, 1, mixer="attention", max_len=8)
+    module = LanguageModelModule(
+        model, optimizer=optimizer, scheduler=scheduler, bytes_per_token=None
+    )
+    configured = module.configure_optimizers()
+    assert configured["lr_scheduler"]["interval"] == "step"
+    opt, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == (0.8, 0.9)
+    assert id(model.embed.weight) in {id(p) for p in no_decay["params"]}
+    lrs = []
+    for _ in range(112):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01)
+    assert lrs[60] == pytest.approx(0.0055) and lrs[111] == pytest.approx(0.001)
+    # the schedule's state goes into checkpoints, which load tensors and plain values only
+    torch.save(schedule.state_dict(), tmp_path / "schedule.pt")
+    state = torch.load(tmp_path / "schedule.pt", weights_only=True)
+    assert state["lr_lambdas"][0] == {"warmup_steps": 10, "total_steps": 110, "min_ratio": 0.1}
+
+
+def test_no_scheduler_keeps_the_optimisers_learning_rate() -> None:
+    model = SequenceModel(32, 16, 1, mixer="rnn", max_len=8)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.5)
+    module = LanguageModelModule(model, optimizer=optimizer, bytes_per_token=None)
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.5
 
 
 def test_history_logger_rewrites_atomically_and_continues(tmp_path: Path) -> None:
     history = HistoryLogger(tmp_path)
+    assert isinstance(history, CSVLogger)
     history.log_metrics({"train/loss": 2.0}, step=0)
     history.log_metrics({"val/loss": 1.5, "val/acc": 0.2}, step=1)  # val rows flush at once
     history.log_metrics({"val/loss": 1.7, "val/acc": 0.4}, step=2)
@@ -88,7 +139,7 @@ def test_history_logger_drops_rows_past_the_resumed_checkpoint(tmp_path: Path) -
         resumed.log_metrics({"train/loss": 1.0}, step=step)
     assert [row["step"] for row in resumed.rows] == [0, 1, 2, 3, 4]
     assert resumed.best() == {} and resumed.latest() == {"train/loss": 1.0}
-    resumed.save()
+    resumed.flush()
     with (tmp_path / "metrics.csv").open() as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [0, 1, 2, 3, 4]
 
@@ -176,13 +227,22 @@ class _WithAux(nn.Module):
         self.aux_loss = 0.01 * logits.pow(2).mean()
         return logits
 
+    def num_params(self) -> int:
+        return self.inner.num_params()
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.inner.flops_per_token(seq_len)
+
+
+ADAMW = functools.partial(torch.optim.AdamW, lr=1e-3)
+
 
 def _fit(module: pl.LightningModule, data: pl.LightningDataModule, tmp_path: Path) -> pl.Trainer:
     trainer = pl.Trainer(
         max_steps=4,
         val_check_interval=2,
         logger=HistoryLogger(tmp_path),
-        callbacks=[ThroughputMonitor(window=2)],
+        callbacks=[ThroughputMonitor()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -198,7 +258,7 @@ def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) ->
     torch.manual_seed(0)
     model = _WithAux(SequenceModel(16, 16, 1, mixer="conv", max_len=8))
     module = LanguageModelModule(
-        model, lr=1e-3, warmup_steps=1, bytes_per_token=2.0, val_set_names=["short", "long"]
+        model, optimizer=ADAMW, bytes_per_token=2.0, val_set_names=["short", "long"]
     )
     metrics = _fit(module, _ToyData(), tmp_path).callback_metrics
     for key in ("val/loss", "val/acc", "val/ppl", "val/bpb", "train/loss", "train/aux_loss"):
@@ -212,12 +272,33 @@ def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) ->
     per_set = [metrics[f"val/loss@{n}"].item() for n in ("short", "long")]
     assert min(per_set) <= loss <= max(per_set)  # overall = over both sets together
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["step", "wall_s"]
     assert {"tokens_per_s", "step_time_s", "params", "val/acc@short"} <= set(header)
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # one file, at one path
+
+
+def test_throughput_counts_real_tokens_and_training_flops(tmp_path: Path) -> None:
+    model = SequenceModel(16, 16, 1, mixer="attention", max_len=8)
+    module = LanguageModelModule(model, optimizer=ADAMW, bytes_per_token=None)
+    trainer = _fit(module, _ToyData(), tmp_path)
+    (monitor,) = [cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)]
+    # 4 steps over 2 batches of 4 rows of 8 tokens; the first batch has 4 rows with 2 padded
+    assert monitor._lengths[RunningStage.TRAINING] == 2 * (24 + 32)
+    assert monitor.tokens_per_s > 0
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = [row for row in csv.DictReader(f) if row["tokens_per_s"]]
+    assert [int(row["step"]) for row in rows] == [0, 1, 2, 3]  # with train/loss, every step
+    per_token = TRAINING_FLOPS_PER_FORWARD * model.flops_per_token(8)
+    for row in rows:
+        flops_per_s = float(row["train/device/flops_per_sec"])
+        assert flops_per_s / float(row["tokens_per_s"]) == pytest.approx(per_token)
+        assert row["train/loss"]
+    assert "train/device/mfu" not in rows[0]  # no known peak FLOPs on a CPU
 
 
 def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
     model = SequenceModel(16, 16, 1, mixer="rnn", causal=False, max_len=8, num_classes=3)
-    module = ClassificationModule(model, lr=1e-3, val_set_names=["short", "long"])
+    module = ClassificationModule(model, optimizer=ADAMW, val_set_names=["short", "long"])
     metrics = _fit(module, _ToyData("classification"), tmp_path).callback_metrics
     assert 0.0 <= metrics["val/acc"].item() <= 1.0
     assert "val/ppl" not in metrics and "val/acc@long" in metrics

@@ -1,4 +1,4 @@
-"""TextLMDataModule: sources, splits, fingerprints, cache reuse, batches and tokenizers."""
+"""The text task: sources, splits, fingerprints, cache reuse, batches and tokenizers."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from lightning_modules import data
-from lightning_modules.data import (
-    TextLMDataModule,
-    TextTokenizer,
-    assign_split,
-    measure_loader_throughput,
-)
+from lightning_modules.tasks import text
+from lightning_modules.tasks._corpus import assign_split
+from lightning_modules.tasks._tokenizer import TextTokenizer
+from lightning_modules.tasks.loading import measure_loader_throughput
+from lightning_modules.tasks.text import TextLMDataModule
 
 SPLIT = (0.6, 0.2, 0.2)
 WORDS = [
@@ -126,7 +124,7 @@ def test_second_setup_reuses_the_cache(tmp_path: Path, monkeypatch: pytest.Monke
 def test_batches_are_shifted_blocks_of_the_token_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "DOC_BATCH", 3)  # blocks must run on across document batches
+    monkeypatch.setattr(text, "DOC_BATCH", 3)  # blocks must run on across document batches
     corpus = _folder(tmp_path / "corpus")
     dm = _dm(corpus, tmp_path / "cache")
     for split in dm.blocks:
@@ -146,6 +144,8 @@ def test_batches_are_shifted_blocks_of_the_token_stream(
     assert sum(s["bytes"] for s in dm.stats.values()) == dm.fingerprint["bytes"]
     assert (dm.task_type, dm.vocab_size, dm.max_len, dm.num_classes) == ("lm", 256, 32, None)
     assert dm.bytes_per_token == 1.0 and dm.val_set_names == ["val"]
+    assert (dm.name, dm.causal) == ("text", True)
+    dm.check_ready()
 
 
 def test_train_loader_is_shuffled_by_seed(tmp_path: Path) -> None:
@@ -265,6 +265,7 @@ def test_bad_input_raises_a_clear_error(tmp_path: Path, setup, message: str) -> 
         _dm(kwargs.pop("source"), tmp_path / "cache", **kwargs)
 
 
+@pytest.mark.slow
 def test_stdlib_is_the_default_corpus(tmp_path: Path) -> None:
     dm = TextLMDataModule(seq_len=256, batch_size=16, cache_dir=str(tmp_path))
     dm.prepare_data()

@@ -1,0 +1,20 @@
+"""``mixerlab compare``: tables, curves and a report over finished runs, aggregated over seeds.
+
+Reads every ``results.json`` below the given paths (``runs``), groups finished runs by mixer or by
+any config keys and aggregates over seeds (``aggregate``). When a group holds a learning-rate grid
+it keeps the best learning rate on the selection metric, as Zoology reports MQAR: RNN and conv
+mixers are learning-rate sensitive, so one shared lr would compare tuning rather than mixers. The
+pick is printed and written with every table. Failed and unfinished runs are listed apart, with
+their error, so a crashed seed never silently shrinks a mean. ``--also`` adds columns for further
+metrics (``val/acc@*`` for every validation set of a task), taken at the end of training from the
+same runs. Each group's curve is the seeds' mean with a band, from the runs' ``metrics.csv``
+(``curves``).
+
+Outputs in ``--out`` (default ``<first PATH>/comparison``): a table in the terminal
+(``terminal``), ``comparison.csv``, ``comparison.md``, one PNG per registered plot (``plots/``,
+one file each) and a self-contained ``report.html`` (``outputs``). The command line is ``cli``.
+"""
+
+from experiments.compare.cli import main
+
+__all__ = ["main"]

@@ -1,0 +1,266 @@
+"""Aggregation: group finished runs, keep each group's best learning rate, summarise over seeds.
+
+The result, :class:`Comparison`, is built once and never changed: frozen dataclasses, tuples and
+read-only mappings, curves included, so renderers and plots may read it in any order.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from experiments.compare.curves import Band, group_bands
+from experiments.compare.runs import Run, check_key, flatten, lookup, value_label
+from lightning_modules.metric_names import metric_mode
+
+NUMBERS = ("params", "flops_per_token", "tokens_per_s", "wall_s")  # results.json fields averaged
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean, sample std (ddof=1; None for one value), count and range of one quantity."""
+
+    mean: float
+    std: float | None
+    n: int
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class Group:
+    """Finished runs sharing the --by values; ``runs`` are those at the kept learning rate."""
+
+    label: tuple[str, ...]
+    runs: tuple[Run, ...]
+    metric: Stats
+    lr: Any
+    lr_grid: Mapping[Any, Stats]
+    params: Stats | None
+    flops_per_token: Stats | None
+    tokens_per_s: Stats | None
+    wall_s: Stats | None
+    also: Mapping[str, Stats | None]
+
+    @property
+    def lr_picked(self) -> bool:
+        return len(self.lr_grid) > 1
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [run.results.get("seed") for run in self.runs]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything the renderers and plots read: groups best first, runs that did not finish,
+    warnings, and each group's curve (``curves``, by group name) with its ``band`` kind."""
+
+    by: tuple[str, ...]
+    metric: str
+    mode: str
+    lr_key: str
+    band: str
+    groups: tuple[Group, ...]
+    unfinished: tuple[Run, ...]
+    also: tuple[str, ...]
+    warnings: tuple[str, ...]
+    curves: Mapping[str, Band]
+
+    def group_name(self, group: Group) -> str:
+        """Legend label: the value alone for one key, ``key=value`` pairs for several."""
+        return _group_name(self.by, group.label)
+
+
+def _group_name(by: Sequence[str], label: tuple[str, ...]) -> str:
+    if len(by) == 1:
+        return label[0]
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(by, label, strict=True))
+
+
+def summarize(values: Sequence[float]) -> Stats:
+    """Stats over seeds; NaN (a diverged run) propagates into the mean so it cannot win."""
+    array = np.asarray(values, dtype=float)
+    std = float(np.std(array, ddof=1)) if len(array) > 1 else None
+    return Stats(float(array.mean()), std, len(array), float(array.min()), float(array.max()))
+
+
+def _field_stats(runs: Sequence[Run], name: str) -> Stats | None:
+    values = [float(v) for run in runs if (v := run.results.get(name)) is not None]
+    return summarize(values) if values else None
+
+
+def _final_stats(runs: Sequence[Run], metric: str) -> Stats | None:
+    values = [v for run in runs if (v := run.final(metric)) is not None]
+    return summarize(values) if values else None
+
+
+def _rank(mean: float, mode: str) -> float:
+    """Sort key, smaller is better; NaN ranks last."""
+    if math.isnan(mean):
+        return math.inf
+    return mean if mode == "min" else -mean
+
+
+def _lr_order(value: Any) -> tuple[bool, float, str]:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None, float(value) if numeric else math.inf, str(value)
+
+
+def select_lr(
+    runs: Sequence[Run], metric: str, mode: str, lr_key: str
+) -> tuple[Any, dict[Any, Stats]]:
+    """The learning rate with the best mean metric over seeds, and the metric at every lr."""
+    by_lr: dict[Any, list[Run]] = {}
+    for run in runs:
+        by_lr.setdefault(lookup(run.results, lr_key), []).append(run)
+    grid = {
+        lr: summarize([run.best(metric) for run in by_lr[lr]])
+        for lr in sorted(by_lr, key=_lr_order)
+    }
+    best = min(grid, key=lambda lr: _rank(grid[lr].mean, mode))
+    return best, grid
+
+
+def _differing_keys(runs: Sequence[Run], ignore: set[str]) -> list[str]:
+    """Config keys whose values differ between ``runs``; keys that vary in lockstep (a value and
+    the interpolations of it, e.g. ``optim.lr`` and ``optim.optimizer.lr``) are named once, by the
+    shortest name."""
+    configs = [dict(flatten(run.results.get("config") or {})) for run in runs]
+    keys = sorted(set().union(*configs) - ignore, key=lambda k: (len(k), k))
+    seen: set[tuple[str, ...]] = set()
+    differ = []
+    for key in keys:
+        values = tuple(value_label(c.get(key)) for c in configs)
+        if len(set(values)) > 1 and values not in seen:
+            seen.add(values)
+            differ.append(key)
+    return sorted(differ)
+
+
+def _mixed_warning(name: str, runs: Sequence[Run], ignore: set[str]) -> str | None:
+    """Say when a group's runs are not seed replicates of one config (a --by key is missing)."""
+    seeds = [run.results.get("seed") for run in runs]
+    params = {run.results.get("params") for run in runs}
+    repeated = sorted({value_label(s) for s in seeds if seeds.count(s) > 1})
+    if not repeated and len(params) <= 1:
+        return None
+    reason = f"seed {', '.join(repeated)} repeated" if repeated else "parameter counts differ"
+    differ = _differing_keys(runs, ignore)
+    if differ:
+        return (
+            f"group {name}: {reason}; config keys that differ: {', '.join(differ[:8])}. "
+            "Add the ones that matter to --by so each row is one config"
+        )
+    return f"group {name}: {reason}, with identical configs (the same run repeated?)"
+
+
+def expand_also(runs: Sequence[Run], patterns: Sequence[str]) -> list[str]:
+    """The final metrics named by ``patterns`` (fnmatch globs), in pattern then logging order."""
+    have = list(dict.fromkeys(name for run in runs for name in run.results.get("metrics") or {}))
+    names: list[str] = []
+    for pattern in patterns:
+        matched = [name for name in have if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise ValueError(
+                f"--also {pattern}: no finished run logged a metric by that name. "
+                f"Metrics the runs have: {', '.join(have) or 'none'}"
+            )
+        names += [name for name in matched if name not in names]
+    return names
+
+
+def _check_metric(finished: Sequence[Run], metric: str) -> None:
+    lacking = [run.name for run in finished if metric not in (run.results.get("best") or {})]
+    if lacking:
+        have = sorted(set().union(*[(run.results.get("best") or {}) for run in finished]))
+        raise ValueError(
+            f"metric {metric} is missing from 'best' in {len(lacking)} of {len(finished)} finished "
+            f"runs: {', '.join(lacking[:10])}{' ...' if len(lacking) > 10 else ''}. "
+            f"Metrics the runs have: {', '.join(have) or 'none'}; pick one with --metric, or pass "
+            "only the runs that log it"
+        )
+
+
+def _group(
+    label: tuple[str, ...],
+    members: Sequence[Run],
+    metric: str,
+    mode: str,
+    lr_key: str,
+    also: Sequence[str],
+) -> Group:
+    """One row: the group's best lr, and its kept runs summarised."""
+    lr, grid = select_lr(members, metric, mode, lr_key)
+    kept = tuple(run for run in members if lookup(run.results, lr_key) == lr)
+    return Group(
+        label=label,
+        runs=kept,
+        metric=grid[lr],
+        lr=lr,
+        lr_grid=MappingProxyType(grid),
+        **{name: _field_stats(kept, name) for name in NUMBERS},
+        also=MappingProxyType({name: _final_stats(kept, name) for name in also}),
+    )
+
+
+def build_comparison(
+    runs: Sequence[Run],
+    by: Sequence[str],
+    metric: str,
+    mode: str | None,
+    lr_key: str,
+    also: Sequence[str] = (),
+    band: str = "minmax",
+) -> Comparison:
+    """Group finished runs by ``by``, keep the best lr per group, aggregate over seeds, and read
+    each kept run's curve for the seed bands (``band``: ``minmax`` or ``std``).
+
+    ``mode``: ``min`` or ``max``; None reads it from the metric's name. ``also``: further metrics
+    (globs allowed) to aggregate over the kept runs, at their final values.
+    """
+    if not by:
+        raise ValueError("--by needs at least one key, e.g. --by mixer")
+    for key in by:
+        check_key(runs, key, "--by")
+    check_key(runs, lr_key, "--lr-key")
+    mode = mode or metric_mode(metric)
+    if mode is None:
+        raise ValueError(
+            f"cannot tell whether {metric} should be minimised or maximised: pass --mode"
+        )
+    finished = [run for run in runs if run.status == "finished"]
+    _check_metric(finished, metric)
+    buckets: dict[tuple[str, ...], list[Run]] = {}
+    for run in finished:
+        buckets.setdefault(tuple(value_label(lookup(run.results, k)) for k in by), []).append(run)
+    also = expand_also(finished, also)
+    groups = [
+        _group(label, members, metric, mode, lr_key, also) for label, members in buckets.items()
+    ]
+    warnings = []
+    for group in groups:
+        name = _group_name(by, group.label)
+        if warning := _mixed_warning(name, group.runs, {"seed", lr_key, *by}):
+            warnings.append(warning)
+    groups.sort(key=lambda g: (_rank(g.metric.mean, mode), g.label))
+    runs_by_group = {_group_name(by, group.label): group.runs for group in groups}
+    curves, curve_warnings = group_bands(runs_by_group, metric, band)
+    return Comparison(
+        by=tuple(by),
+        metric=metric,
+        mode=mode,
+        lr_key=lr_key,
+        band=band,
+        groups=tuple(groups),
+        unfinished=tuple(run for run in runs if run.status != "finished"),
+        also=tuple(also),
+        warnings=(*warnings, *curve_warnings),
+        curves=MappingProxyType(curves),
+    )

@@ -1,0 +1,12 @@
+"""The validation metric against training steps, one line per group with its seed band."""
+
+from __future__ import annotations
+
+from experiments.compare.aggregate import Comparison
+from experiments.compare.plots._curves import draw_curves
+from experiments.compare.plots.base import register_plot
+
+
+@register_plot("curve_step.png", "validation metric vs step")
+def curve_step(comparison: Comparison) -> bytes:
+    return draw_curves(comparison, "step")

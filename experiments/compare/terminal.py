@@ -1,0 +1,36 @@
+"""The comparison in the terminal: rich tables, the lr selection, runs left out, warnings."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from experiments.compare.aggregate import Comparison
+from experiments.compare.tables import caption, lr_notes, table_rows, title, unfinished_rows
+
+
+def print_report(comparison: Comparison, console: Console) -> None:
+    """The rich tables and notes in the terminal."""
+    header, rows = table_rows(comparison)
+    table = Table(title=title(comparison), caption=caption(comparison), caption_justify="left")
+    for index, name in enumerate(header):
+        if name in comparison.by:  # group names are never cut, the number columns wrap instead
+            width = max([len(name), *(len(row[index]) for row in rows)])
+            table.add_column(name, no_wrap=True, min_width=width)
+        else:
+            table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in lr_notes(comparison):
+        console.print(f"[bold]lr selection[/] {note}", highlight=False)
+    if comparison.unfinished:
+        header, rows = unfinished_rows(comparison)
+        failed = Table(title="failed and unfinished runs (not in the table above)")
+        for name in header:
+            failed.add_column(name, style="red" if name == "status" else None)
+        for row in rows:
+            failed.add_row(*row)
+        console.print(failed)
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
