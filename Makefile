@@ -23,11 +23,15 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/mixerlab train $(ARGS)
 
+# Tests run in parallel worker processes (pytest-xdist), one per core up to PYTEST_WORKERS.
+PYTEST_WORKERS ?= 4
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses $(PYTEST_WORKERS)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

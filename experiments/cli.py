@@ -22,7 +22,7 @@ COMMANDS = {
     "wandb-sweep": "write a W&B sweep file for a grid-sweep preset (sweep=mixers_lr ...)",
 }
 # Modules with main(argv) -> int, imported only when their command runs, so that `mixerlab list`
-# does not pay for Lightning and Hydra.
+# does not pay for Hydra, nor `mixerlab compare` for torch and Lightning.
 MODULES = {
     "train": "experiments.train",
     "compare": "experiments.compare",
@@ -64,7 +64,9 @@ def _first_comment(text: str) -> str:
 
 
 def list_components() -> dict[str, list[tuple[str, str]]]:
-    """What can be combined: registered mixers and tasks (plugins too) and shipped experiments."""
+    """What can be combined: registered mixers and tasks (plugins too), shipped experiments, and
+    the plots `mixerlab compare` draws."""
+    from experiments.compare.plots import registered_plots
     from lightning_modules.tasks import available_tasks, describe_task
     from mixers import available_mixers, describe_mixer
 
@@ -72,6 +74,7 @@ def list_components() -> dict[str, list[tuple[str, str]]]:
         "mixers": [(name, describe_mixer(name)) for name in available_mixers()],
         "tasks": [(name, describe_task(name)) for name in available_tasks()],
         "experiments": [(name, _first_comment(text)) for name, text in _conf_entries("experiment")],
+        "plots": [(plot.file, plot.description) for plot in registered_plots()],
     }
 
 
@@ -88,6 +91,7 @@ def _print_list(argv: Sequence[str]) -> int:
         "mixers": "mixer=<name>",
         "tasks": "task=<name>",
         "experiments": "experiment=<name>",
+        "plots": "written by mixerlab compare",
     }
     for section, entries in sections.items():
         print(f"{section} ({usage[section]}):")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from experiments import cli, train
+from experiments.compare.plots import registered_plots
 from mixers import available_mixers
 
 
@@ -20,11 +21,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-def test_list_shows_mixers_tasks_and_experiments(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_shows_mixers_tasks_experiments_and_plots(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
     for name in available_mixers():
         assert name in out
+    for plot in registered_plots():
+        assert f"  {plot.file}  " in out and plot.description in out
     assert "Multi-head scaled dot-product self-attention" in out  # describe_mixer's line
     assert "text" in out and "Byte-level language modelling" in out  # task description
     assert "smoke" in out and "Smoke test" in out  # experiment's first comment line

@@ -165,13 +165,13 @@ def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> 
     assert sweep["project"] == _job_config()["logger"]["project"]
     fixed, swept = _wandb_overrides(sweep["parameters"])
     assert "experiment=mqar" in fixed and swept
-    for key, values in swept.items():
-        assert values == _sweep_jobs(f"sweep={preset}", "experiment=mqar")[key]
-        for override in values:  # every agent run is a valid run in the sweep's group
-            config = _job_config(*fixed, override)
-            assert config["name"] == sweep["name"]
-            assert sweep["name"].startswith(f"{preset}_") and sweep["name"].endswith("_mqar")
-            assert config["task"]["name"] == "mqar"
+    assert swept == _sweep_jobs(f"sweep={preset}", "experiment=mqar")  # the multirun's grid
+    # An agent's run is the fixed overrides plus one value per swept key (each value is checked
+    # as a run of the preset above): it is a valid run in the sweep's group.
+    config = _job_config(*fixed, *(values[-1] for values in swept.values()))
+    assert config["name"] == sweep["name"]
+    assert sweep["name"].startswith(f"{preset}_") and sweep["name"].endswith("_mqar")
+    assert config["task"]["name"] == "mqar"
 
 
 @pytest.mark.parametrize(
