@@ -2,64 +2,47 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-
 import pytest
-from hydra import compose, initialize_config_module
+from configs import compose_config, conf_options
 from omegaconf import OmegaConf
 
 from experiments.schema import ConfigError, validate_config
 from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from mixers import available_mixers, mixer_hparams
 
-
-def _options(group: str) -> list[str]:
-    folder = files("conf") / group
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
-
-
-SHIPPED_MIXERS = [name for name in _options("mixer") if name != "plugin"]
-
-
-def _compose(*overrides: str, hydra: bool = False):
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+SHIPPED_MIXERS = [name for name in conf_options("mixer") if name != "plugin"]
 
 
 @pytest.fixture(scope="module")
 def base() -> dict:
-    return OmegaConf.to_container(_compose(), resolve=True)
+    return OmegaConf.to_container(compose_config(), resolve=True)
 
 
 @pytest.mark.parametrize(
     "override",
     [f"mixer={m}" for m in SHIPPED_MIXERS]
-    + [f"task={t}" for t in _options("task")]
-    + [f"experiment={e}" for e in _options("experiment")]
-    + [f"trainer={t}" for t in _options("trainer")]
-    + [f"logger={lg}" for lg in _options("logger")]
-    + [f"sweep={s}" for s in _options("sweep")]
-    + [f"debug={d}" for d in _options("debug")],
+    + [f"task={t}" for t in conf_options("task")]
+    + [f"experiment={e}" for e in conf_options("experiment")]
+    + [f"trainer={t}" for t in conf_options("trainer")]
+    + [f"logger={lg}" for lg in conf_options("logger")]
+    + [f"sweep={s}" for s in conf_options("sweep")]
+    + [f"debug={d}" for d in conf_options("debug")],
 )
 def test_every_shipped_option_composes_and_validates(override: str) -> None:
-    cfg = validate_config(_compose(override))
+    cfg = validate_config(compose_config(override))
     group, option = override.split("=")
     if group == "mixer":
         assert cfg["mixer"]["name"] == option
 
 
-@pytest.mark.parametrize("preset", [f"experiment={e}" for e in _options("experiment")])
+@pytest.mark.parametrize("preset", [f"experiment={e}" for e in conf_options("experiment")])
 def test_debug_cuts_every_preset_to_a_few_cpu_steps(preset: str) -> None:
-    preset_trainer = validate_config(_compose(preset))["trainer"]
-    trainer = validate_config(_compose(preset, "debug=default"))["trainer"]
+    preset_trainer = validate_config(compose_config(preset))["trainer"]
+    trainer = validate_config(compose_config(preset, "debug=default"))["trainer"]
     assert preset_trainer["max_steps"] > trainer["max_steps"] == 4  # not the preset's budget
     assert trainer["val_check_interval"] == 2 and trainer["accelerator"] == "cpu"
     # the command line still wins over the debug preset
-    longer = validate_config(_compose(preset, "debug=default", "trainer.max_steps=6"))
+    longer = validate_config(compose_config(preset, "debug=default", "trainer.max_steps=6"))
     assert longer["trainer"]["max_steps"] == 6
 
 
@@ -72,7 +55,7 @@ def test_default_config_is_the_main_job(base: dict) -> None:
 
 @pytest.mark.parametrize("name", SHIPPED_MIXERS)
 def test_mixer_file_keys_are_the_mixer_hparams(name: str) -> None:
-    node = OmegaConf.to_container(_compose(f"mixer={name}").mixer)
+    node = OmegaConf.to_container(compose_config(f"mixer={name}").mixer)
     assert node.pop("name") == name
     assert set(node) == set(mixer_hparams(name))
 
@@ -83,19 +66,19 @@ def test_every_builtin_mixer_has_a_conf_file() -> None:
 
 
 def test_plugin_mixers_start_from_no_hparams() -> None:
-    cfg = validate_config(_compose("mixer=plugin", "mixer.name=conv", "+mixer.kernel_size=3"))
+    cfg = validate_config(compose_config("mixer=plugin", "mixer.name=conv", "+mixer.kernel_size=3"))
     assert cfg["mixer"] == {"name": "conv", "kernel_size": 3}
     with pytest.raises(ConfigError, match=r"mixer\.name"):
-        validate_config(_compose("mixer=plugin"))
+        validate_config(compose_config("mixer=plugin"))
 
 
 def test_renaming_a_shipped_mixer_file_points_to_the_plugin_option() -> None:
     with pytest.raises(ConfigError, match=r"mixer=plugin mixer\.name=conv"):
-        validate_config(_compose("mixer=attention", "mixer.name=conv"))
+        validate_config(compose_config("mixer=attention", "mixer.name=conv"))
 
 
 def test_run_dirs_never_collide() -> None:
-    hydra_cfg = OmegaConf.to_container(_compose(hydra=True).hydra, resolve=False)
+    hydra_cfg = OmegaConf.to_container(compose_config(hydra=True).hydra, resolve=False)
     assert "%f}" in hydra_cfg["run"]["dir"]  # microseconds
     assert "${hydra.job.num}" in hydra_cfg["sweep"]["subdir"]
     assert hydra_cfg["job"]["chdir"] is False
@@ -152,12 +135,12 @@ def test_logger_is_wandb_or_nothing_beside_metrics_csv(base: dict) -> None:
     with pytest.raises(ConfigError, match=r"logger\._target_ is missing"):
         validate_config(dict(base, logger={"project": "x"}))
     for option in ("csv", "none"):
-        assert validate_config(_compose(f"logger={option}"))["logger"] == {}
+        assert validate_config(compose_config(f"logger={option}"))["logger"] == {}
 
 
 def test_optimiser_and_scheduler_specs_follow_the_plain_optim_keys() -> None:
     optim = validate_config(
-        _compose("optim.lr=0.02", "optim.betas=[0.8,0.9]", "optim.weight_decay=0.3",
+        compose_config("optim.lr=0.02", "optim.betas=[0.8,0.9]", "optim.weight_decay=0.3",
                  "optim.warmup_steps=7", "optim.min_lr_ratio=0.2", "trainer.max_steps=70")
     )["optim"]  # fmt: skip
     assert optim["optimizer"] == {
@@ -169,7 +152,7 @@ def test_optimiser_and_scheduler_specs_follow_the_plain_optim_keys() -> None:
     assert schedule["total_steps"] == 70
     no_target = {**optim, "optimizer": {"lr": 1.0}}
     with pytest.raises(ConfigError, match=r"optim\.optimizer needs _target_"):
-        validate_config(dict(validate_config(_compose()), optim=no_target))
+        validate_config(dict(validate_config(compose_config()), optim=no_target))
 
 
 def test_checkpoint_callback_is_a_target_spec(base: dict) -> None:
@@ -182,12 +165,14 @@ def test_datamodule_must_not_set_what_the_run_sets(base: dict) -> None:
     assert "task.datamodule.seed is set by the run" in _problems(base, "task.datamodule.seed", 3)
 
 
-@pytest.mark.parametrize("name", _options("task"))
+@pytest.mark.parametrize("name", conf_options("task"))
 def test_task_type_and_causality_come_from_the_registration(name: str) -> None:
     cls = get_task_class(name)
-    task = validate_config(_compose(f"task={name}"))["task"]
+    task = validate_config(compose_config(f"task={name}"))["task"]
     assert (task["name"], task["type"], task["causal"]) == (name, cls.task_type, cls.causal)
-    assert validate_config(_compose(f"task={name}"))["task"] == task  # validating again agrees
+    assert (
+        validate_config(compose_config(f"task={name}"))["task"] == task
+    )  # validating again agrees
 
 
 def test_unknown_task_lists_registered_tasks(base: dict) -> None:

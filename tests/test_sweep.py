@@ -8,45 +8,25 @@ import json
 import os
 import subprocess
 import sys
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import joblib
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
+from configs import compose_config, conf_options, run_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from optuna.distributions import LogUniformDistribution, UniformDistribution
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import experiments.train  # noqa: F401  (registers the mixerlab.direction resolver)
 from experiments import compare, wandb_sweep
-from experiments.schema import validate_config
 from mixers import available_mixers
 
-
-def _options(group: str) -> list[str]:
-    folder = files("conf") / group
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
-
-
-GRID_SWEEPS = [name for name in _options("sweep") if name != "optuna"]
-SHIPPED_MIXERS = {name for name in _options("mixer") if name != "plugin"}
-
-
-def _compose(*overrides: str, hydra: bool = True) -> DictConfig:
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
-
-
-def _job_config(*overrides: str) -> dict[str, Any]:
-    """A job's config as the train app checks it."""
-    return validate_config(_compose(*overrides, hydra=False))
+GRID_SWEEPS = [name for name in conf_options("sweep") if name != "optuna"]
+SHIPPED_MIXERS = {name for name in conf_options("mixer") if name != "plugin"}
 
 
 def _value(config: dict[str, Any], key: str) -> Any:
@@ -75,7 +55,7 @@ def test_grid_sweep_presets_name_the_sweep_and_every_value_is_a_valid_run(preset
     names = set()
     for key, overrides in jobs.items():
         for override in overrides:
-            config = _job_config(f"sweep={preset}", override)
+            config = run_config(f"sweep={preset}", override)
             value = yaml.safe_load(override.split("=", 1)[1])
             assert _value(config, key) == value
             assert config["logger"]["group"] == config["name"]
@@ -92,29 +72,33 @@ def test_mixer_sweeps_cover_every_shipped_mixer() -> None:
 
 
 def test_sweep_name_follows_the_task_and_the_command_line() -> None:
-    assert _job_config("sweep=mixers", "task=mqar")["name"] == "mixers_mqar"
-    assert _job_config("sweep=lr_grid", "mixer=rnn")["name"] == "lr_grid_rnn_text"
-    assert _job_config("sweep=mixers", "name=ablation")["logger"]["group"] == "ablation"
-    sweep_dir = OmegaConf.to_container(_compose("sweep=mixers").hydra.sweep)["dir"]
+    assert run_config("sweep=mixers", "task=mqar")["name"] == "mixers_mqar"
+    assert run_config("sweep=lr_grid", "mixer=rnn")["name"] == "lr_grid_rnn_text"
+    assert run_config("sweep=mixers", "name=ablation")["logger"]["group"] == "ablation"
+    sweep_dir = OmegaConf.to_container(compose_config("sweep=mixers", hydra=True).hydra.sweep)[
+        "dir"
+    ]
     assert sweep_dir.endswith("_${name}")  # the sweep's folder carries its name
 
 
 def test_joblib_launcher_preset() -> None:
-    cfg = _compose("sweep=mixers", "launcher=joblib")
+    cfg = compose_config("sweep=mixers", "launcher=joblib", hydra=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher)
     assert launcher["_target_"].endswith("JoblibLauncher") and launcher["n_jobs"] == 2
     assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")  # the sweep itself is unchanged
-    _job_config("sweep=mixers", "launcher=joblib")
+    run_config("sweep=mixers", "launcher=joblib")
 
 
 def test_slurm_launcher_preset_sets_resources_and_threads() -> None:
-    cfg = _compose("launcher=slurm", "hydra.launcher.cpus_per_task=6", "trainer=gpu")
+    cfg = compose_config(
+        "launcher=slurm", "hydra.launcher.cpus_per_task=6", "trainer=gpu", hydra=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
     setup = OmegaConf.to_container(launcher.setup, resolve=True)
     assert "export OMP_NUM_THREADS=6" in setup and "export MKL_NUM_THREADS=6" in setup
-    assert _job_config("launcher=slurm", "trainer=gpu")["trainer"]["accelerator"] == "gpu"
+    assert run_config("launcher=slurm", "trainer=gpu")["trainer"]["accelerator"] == "gpu"
 
 
 @pytest.mark.parametrize(
@@ -123,13 +107,13 @@ def test_slurm_launcher_preset_sets_resources_and_threads() -> None:
      ("'val/acc@seq_len=64,kv=16'", "maximize")],
 )  # fmt: skip
 def test_optuna_direction_follows_the_monitored_metric(monitor: str, direction: str) -> None:
-    cfg = _compose("sweep=optuna", f"callbacks.checkpoint.monitor={monitor}")
+    cfg = compose_config("sweep=optuna", f"callbacks.checkpoint.monitor={monitor}", hydra=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.hydra.sweeper.direction == direction
 
 
 def test_optuna_search_space_is_valid_overrides() -> None:
-    cfg = _compose("sweep=optuna", "mixer=rnn")
+    cfg = compose_config("sweep=optuna", "mixer=rnn", hydra=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper.study_name == "optuna_rnn_text" and sweeper.sampler.seed == 0
     params = OmegaConf.to_container(sweeper.params)
@@ -139,7 +123,7 @@ def test_optuna_search_space_is_valid_overrides() -> None:
     assert isinstance(kinds["optim.weight_decay"], UniformDistribution)
     for key, dist in kinds.items():  # both ends of every range make a valid run
         for value in (dist.low, dist.high):
-            config = _job_config("sweep=optuna", "mixer=rnn", f"{key}={value}")
+            config = run_config("sweep=optuna", "mixer=rnn", f"{key}={value}")
             assert _value(config, key) == pytest.approx(value)
 
 
@@ -162,13 +146,13 @@ def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> 
     assert wandb_sweep.main([f"sweep={preset}", "experiment=mqar", "--out", str(out)]) == 0
     sweep = yaml.safe_load(out.read_text())
     assert sweep["command"][2:] == ["-m", "experiments.train", "${args_no_hyphens}"]
-    assert sweep["project"] == _job_config()["logger"]["project"]
+    assert sweep["project"] == run_config()["logger"]["project"]
     fixed, swept = _wandb_overrides(sweep["parameters"])
     assert "experiment=mqar" in fixed and swept
     assert swept == _sweep_jobs(f"sweep={preset}", "experiment=mqar")  # the multirun's grid
     # An agent's run is the fixed overrides plus one value per swept key (each value is checked
     # as a run of the preset above): it is a valid run in the sweep's group.
-    config = _job_config(*fixed, *(values[-1] for values in swept.values()))
+    config = run_config(*fixed, *(values[-1] for values in swept.values()))
     assert config["name"] == sweep["name"]
     assert sweep["name"].startswith(f"{preset}_") and sweep["name"].endswith("_mqar")
     assert config["task"]["name"] == "mqar"

@@ -10,14 +10,14 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
-from importlib.resources import files
 from pathlib import Path
 
 import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from configs import compose_config, conf_options
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.trainer.states import RunningStage
 from torch import nn
@@ -68,7 +68,7 @@ def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
 
 def _optimisation(*overrides: str) -> tuple:
     """The optimiser and scheduler factories ``build_module`` instantiates from the config."""
-    optim = OmegaConf.to_container(_run_config(*overrides), resolve=True)["optim"]
+    optim = OmegaConf.to_container(compose_config(*overrides), resolve=True)["optim"]
     return hydra.utils.instantiate(optim["optimizer"]), hydra.utils.instantiate(optim["scheduler"])
 
 
@@ -305,16 +305,8 @@ def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
     assert sorted(module.val_metric_names()) == sorted(k for k in metrics if k.startswith("val/"))
 
 
-def _run_config(*overrides: str) -> DictConfig:
-    """The shipped config with command-line style overrides, as ``mixerlab train`` composes it."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
-    cfg = _run_config("model.n_layers=0")
+    cfg = compose_config("model.n_layers=0")
     with pytest.raises(ConfigError, match=r"model\.n_layers must be >= 1"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -324,7 +316,7 @@ def test_a_monitor_the_task_never_logs_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
-    cfg = _run_config("experiment=mqar", "callbacks.checkpoint.monitor=val/bpb")
+    cfg = compose_config("experiment=mqar", "callbacks.checkpoint.monitor=val/bpb")
     # bits per byte mean nothing on synthetic tokens; the message lists what MQAR does log
     with pytest.raises(ConfigError, match=r"monitor='val/bpb' is not logged.*val/acc@seq_len=128"):
         train(cfg, tmp_path / "run")
@@ -380,16 +372,8 @@ def leet_summary(run_dir: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def _shipped_mixers() -> list[str]:
-    """Mixers with a conf file: every built-in (test_config checks that), as a fresh process
-    sees them (tests register extra mixers in this one)."""
-    folder = files("conf") / "mixer"
-    names = [p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")]
-    return sorted(name for name in names if name != "plugin")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer", _shipped_mixers())
+@pytest.mark.parametrize("mixer", [m for m in conf_options("mixer") if m != "plugin"])
 def test_tiny_training_of_every_mixer(mixer: str, cli_env: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = mixerlab(cli_env, tmp_path, "train", f"mixer={mixer}", *TINY, f"hydra.run.dir={run_dir}")
