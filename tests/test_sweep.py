@@ -16,10 +16,7 @@ import pytest
 import yaml
 from configs import compose_config, conf_options, run_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 from omegaconf import OmegaConf
-from optuna.distributions import LogUniformDistribution, UniformDistribution
-from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 import experiments.train  # noqa: F401  (registers the mixerlab.direction resolver)
 from experiments import compare, wandb_sweep
@@ -48,6 +45,7 @@ def _sweep_jobs(*overrides: str) -> dict[str, list[str]]:
 
 
 # ------------------------------------------------------------------------- composing presets
+@pytest.mark.slow  # a config per swept value (about 3 s a preset); one job each is checked fast
 @pytest.mark.parametrize("preset", GRID_SWEEPS)
 def test_grid_sweep_presets_name_the_sweep_and_every_value_is_a_valid_run(preset: str) -> None:
     jobs = _sweep_jobs(f"sweep={preset}")
@@ -118,6 +116,10 @@ def test_optuna_search_space_is_valid_overrides() -> None:
     assert sweeper.study_name == "optuna_rnn_text" and sweeper.sampler.seed == 0
     params = OmegaConf.to_container(sweeper.params)
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    # imported here: Optuna and W&B's sweep code take seconds to import, for one test each
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+    from optuna.distributions import LogUniformDistribution, UniformDistribution
+
     kinds = {o.key_or_group: create_optuna_distribution_from_override(o) for o in parsed}
     assert isinstance(kinds["optim.lr"], LogUniformDistribution)
     assert isinstance(kinds["optim.weight_decay"], UniformDistribution)
@@ -130,6 +132,8 @@ def test_optuna_search_space_is_valid_overrides() -> None:
 # ---------------------------------------------------------------------------- W&B sweep files
 def _wandb_overrides(parameters: dict[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
     """The agent's ${args_no_hyphens}, rendered by W&B's own code: fixed ones, swept ones."""
+
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     def render(name: str, value: Any) -> str:
         (arg,) = create_sweep_command_args({"args": {name: {"value": value}}})["args_no_hyphens"]
