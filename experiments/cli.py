@@ -5,6 +5,7 @@ mixerlab list                                # mixers, tasks and experiments, on
 mixerlab compare RUN_DIR...                  # tables and curves over finished runs
 mixerlab bench [NAME...]                     # speed benchmarks
 mixerlab wandb-sweep sweep=NAME [overrides]  # a W&B sweep file for a grid-sweep preset
+mixerlab new-mixer NAME [--dir DIR]          # a plugin package with a mixer to start from
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COMMANDS = {
     "compare": "compare finished runs: tables and curves",
     "bench": "speed benchmarks (tokens/s, Lightning overhead, reference models)",
     "wandb-sweep": "write a W&B sweep file for a grid-sweep preset (sweep=mixers_lr ...)",
+    "new-mixer": "write a plugin package with a working mixer to start from",
 }
 # Modules with main(argv) -> int, imported only when their command runs, so that `mixerlab list`
 # does not pay for Hydra, nor `mixerlab compare` for torch and Lightning.
@@ -28,6 +30,7 @@ MODULES = {
     "compare": "experiments.compare",
     "bench": "experiments.bench",
     "wandb-sweep": "experiments.wandb_sweep",
+    "new-mixer": "experiments.new_mixer",
 }
 
 

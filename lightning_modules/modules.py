@@ -2,10 +2,10 @@
 
 Both take the optimiser and LR scheduler as factories (what ``hydra.utils.instantiate`` makes
 of a ``_partial_: true`` node, see ``conf/optim/``): the optimiser is called with
-:func:`parameter_groups` (no weight decay on norms/biases/embeddings), the scheduler with the
-optimiser, stepped every optimiser step (:class:`WarmupCosine` is the run's schedule). Validation
-metrics are accumulated with torchmetrics over whole validation sets, one set per validation
-dataloader.
+:func:`parameter_groups` (no weight decay on norms, biases, embeddings and what a mixer exempts),
+the scheduler with the optimiser, stepped every optimiser step (:class:`WarmupCosine` is the run's
+schedule). Validation metrics are accumulated with torchmetrics over whole validation sets, one
+set per validation dataloader.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from mixers import TokenMixer
 
 IGNORE_INDEX = -100
 
@@ -55,18 +57,22 @@ class WarmupCosine:
 
 
 def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Optimiser groups: matrices take the optimiser's weight decay; norms, biases and embedding
-    tables get none.
+    """Optimiser groups: matrices take the optimiser's weight decay; norms, biases, embedding
+    tables and what a token mixer lists in ``no_weight_decay`` get none.
 
     Decaying embeddings shrinks rare tokens towards zero and decaying norm gains fights the
-    normalisation, so both are left alone (GPT-2/nanoGPT recipe).
+    normalisation, so both are left alone (GPT-2/nanoGPT recipe); a mixer's own exceptions (an
+    SSM's ``A_log``, whose decay would pull every timescale to the same value) are its to name.
     """
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    exempt = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    for module in model.modules():
+        if isinstance(module, TokenMixer):
+            exempt.update(id(p) for p in module.no_weight_decay_parameters())
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or id(p) in embedding_params else decay).append(p)
+        (no_decay if p.ndim < 2 or id(p) in exempt else decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

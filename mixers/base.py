@@ -8,6 +8,7 @@ fixed by :class:`mixers.model.Block`, so an ablation swaps exactly one thing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -42,16 +43,29 @@ class TokenMixer(nn.Module):
       stepping through a sequence equals ``forward`` on it.
     - ``flops_per_token(seq_len)`` gives the analytic forward FLOPs per token (a multiply-add
       counts 2) so that runs can be compared iso-FLOP.
+    - A decoder-only mixer sets ``supports_encoder = False``: building it with ``causal=False``
+      raises, and the contract checks skip the encoder mode.
+    - ``no_weight_decay`` names parameters (globs over ``named_parameters()`` names, relative to
+      the mixer, e.g. ``("A_log", "D")``) that the optimiser must not decay; matrices otherwise
+      are decayed.
     """
 
     supports_step: bool = False
+    supports_encoder: bool = True
     requires_max_len: bool = False
     global_mixing: bool = True
+    no_weight_decay: tuple[str, ...] = ()
 
     def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
         super().__init__()
         if d_model <= 0:
             raise ValueError(f"d_model must be positive, got {d_model}")
+        if not causal and not self.supports_encoder:
+            raise ValueError(
+                f"{self._display_name()} is decoder-only (supports_encoder = False) and cannot be "
+                "built with causal=False: encoder tasks (classification) need a mixer that sees "
+                "the whole sequence; train it on a causal task or pick another mixer"
+            )
         if self.requires_max_len and (max_len is None or max_len <= 0):
             raise ValueError(
                 f"{type(self).__name__} learns position-to-position weights and needs a positive "
@@ -108,6 +122,26 @@ class TokenMixer(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Analytic forward FLOPs per token at ``seq_len`` (multiply-add = 2 FLOPs)."""
         raise NotImplementedError
+
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``no_weight_decay`` names; a pattern that names none is an error (a
+        typo would otherwise decay what it meant to protect)."""
+        named = dict(self.named_parameters())
+        chosen: dict[str, nn.Parameter] = {}
+        for pattern in self.no_weight_decay:
+            matches = {name: p for name, p in named.items() if fnmatchcase(name, pattern)}
+            if not matches:
+                raise ValueError(
+                    f"no_weight_decay pattern {pattern!r} of {self._display_name()} matches no "
+                    f"parameter; its parameters are: {', '.join(named) or '(none)'}"
+                )
+            chosen.update(matches)
+        return list(chosen.values())
+
+    def _display_name(self) -> str:
+        """The registered name when there is one (what a config says), else the class name."""
+        name = type(self).__dict__.get("registry_name")
+        return f"mixer {name!r}" if name else type(self).__name__
 
     def num_params(self) -> int:
         return count_params(self)

@@ -25,8 +25,9 @@ MODES = [pytest.param(True, id="causal"), pytest.param(False, id="encoder")]
 @pytest.mark.parametrize("name", available_mixers())
 def test_contract(name: str, causal: bool, check: str) -> None:
     contract_check = CHECKS[check]
-    if not contract_check.applies(get_mixer_class(name), causal):
-        pytest.skip(f"{check} runs {contract_check.when}")
+    reason = contract_check.skip_reason(get_mixer_class(name), causal)
+    if reason:
+        pytest.skip(f"{check}: {reason}")  # a decoder-only mixer skips the encoder mode here
     contract_check(name, causal=causal)
 
 

@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from mixers import SequenceModel, available_mixers
+from mixers import SequenceModel, available_mixers, get_mixer_class, register_mixer
 from mixers.model import GLU, MLP
 
 VOCAB, D, MAX_LEN = 50, 32, 16
@@ -41,6 +42,8 @@ def test_model_is_causal(mixer):
 
 @pytest.mark.parametrize("mixer", available_mixers())
 def test_classification_pools_over_real_tokens_only(mixer):
+    if not get_mixer_class(mixer).supports_encoder:
+        pytest.skip(f"{mixer} is decoder-only")
     model = small_model(mixer, causal=False, num_classes=3)
     x = tokens(2, 12)
     mask = torch.ones_like(x, dtype=torch.bool)
@@ -156,6 +159,29 @@ def test_init_scales_channel_mixer_output_by_depth():
     assert ffn.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert ffn.down.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
     assert torch.all(ffn.up.bias == 0)
+
+
+@pytest.mark.usefixtures("scratch_registries")
+def test_model_keeps_the_mixers_own_init():
+    class ConstantConv(get_mixer_class("conv")):
+        def __init__(self, d_model, **kwargs):
+            super().__init__(d_model, **kwargs)
+            for param in self.parameters():
+                nn.init.constant_(param, 0.5)
+
+    register_mixer("_test_constant_conv")(ConstantConv)
+    model = small_model("_test_constant_conv")
+    assert all(torch.all(p == 0.5) for p in model.blocks[0].mixer.parameters())
+    assert model.blocks[0].ffn.up.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+@pytest.mark.usefixtures("scratch_registries")
+def test_decoder_only_mixer_builds_decoders_and_refuses_encoder_models():
+    conv = get_mixer_class("conv")
+    register_mixer("_test_decoder_only")(type("DecoderOnly", (conv,), {"supports_encoder": False}))
+    assert small_model("_test_decoder_only")(tokens()).shape == (2, 10, VOCAB)
+    with pytest.raises(ValueError, match=r"^mixer '_test_decoder_only' is decoder-only .*"):
+        small_model("_test_decoder_only", causal=False, num_classes=3)
 
 
 def test_glu_matches_mlp_parameter_count():

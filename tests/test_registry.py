@@ -53,11 +53,18 @@ class PositionTable(Scale):
     requires_max_len = True
 
 
+class CausalScale(Scale):
+    """Declared decoder-only."""
+
+    supports_encoder = False
+
+
 @pytest.fixture(autouse=True)
 def test_mixers(scratch_registries: None) -> None:
-    """Every test here sees two test mixers; the shared fixture removes them afterwards."""
+    """Every test here sees three test mixers; the shared fixture removes them afterwards."""
     register_mixer("_test_scale")(Scale)
     register_mixer("_test_position_table")(PositionTable)
+    register_mixer("_test_causal_scale")(CausalScale)
 
 
 def test_build_by_name_passes_hparams() -> None:
@@ -96,6 +103,16 @@ def test_mixer_that_needs_max_len_says_so(max_len: int | None) -> None:
     with pytest.raises(ValueError, match=r"PositionTable .* needs a positive max_len, got"):
         build_mixer("_test_position_table", 8, max_len=max_len)
     assert build_mixer("_test_position_table", 8, max_len=4).max_len == 4
+
+
+def test_decoder_only_mixer_refuses_to_build_as_an_encoder() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^mixer '_test_causal_scale' is decoder-only \(supports_encoder = False\) and "
+        r"cannot be built with causal=False",
+    ):
+        build_mixer("_test_causal_scale", 8, causal=False)
+    assert build_mixer("_test_causal_scale", 8).causal
 
 
 def test_input_longer_than_max_len_names_both_lengths() -> None:

@@ -7,6 +7,8 @@ other tests (the contract suite over ``available_mixers()``) see.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,6 +165,19 @@ class TensorFlops(CumulativeMean):
         return torch.tensor(1.0)
 
 
+class MisnamedNoDecay(CumulativeMean):
+    no_weight_decay = ("value.weight", "valu.bias")
+
+
+class DecoderOnly(CumulativeMean):
+    """Only ever causal, and says so: the encoder mode is skipped, not failed."""
+
+    supports_encoder = False
+
+    def mix(self, v: Tensor, weight: Tensor) -> Tensor:
+        return (v * weight).cumsum(1) / weight.cumsum(1).clamp_min(1)
+
+
 class VectorAuxLoss(CumulativeMean):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         y = super().forward(x, mask)
@@ -200,6 +215,7 @@ def test_checks_are_listed_in_order() -> None:
         "max_len",
         "flops",
         "aux_loss",
+        "no_weight_decay",
     ]
     assert all(check.description for check in CHECKS.values())
 
@@ -209,8 +225,36 @@ def test_reference_mixer_passes_every_check(causal: bool) -> None:
     check_mixer(CumulativeMean, causal=causal)
 
 
-def test_check_mixer_checks_both_modes_by_default() -> None:
-    check_mixer(CumulativeMean, d_model=8, max_len=8, seed=3)
+def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixture) -> None:
+    report = check_mixer(CumulativeMean, d_model=8, max_len=8, seed=3, verbose=True)
+    ran = {(o.mode, o.check): o.outcome for o in report.outcomes}
+    assert len(ran) == 2 * len(CHECKS)  # both modes by default
+    assert ran["causal", "step"] == ran["encoder", "sees_future"] == "passed"
+    assert ran["encoder", "step"] == ran["causal", "sees_future"] == "skipped"
+    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (26, 0, 4)
+    text = str(report)
+    assert text.startswith("contract of CumulativeMean: 26 passed, 0 failed, 4 skipped\n")
+    assert re.search(r"^  causal +step +passed$", text, re.MULTILINE)
+    assert re.search(
+        r"^  encoder +step +skipped \(runs only for causal=True mixers with supports_step\)$",
+        text,
+        re.MULTILINE,
+    )
+    assert capsys.readouterr().out == text + "\n"
+
+
+def test_decoder_only_mixer_refuses_the_encoder_mode_and_the_checks_skip_it() -> None:
+    with pytest.raises(ValueError, match=r"^DecoderOnly is decoder-only .* causal=False"):
+        DecoderOnly(8, causal=False)
+    report = check_mixer(DecoderOnly)  # its encoder mode would fail sees_future
+    encoder = [o for o in report.outcomes if o.mode == "encoder"]
+    assert len(encoder) == len(CHECKS)
+    assert {(o.outcome, o.detail) for o in encoder} == {
+        ("skipped", "decoder-only mixer: supports_encoder = False")
+    }
+    assert report.count("passed") == 13
+    with pytest.raises(ValueError, match=r"'shapes' does not apply to DecoderOnly\(causal=False\)"):
+        CHECKS["shapes"](DecoderOnly, causal=False)
 
 
 BROKEN = [
@@ -235,6 +279,13 @@ BROKEN = [
     (TensorFlops, True, "flops", r"flops_per_token\(1\) must return a float, got Tensor"),
     (VectorAuxLoss, True, "aux_loss", r"must be a float scalar, got torch.float32 \(32,\)"),
     (NaNAuxLoss, False, "aux_loss", r"aux_loss after a train forward is not finite"),
+    (
+        MisnamedNoDecay,
+        True,
+        "no_weight_decay",
+        r"no_weight_decay pattern 'valu.bias' of MisnamedNoDecay matches no parameter; its "
+        r"parameters are: value.weight, value.bias, out.weight, out.bias",
+    ),
 ]
 
 
@@ -262,9 +313,10 @@ def test_finite_scalar_aux_loss_passes() -> None:
     CHECKS["gradients"](ScalarAuxLoss, causal=True)
 
 
-def test_check_mixer_reports_every_failure_at_once() -> None:
+def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ContractError) as info:
-        check_mixer(LeaksFuture)
+        check_mixer(LeaksFuture, verbose=True)
+    assert "contract of LeaksFuture: 24 passed, 2 failed, 4 skipped" in capsys.readouterr().out
     message = str(info.value)
     assert message.startswith("2 contract check(s) failed:")
     assert "[causality] LeaksFuture(causal=True): " in message

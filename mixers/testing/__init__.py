@@ -5,10 +5,12 @@ A plugin author proves a new mixer in one line::
     from mixers.testing import check_mixer
     check_mixer(MyMixer)            # or check_mixer("my_mixer", hparams={"width": 4})
 
-Every check builds small fp32 instances (CPU, fixed seeds, no global RNG side effects) and raises
-:class:`ContractError` (an ``AssertionError``) whose message names the mixer, the mode and what
-broke. ``CHECKS`` maps each check's name to a :class:`Check`, so a test suite can parametrize over
-them (``tests/test_contract.py`` does, over every registered mixer). Plain PyTorch and the standard
+It returns a :class:`ContractReport`: each check in each mode, passed or skipped and why
+(``print(report)``, or ``verbose=True``). Every check builds small fp32 instances (CPU, fixed
+seeds, no global RNG side effects); a broken rule raises :class:`ContractError` (an
+``AssertionError``) whose message names the mixer, the mode and what broke. ``CHECKS`` maps each
+check's name to a :class:`Check`, so a test suite can parametrize over them
+(``tests/test_contract.py`` does, over every registered mixer). Plain PyTorch and the standard
 library only: no pytest, so the checks run anywhere.
 """
 
@@ -19,8 +21,18 @@ from typing import Any
 from mixers.base import TokenMixer
 from mixers.testing import checks as _checks  # noqa: F401  (registers the checks in CHECKS)
 from mixers.testing.case import CHECKS, Check, ContractError, MixerCase, max_abs_diff
+from mixers.testing.report import CheckOutcome, ContractReport
 
-__all__ = ["CHECKS", "Check", "ContractError", "MixerCase", "check_mixer", "max_abs_diff"]
+__all__ = [
+    "CHECKS",
+    "Check",
+    "CheckOutcome",
+    "ContractError",
+    "ContractReport",
+    "MixerCase",
+    "check_mixer",
+    "max_abs_diff",
+]
 
 
 def check_mixer(
@@ -33,25 +45,38 @@ def check_mixer(
     seed: int = 0,
     atol: float = 1e-5,
     perturb: float = 0.0,
-) -> None:
-    """Run every check that applies, in both modes when ``causal`` is None.
+    verbose: bool = False,
+) -> ContractReport:
+    """Run every check that applies, in both modes when ``causal`` is None, and return the
+    report of what passed and what was skipped and why (``verbose`` prints it too).
 
     All checks run before anything is raised, so one ContractError lists every broken rule.
     ``perturb`` adds Gaussian noise of that std to every parameter after init, for mixers whose
     init barely mixes positions (so a leak would not show).
     """
-    modes = (True, False) if causal is None else (causal,)
-    failures: list[str] = []
-    for mode in modes:
+
+    def case(mode: bool) -> MixerCase:  # a fresh one per check: each draws its inputs anew
+        return MixerCase(mixer, mode, d_model, max_len, dict(hparams or {}), seed, atol, perturb)
+
+    report = ContractReport(case(True).name)
+    for mode in (True, False) if causal is None else (causal,):
         for check in CHECKS.values():
-            case = MixerCase(
-                mixer, mode, d_model, max_len, dict(hparams or {}), seed, atol, perturb
-            )
-            if not check.applies(case.cls, mode):
+            checked = case(mode)
+            reason = check.skip_reason(checked.cls, mode)
+            if reason:
+                report.outcomes.append(CheckOutcome(check.name, mode, "skipped", reason))
                 continue
             try:
-                check.run(case)
+                check.run(checked)
             except AssertionError as exc:
-                failures.append(f"[{check.name}] {exc}")
-    if failures:
-        raise ContractError(f"{len(failures)} contract check(s) failed:\n" + "\n".join(failures))
+                report.outcomes.append(CheckOutcome(check.name, mode, "failed", str(exc)))
+            else:
+                report.outcomes.append(CheckOutcome(check.name, mode, "passed"))
+    if verbose:
+        print(report)
+    if report.failures:
+        raise ContractError(
+            f"{len(report.failures)} contract check(s) failed:\n"
+            + "\n".join(f"[{o.check}] {o.detail}" for o in report.failures)
+        )
+    return report

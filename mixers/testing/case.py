@@ -107,21 +107,35 @@ def _always(cls: type[TokenMixer], causal: bool) -> bool:
 
 @dataclass(frozen=True)
 class Check:
-    """A named contract check; call it like ``check_mixer`` but for one mode (``causal``)."""
+    """A named contract check; call it like ``check_mixer`` but for one mode (``causal``).
+
+    ``condition`` says for which mixers and modes it runs (``when`` says it in words); no check
+    runs in the encoder mode of a decoder-only mixer (``supports_encoder = False``).
+    """
 
     name: str
     run: Callable[[MixerCase], None]
-    applies: Callable[[type[TokenMixer], bool], bool] = _always
+    condition: Callable[[type[TokenMixer], bool], bool] = _always
     when: str = "always"
+
+    def skip_reason(self, cls: type[TokenMixer], causal: bool) -> str | None:
+        """Why this check does not run for ``cls`` in this mode, or None when it runs."""
+        if not causal and not cls.supports_encoder:
+            return "decoder-only mixer: supports_encoder = False"
+        if not self.condition(cls, causal):
+            return f"runs only {self.when}"
+        return None
+
+    def applies(self, cls: type[TokenMixer], causal: bool) -> bool:
+        return self.skip_reason(cls, causal) is None
 
     def __call__(self, mixer: str | type[TokenMixer], *, causal: bool = True, **case: Any) -> None:
         """Run this check on ``mixer`` in one mode; ``case`` takes :class:`MixerCase`'s fields
         (d_model, max_len, hparams, seed, atol, perturb)."""
         checked = MixerCase(mixer, causal, **case)
-        if not self.applies(checked.cls, causal):
-            raise ValueError(
-                f"check {self.name!r} does not apply to {checked.label}: it runs {self.when}"
-            )
+        reason = self.skip_reason(checked.cls, causal)
+        if reason:
+            raise ValueError(f"check {self.name!r} does not apply to {checked.label}: {reason}")
         self.run(checked)
 
     @property
@@ -134,11 +148,11 @@ CHECKS: dict[str, Check] = {}
 
 def contract_check(
     name: str,
-    applies: Callable[[type[TokenMixer], bool], bool] = _always,
+    condition: Callable[[type[TokenMixer], bool], bool] = _always,
     when: str = "always",
 ) -> Callable[[Callable[[MixerCase], None]], Check]:
     def register(run: Callable[[MixerCase], None]) -> Check:
-        CHECKS[name] = Check(name, run, applies, when)
+        CHECKS[name] = Check(name, run, condition, when)
         return CHECKS[name]
 
     return register

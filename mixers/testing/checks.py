@@ -1,7 +1,8 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
-independence, gradients, determinism, state_dict, step, max_len, FLOPs and aux_loss. Each check
-builds small fp32 instances through its :class:`MixerCase` and raises ``ContractError`` naming
-what broke; ``@contract_check`` registers it in ``CHECKS`` in the order of this file."""
+independence, gradients, determinism, state_dict, step, max_len, FLOPs, aux_loss and the
+``no_weight_decay`` declaration. Each check builds small fp32 instances through its
+:class:`MixerCase` and raises ``ContractError`` naming what broke; ``@contract_check`` registers
+it in ``CHECKS`` in the order of this file."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def check_finite(case: MixerCase) -> None:
             )
 
 
-@contract_check("causality", applies=lambda cls, causal: causal, when="for causal=True")
+@contract_check("causality", condition=lambda cls, causal: causal, when="for causal=True")
 def check_causality(case: MixerCase) -> None:
     """causal=True: changing position j leaves every output before j unchanged."""
     mixer = case.build()
@@ -68,7 +69,7 @@ def check_causality(case: MixerCase) -> None:
                 )
 
 
-@contract_check("sees_future", applies=lambda cls, causal: not causal, when="for causal=False")
+@contract_check("sees_future", condition=lambda cls, causal: not causal, when="for causal=False")
 def check_sees_future(case: MixerCase) -> None:
     """causal=False: the first position's output changes with later real positions: with the last
     one for a global mixer, with the ones after it for a local mixer (``global_mixing = False``;
@@ -221,7 +222,7 @@ def check_state_dict(case: MixerCase) -> None:
 
 @contract_check(
     "step",
-    applies=lambda cls, causal: causal and cls.supports_step,
+    condition=lambda cls, causal: causal and cls.supports_step,
     when="for causal=True mixers with supports_step",
 )
 def check_step(case: MixerCase) -> None:
@@ -253,7 +254,7 @@ def check_step(case: MixerCase) -> None:
 
 @contract_check(
     "encoder_step",
-    applies=lambda cls, causal: not causal and cls.supports_step,
+    condition=lambda cls, causal: not causal and cls.supports_step,
     when="for causal=False mixers with supports_step",
 )
 def check_encoder_step(case: MixerCase) -> None:
@@ -329,3 +330,12 @@ def check_aux_loss(case: MixerCase) -> None:
             raise case.fail(f"aux_loss after a {mode} forward must be a float scalar, got {got}")
         if not torch.isfinite(aux):
             raise case.fail(f"aux_loss after a {mode} forward is not finite: {float(aux)}")
+
+
+@contract_check("no_weight_decay")
+def check_no_weight_decay(case: MixerCase) -> None:
+    """Every ``no_weight_decay`` pattern names at least one parameter of the mixer."""
+    try:
+        case.build().no_weight_decay_parameters()
+    except ValueError as exc:
+        raise case.fail(str(exc)) from exc
