@@ -97,6 +97,8 @@ def build_loggers(
     spec = config["logger"]
     if not spec:
         return [history]
+    import wandb  # only where W&B is used: importing it takes a second
+
     mixer, task = config["mixer"]["name"], config["task"]["name"]
     wandb_logger = hydra.utils.instantiate(
         spec,
@@ -105,7 +107,12 @@ def build_loggers(
         id=_previous_results(run_dir).get("wandb_run_id"),  # a resumed run continues its W&B run
         tags=[mixer, task, *spec["tags"]],
         mode=wandb_mode(spec["mode"]),
+        # W&B's own banner and end-of-run history: the run's summary names the W&B paths
+        settings=wandb.Settings(quiet=True),
     )
+    # Lightning passes anonymous=None, which W&B warns about on every run ("The anonymous
+    # setting has no effect"); not passing it changes nothing else.
+    wandb_logger._wandb_init.pop("anonymous", None)
     # the run's config as W&B's, here rather than through instantiate, which would build the
     # objects its _target_ nodes name
     wandb_logger.log_hyperparams({**config, "data_fingerprint": dm.fingerprint})

@@ -131,15 +131,14 @@ class TrainConfig:
 
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Resolve ``cfg`` and check it; returns it as plain dicts/lists or raises ConfigError."""
+    cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    problems = [_missing(key) for key in sorted(OmegaConf.missing_keys(cfg))]
+    if problems:
+        raise _invalid(problems)
     try:
-        plain = OmegaConf.to_container(
-            OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg,
-            resolve=True,
-            throw_on_missing=True,
-        )
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"the config cannot be resolved: {err}") from None
-    problems: list[str] = []
     _check(plain, TrainConfig, "", problems)
     if not problems:
         _check_mixer(plain["mixer"], problems)
@@ -147,13 +146,28 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         _check_logger(plain["logger"], problems)
         _check_cross(plain, problems)
     if problems:
-        listing = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(
-            f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{listing}\n"
-            "Fix them in the YAML or on the command line (key=value); `mixerlab train --cfg job` "
-            "prints the composed config and `mixerlab list` the mixers, tasks and experiments."
-        )
+        raise _invalid(problems)
     return plain
+
+
+def _invalid(problems: list[str]) -> ConfigError:
+    listing = "\n".join(f"  - {p}" for p in problems)
+    return ConfigError(
+        f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n{listing}\n"
+        "Fix them in the YAML or on the command line (key=value); `mixerlab train --cfg job` "
+        "prints the composed config and `mixerlab list` the mixers, tasks and experiments."
+    )
+
+
+def _missing(key: str) -> str:
+    """A mandatory value (``???``) nobody set; ``mixer=plugin`` leaves ``mixer.name`` so."""
+    if key == "mixer.name":
+        return (
+            "mixer.name is not set: mixer=plugin trains a mixer registered by a plugin package; "
+            f"name it with mixer.name=<registered name> (registered mixers: "
+            f"{', '.join(available_mixers())})"
+        )
+    return f"{key} is not set (??? in the config); set it with {key}=<value>"
 
 
 def _check(node: Any, schema: type, path: str, problems: list[str]) -> None:
@@ -165,7 +179,7 @@ def _check(node: Any, schema: type, path: str, problems: list[str]) -> None:
     hints = get_type_hints(schema, include_extras=True)
     for key in node:
         if key not in spec:
-            problems.append(_unknown(f"{path}{key}", key, list(spec), where))
+            problems.append(unknown_key(f"{path}{key}", spec, where))
     for name in spec:
         key = f"{path}{name}"
         if name not in node:
@@ -236,9 +250,12 @@ def _type_name(tp: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
-def _unknown(key: str, name: str, allowed: list[str], where: str) -> str:
+def unknown_key(key: str, allowed: list[str], where: str) -> str:
+    """``key`` (dotted) is not among ``allowed`` (the names at its level, in ``where``): the
+    message suggests the closest allowed key, spelled in full, and lists them all."""
+    parent, _, name = key.rpartition(".")
     close = difflib.get_close_matches(name, allowed, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
     return f"{key} is not a known key{hint}; {where} accepts: {', '.join(sorted(allowed))}"
 
 
@@ -259,7 +276,7 @@ def _check_mixer(node: Mapping[str, Any], problems: list[str]) -> None:
             continue
         if key not in accepted:
             problems.append(
-                _unknown(f"mixer.{key}", key, list(accepted), f"mixer {name!r}")
+                unknown_key(f"mixer.{key}", list(accepted), f"mixer {name!r}")
                 + f" ({get_mixer_class(name).__name__}'s keyword hyper-parameters; a mixer "
                 f"without a conf file starts from none: mixer=plugin mixer.name={name})"
             )
@@ -287,7 +304,7 @@ def _check_task(node: dict[str, Any], problems: list[str]) -> None:
     registered = {"type": cls.task_type, "causal": cls.causal}
     for key in sorted(set(node) - {"name", "datamodule"}):
         if key not in registered:
-            problems.append(_unknown(f"task.{key}", key, ["name", "datamodule"], "task"))
+            problems.append(unknown_key(f"task.{key}", ["name", "datamodule"], "task"))
         elif node[key] != registered[key]:
             problems.append(
                 f"task.{key}={node[key]!r} contradicts task {name!r}, registered with "
@@ -306,7 +323,7 @@ def _check_task(node: dict[str, Any], problems: list[str]) -> None:
             )
         elif key not in accepted:
             problems.append(
-                _unknown(f"task.datamodule.{key}", key, list(accepted), f"task {name!r}")
+                unknown_key(f"task.datamodule.{key}", list(accepted), f"task {name!r}")
                 + f" ({cls.__name__}'s keyword arguments; task.name selects the class)"
             )
         elif isinstance(accepted[key], (bool, int, float, str)) and not _matches(
@@ -349,3 +366,11 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
     for key in ("optimizer", "scheduler"):
         if not isinstance(cfg["optim"][key].get("_target_"), str):
             problems.append(f"optim.{key} needs _target_: <{key} class or function path>")
+    mixer, task = cfg["mixer"]["name"], cfg["task"]
+    encoder_task = task.get("causal") is False  # filled in from the registration, when known
+    if encoder_task and mixer in available_mixers() and not get_mixer_class(mixer).supports_encoder:
+        problems.append(
+            f"mixer {mixer!r} is decoder-only (supports_encoder = False) but task "
+            f"{task['name']!r} is an encoder task (causal=False); pick a causal task or a mixer "
+            "that supports encoders"
+        )

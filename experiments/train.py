@@ -6,8 +6,9 @@
     mixerlab train resume=runs/2025-01-01/12-00-00-000000_attention_text   # continue a run
 
 Every run gets its own directory (``runs/<date>/<time with microseconds>_<mixer>_<task>``) with
-``results.json``, ``metrics.csv``, ``checkpoints/`` (``last.ckpt`` and ``best.ckpt``), the W&B
-run under ``wandb/`` and Hydra's ``.hydra/`` (the composed config and the overrides).
+``results.json``, ``metrics.csv``, ``train.log`` (the run's log), ``checkpoints/``
+(``last.ckpt`` and ``best.ckpt``), the W&B run under ``wandb/`` and Hydra's ``.hydra/`` (the
+composed config and the overrides). A config error leaves no folder.
 
 Resuming: a run directory that holds ``checkpoints/last.ckpt`` continues from it when trained
 again. ``resume=<run dir>`` does that with the run's own overrides (from ``.hydra/overrides.yaml``)
@@ -18,6 +19,7 @@ plus any given after it, e.g. ``resume=<dir> trainer.max_steps=2000`` to train l
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import warnings
@@ -52,13 +54,28 @@ from experiments.build import (
     check_monitor,
 )
 from experiments.schema import ConfigError, validate_config
+from experiments.sweep_summary import report_started_sweeps
+from experiments.train_cli import (
+    composition_error_message,
+    holds_only_hydra_files,
+    hydra_raising_errors,
+    logging_restored,
+    print_traceback_from,
+    remove_run_dir,
+    report_config_error,
+)
 from lightning_modules.callbacks import ThroughputMonitor
 from lightning_modules.metric_names import mode_of
 from lightning_modules.results import HistoryLogger, RunResults
 from mixers import SequenceModel
 
+log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
 # Noise from Lightning on newer torch releases, printed once per process; nothing to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# Lightning's advertisements for its cloud products, printed by every run.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not record.getMessage().startswith("💡 Tip:")
+)
 # What Hydra raises when the command line or the config files cannot be composed.
 COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
 # What building the run from a valid-looking config raises for a value only the built object
@@ -94,7 +111,7 @@ def train(
     model: SequenceModel | None = None
     trainer: pl.Trainer | None = None
     monitor: ThroughputMonitor | None = None
-    status, error = "failed", None
+    status, error, config_error = "failed", None, False
     try:
         try:
             dm = build_datamodule(config)
@@ -112,13 +129,16 @@ def train(
                 logger=build_loggers(config, run_dir, dm, val_metrics, history),
                 callbacks=all_callbacks,
                 enable_progress_bar=config["callbacks"]["progress_bar"],
+                enable_model_summary=False,  # its FLOPs column reads 0: see the line below
             )
         except BUILD_ERRORS as err:
             raise ConfigError(f"building the run from the config failed: {err}") from err
+        if rank_zero_only.rank == 0:
+            log.info(_describe(config, model, run_dir))
         last = run_dir / CHECKPOINT_DIR / "last.ckpt"
         ckpt_path = config["ckpt_path"] or (str(last) if last.exists() else None)
         if ckpt_path:
-            print(f"mixerlab: resuming from {ckpt_path}", file=sys.stderr)
+            log.info("mixerlab: resuming from %s", ckpt_path)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         if trainer.global_step % config["trainer"]["val_check_interval"]:
             trainer.validate(module, datamodule=dm, verbose=False)  # final metrics are final
@@ -135,12 +155,30 @@ def train(
         status = "interrupted"
         raise
     except BaseException as err:
-        error = f"{type(err).__name__}: {err}"
+        error, config_error = f"{type(err).__name__}: {err}", isinstance(err, ConfigError)
         raise
     finally:
         results = _results(config, run_dir, status, error, model, trainer, monitor, history)
-        _finish(results, run_dir)
+        # A config error is the caller's to report: the summary would only say it twice.
+        _finish(results, run_dir, summary=not config_error)
     return results.best.get(config["callbacks"]["checkpoint"]["monitor"])
+
+
+def _flops_per_token(model: SequenceModel) -> float:
+    with contextlib.suppress(NotImplementedError):  # a plugin mixer without its FLOP count
+        return model.flops_per_token(model.max_len)
+    return math.nan
+
+
+def _describe(config: dict[str, Any], model: SequenceModel, run_dir: Path) -> str:
+    """The run in one line, where Lightning's model summary would stand."""
+    flops = _flops_per_token(model)
+    counted = "not counted by the mixer" if math.isnan(flops) else f"{flops:,.0f}"
+    return (
+        f"mixerlab: {config['mixer']['name']} on {config['task']['name']}, "
+        f"{model.num_params():,} params, forward FLOPs per token at length {model.max_len}: "
+        f"{counted}; {config['trainer']['max_steps']:,} steps into {run_dir}"
+    )
 
 
 def _results(
@@ -161,17 +199,13 @@ def _results(
     wandb_id = None
     if trainer is not None:
         wandb_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-    flops = math.nan
-    if model is not None:
-        with contextlib.suppress(NotImplementedError):  # a plugin mixer without its FLOP count
-            flops = model.flops_per_token(model.max_len)
     return RunResults(
         status=status,
         mixer=config["mixer"]["name"],
         task=config["task"]["name"],
         seed=config["seed"],
         params=model.num_params() if model is not None else 0,
-        flops_per_token=flops,
+        flops_per_token=_flops_per_token(model) if model is not None else math.nan,
         metrics=history.latest(),
         best=history.best(),
         tokens_per_s=monitor.tokens_per_s if monitor is not None else math.nan,
@@ -186,9 +220,10 @@ def _results(
     )
 
 
-def _finish(results: RunResults, run_dir: Path) -> None:
+def _finish(results: RunResults, run_dir: Path, summary: bool) -> None:
     """results.json, the W&B summary and ``wandb.finish`` (so multirun jobs are separate runs),
-    then a short summary for the terminal. Only the global rank 0 process of a DDP run writes."""
+    then, if ``summary``, a short summary for the terminal and train.log. Only the global rank 0
+    process of a DDP run writes."""
     if rank_zero_only.rank != 0:
         return
     results.write(run_dir)
@@ -203,7 +238,8 @@ def _finish(results: RunResults, run_dir: Path) -> None:
             }
         )
         wandb.finish(exit_code=0 if results.status == "finished" else 1)
-    print(_summary(results, run_dir))
+    if summary:
+        log.info(_summary(results, run_dir))
 
 
 def _summary(results: RunResults, run_dir: Path) -> str:
@@ -246,13 +282,20 @@ def _hydra_app(cfg: DictConfig) -> float | None:
     """One run; returns its best monitored metric, the objective of the Optuna sweeper (None, no
     value logged, makes Optuna mark the trial failed; NaN would stop the whole study)."""
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    made_for_this_run = holds_only_hydra_files(run_dir, f"{hydra_cfg.job.name}.log")
+    logging.captureWarnings(True)  # warnings go to train.log too
     try:
-        return train(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as err:
+        return train(cfg, run_dir)
+    except ConfigError as err:  # found while building the run, after Hydra made its folder
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # Hydra marks the job failed, runs the sweep's other jobs, then exits 1
-        print(f"mixerlab train: {err}", file=sys.stderr)
+            raise  # Hydra marks the job failed and runs the sweep's other jobs; main reports it
+        if made_for_this_run:
+            remove_run_dir(run_dir)
+        report_config_error(err)
         raise SystemExit(2) from None
+    finally:
+        logging.captureWarnings(False)
 
 
 # Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
@@ -314,37 +357,38 @@ def expand_resume(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the Hydra app on ``argv``; exit 2 for config errors (no traceback), 1 when the run or
-    any job of a sweep failed (a sweep runs all its jobs first), 130 on Ctrl-C."""
+    """Run the Hydra app on ``argv``; exit 2 for config errors (one message, no traceback), 1
+    when the run or any job of a sweep failed (a sweep runs all its jobs first; a job's config
+    error is its failure, reported without a traceback), 130 on Ctrl-C."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = expand_resume(argv)
     except ConfigError as err:
-        print(f"mixerlab train: {err}", file=sys.stderr)
+        report_config_error(err)
         return 2
     # @hydra.main reads sys.argv; Lightning's DDP launcher re-runs `python <argv[0]> <argv[1:]>`
     # (or `python -m <module>`) for the other ranks, so argv[0] must be this runnable file.
     saved_argv, sys.argv = sys.argv, [__file__, *argv]
     try:
-        _hydra_app()
+        with hydra_raising_errors(), logging_restored():
+            _hydra_app()
+    except ConfigError as err:  # a job of a sweep: its failure, and the other jobs ran
+        report_config_error(err)
+        return 1
+    except COMPOSITION_ERRORS as err:
+        print(composition_error_message(err), file=sys.stderr)
+        return 2
     except SystemExit as exit_:
-        # Hydra prints the error and exits 1 inside its `except` block, so the error is the
-        # exit's context: a composition error, or a failed job's own exception (possibly from a
-        # joblib or SLURM worker, where no flag set by the task function would be seen).
-        if exit_.code == 1 and isinstance(exit_.__context__, COMPOSITION_ERRORS):
-            print(
-                "mixerlab train: the config could not be composed (see above); "
-                "`mixerlab train --help` lists the config groups and `mixerlab list` the mixers, "
-                "tasks and experiments",
-                file=sys.stderr,
-            )
-            return 2
         return exit_.code if isinstance(exit_.code, int) else 1
     except KeyboardInterrupt:
         print("mixerlab train: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the run, or a job of a sweep (possibly in a worker), failed
+        print_traceback_from(err, _hydra_app.__wrapped__.__code__)
+        return 1
     finally:
         sys.argv = saved_argv
+        report_started_sweeps()
     return 0
 
 

@@ -36,12 +36,13 @@ class ThroughputMonitor(pl.callbacks.ThroughputMonitor):
     ``log_every_n_steps`` optimiser steps), so rates are over the last interval and counting
     adds no device sync per step.
 
-    Logs ``tokens_per_s`` (in the progress bar too), ``step_time_s``, Lightning's
-    ``train/device/flops_per_sec`` and, where the device's peak is known (GPUs),
-    ``train/device/mfu``; ``params`` once at the start. Validation, and what runs between it and
-    the next training batch (checkpointing), is not training time: the clock pauses meanwhile.
-    Validation throughput is not logged: its rows would fall at validation-batch indices, not
-    at the training steps metrics.csv and W&B are keyed on.
+    Logs the rates over the last interval, ``train/tokens_per_s`` (in the progress bar too),
+    ``train/step_time_s``, Lightning's ``train/device/flops_per_sec`` and, where the device's
+    peak is known (GPUs), ``train/device/mfu``; ``params`` once at the start. The average over
+    the whole run is :attr:`tokens_per_s` (``tokens_per_s`` in results.json). Validation, and
+    what runs between it and the next training batch (checkpointing), is not training time: the
+    clock pauses meanwhile. Validation throughput is not logged: its rows would fall at
+    validation-batch indices, not at the training steps metrics.csv and W&B are keyed on.
     """
 
     def __init__(self) -> None:
@@ -111,8 +112,8 @@ class ThroughputMonitor(pl.callbacks.ThroughputMonitor):
         self._pending_tokens, self._pending_flops = 0, None if flops is None else 0.0
         self._counted_tokens, self._counted_s = self._lengths[TRAINING], elapsed - self._baseline_s
         rates = self._throughputs[TRAINING].compute()
-        pl_module.log("tokens_per_s", rates["device/items_per_sec"], prog_bar=True)
-        pl_module.log("step_time_s", 1.0 / rates["device/batches_per_sec"])
+        pl_module.log("train/tokens_per_s", rates["device/items_per_sec"], prog_bar=True)
+        pl_module.log("train/step_time_s", 1.0 / rates["device/batches_per_sec"])
         pl_module.log_dict(
             {f"train/{k}": v for k, v in rates.items() if "flops" in k or "mfu" in k}
         )
@@ -146,15 +147,39 @@ class ThroughputMonitor(pl.callbacks.ThroughputMonitor):
 
 
 class ProgressBar(RichProgressBar):
-    """Rich progress bar with train/loss, val/loss and tokens/s, without the logger's run id."""
+    """Rich progress bar over the run's optimiser steps (``step ... 120/500``), with train/loss,
+    val/loss and tokens/s, without the logger's run id.
+
+    Runs are step-based (``max_steps``; Lightning's epoch count is unlimited, -1), so Lightning's
+    per-epoch bar would read ``Epoch 0/-2`` and count batches of an epoch the run never ends.
+    """
+
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One bar for the whole run: a new epoch of the data continues it (resetting it would
+        restart its clock and garble its speed)."""
+        if self.train_progress_bar_id is None:
+            super().on_train_epoch_start(trainer, pl_module)
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{'step':{len(self.validation_description)}}"  # aligned with the validation bar
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        self._update(self.train_progress_bar_id, trainer.global_step)  # steps, not batch_idx
 
     def get_metrics(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> dict[str, int | str | float | dict[str, float]]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        if "tokens_per_s" in metrics:
-            metrics["tokens/s"] = f"{float(metrics.pop('tokens_per_s')):,.0f}"
+        if "train/tokens_per_s" in metrics:
+            metrics["tokens/s"] = f"{float(metrics.pop('train/tokens_per_s')):,.0f}"
         return metrics
 
 

@@ -170,7 +170,7 @@ class RunResults:
     flops_per_token: float
     metrics: dict[str, float]
     best: dict[str, float]
-    tokens_per_s: float
+    tokens_per_s: float  # training tokens per second, averaged over the run
     wall_s: float
     wandb_run_id: str | None
     checkpoints: dict[str, str | None]

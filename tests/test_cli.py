@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -46,27 +47,79 @@ def test_bench_and_compare_are_dispatched_lazily() -> None:
         assert info.value.code == 0
 
 
+def train_in(
+    capsys: pytest.CaptureFixture[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, *argv: str
+) -> tuple[int, str]:
+    """``mixerlab train`` in ``cwd``, where a run's default folder (``runs/...``) would go."""
+    monkeypatch.chdir(cwd)
+    code, _, err = run_cli(capsys, "train", *argv)
+    return code, err
+
+
+def assert_one_clean_message(code: int, err: str, cwd: Path) -> None:
+    """Exit 2, one message, no traceback, and no run folder left behind."""
+    assert code == 2, err
+    assert err.count("mixerlab train:") == 1, err
+    assert "Traceback" not in err and "To append to your config" not in err
+    assert not (cwd / "runs").exists(), list((cwd / "runs").rglob("*"))
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("mixer=transformerxl", "Available options in 'mixer'"),  # Hydra: no such conf file
-        ("mixer.name=transformerxl", "known mixers: attention"),  # schema: registry
-        ("+mixer.n_head=2", "did you mean n_heads"),
+        # the schema
+        ("mixer.name=transformerxl", "known mixers: attention"),  # the registry
+        ("+mixer.n_head=2", "did you mean mixer.n_heads?"),
         ("model.d_model=wide", "model.d_model must be an integer, got 'wide'"),
-        ("model.d_modle=64", "Could not override 'model.d_modle'"),  # Hydra struct mode
-        ("trainer=fast", "Available options in 'trainer'"),
-        ("+task.datamodule.batch_sise=3", "not a known key (did you mean batch_size?)"),
+        ("+task.datamodule.batch_sise=3", "(did you mean task.datamodule.batch_size?)"),
         ("task.name=nope", "known tasks: induction_heads"),
+        ("model.n_layers=0", "model.n_layers must be >= 1, got 0"),
+        # a mistyped key: the closest key at its level, not Hydra's advice to append it
+        ("model.d_modle=64", "model.d_modle is not a known key (did you mean model.d_model?)"),
+        ("optim.lrr=1e-3", "optim.lrr is not a known key (did you mean optim.lr?)"),
+        ("trainer.max_step=9", "(did you mean trainer.max_steps?); trainer accepts: "),
+        ("mixer.n_head=2", "(did you mean mixer.n_heads?); mixer accepts: "),
+        ("hydra.run.dri=x", "(did you mean hydra.run.dir?)"),
+        ("seedd=1", "seedd is not a known key (did you mean seed?)"),
+        ("mixr=gmlp", "(did you mean mixer?)"),  # a group, selected by a top-level key
+        ("experimnt=mqar", "(did you mean experiment?)"),  # a group that is no key
+        # a mistyped group option: the closest option of the group
+        ("mixer=gmpl", "the config group mixer has no option 'gmpl' (did you mean mixer=gmlp?)"),
+        ("experiment=mqr", "no option 'mqr' (did you mean experiment=mqar?); its options: "),
+        ("task=mqa", "no option 'mqa' (did you mean task=mqar?); its options: "),
+        ("trainer=gpuu", "no option 'gpuu' (did you mean trainer=gpu?); its options: "),
+        # anything else Hydra cannot compose: its message, then ours
+        ("~model.d_modle", "'model.d_modle' does not exist.\nmixerlab train: the config could not"),
     ],
 )
-def test_config_errors_exit_2_without_traceback(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, override: str, expected: str
+def test_config_errors_exit_2_with_one_message_and_no_run_folder(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    override: str,
+    expected: str,
 ) -> None:
-    code, _, err = run_cli(capsys, "train", override, f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == 2
+    code, err = train_in(capsys, tmp_path, monkeypatch, override)
     assert expected in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "run" / "results.json").exists()
+    assert_one_clean_message(code, err, tmp_path)
+
+
+def test_plugin_mixer_without_a_name_asks_for_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hydra names the run folder after mixer.name: the config is checked before that."""
+    code, err = train_in(capsys, tmp_path, monkeypatch, "mixer=plugin")
+    assert "mixer.name=<registered name>" in err
+    assert f"registered mixers: {', '.join(available_mixers())}" in err
+    assert_one_clean_message(code, err, tmp_path)
+
+
+def test_an_option_far_from_any_lists_the_options_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, err = train_in(capsys, tmp_path, monkeypatch, "mixer=transformerxl")
+    assert "did you mean" not in err and "its options: attention, conv, gmlp, plugin" in err
+    assert_one_clean_message(code, err, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -76,16 +129,37 @@ def test_config_errors_exit_2_without_traceback(
         ("callbacks.checkpoint._target_=nowhere.Checkpoint", "Error locating target 'nowhere."),
     ],
 )
-def test_errors_building_the_run_exit_2_without_traceback(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, override: str, expected: str
+def test_errors_building_the_run_exit_2_once_and_leave_no_folder(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    override: str,
+    expected: str,
 ) -> None:
     """Values only the built objects can judge (DataModule arguments, a _target_, Trainer
-    settings) are config errors too: exit 2, a clear message, no traceback."""
-    args = ("train", "logger=none", override, f"hydra.run.dir={tmp_path / 'run'}")
-    code, _, err = run_cli(capsys, *args)
-    assert code == 2
-    assert "mixerlab train: building the run from the config failed" in err and expected in err
-    assert "Traceback" not in err
+    settings) are config errors too, found after Hydra made the run folder: it goes again, and
+    the error is printed once (not also in an end-of-run summary)."""
+    handlers = logging.getLogger().handlers[:]
+    code, err = train_in(capsys, tmp_path, monkeypatch, "logger=none", override)
+    assert logging.getLogger().handlers == handlers  # Hydra's, for the run, are gone again
+    assert "mixerlab train: building the run from the config failed" in err
+    assert err.count(expected) == 1, err
+    assert_one_clean_message(code, err, tmp_path)
+
+
+def test_a_resumed_runs_folder_is_kept_when_building_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["logger=none"]))
+    (run_dir / "results.json").write_text("{}")
+    code, err = train_in(
+        capsys, tmp_path, monkeypatch, f"resume={run_dir}", "task.datamodule.seq_len=0"
+    )
+    assert code == 2 and "seq_len must be a positive integer" in err
+    assert (run_dir / ".hydra" / "overrides.yaml").exists()
+    assert (run_dir / "results.json").exists() and (run_dir / "train.log").exists()
 
 
 def test_list_help_goes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from experiments.schema import ConfigError, validate_config
 from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
-from mixers import available_mixers, mixer_hparams
+from mixers import available_mixers, get_mixer_class, mixer_hparams, register_mixer
 
 SHIPPED_MIXERS = [name for name in conf_options("mixer") if name != "plugin"]
 
@@ -94,7 +94,7 @@ def _problems(base: dict, path: str, value) -> str:
 
 def test_unknown_key_names_it_and_lists_allowed(base: dict) -> None:
     msg = _problems(base, "model.d_modle", 64)
-    assert "model.d_modle" in msg and "did you mean d_model" in msg
+    assert "model.d_modle" in msg and "did you mean model.d_model?" in msg
     assert "n_layers" in msg and "tie_embeddings" in msg
 
 
@@ -118,9 +118,20 @@ def test_unknown_mixer_lists_registered_mixers(base: dict) -> None:
         assert name in msg
 
 
+@pytest.mark.usefixtures("scratch_registries")
+def test_decoder_only_mixer_on_an_encoder_task_is_refused() -> None:
+    conv = get_mixer_class("conv")
+    register_mixer("_test_decoder_only")(type("DecoderOnly", (conv,), {"supports_encoder": False}))
+    encoder = compose_config("task=listops", "mixer=conv", "mixer.name=_test_decoder_only")
+    with pytest.raises(ConfigError, match=r"'_test_decoder_only' is decoder-only .* 'listops'"):
+        validate_config(encoder)
+    decoder = compose_config("task=mqar", "mixer=conv", "mixer.name=_test_decoder_only")
+    assert validate_config(decoder)["task"]["causal"] is True
+
+
 def test_unknown_mixer_hparam_lists_accepted_ones(base: dict) -> None:
     msg = _problems(base, "mixer.n_head", 2)
-    assert "mixer.n_head" in msg and "did you mean n_heads" in msg
+    assert "mixer.n_head" in msg and "did you mean mixer.n_heads?" in msg
     for key in mixer_hparams("attention"):
         assert key in msg
 
@@ -158,7 +169,7 @@ def test_optimiser_and_scheduler_specs_follow_the_plain_optim_keys() -> None:
 def test_checkpoint_callback_is_a_target_spec(base: dict) -> None:
     assert base["callbacks"]["checkpoint"]["_target_"].endswith("ModelCheckpoint")
     msg = _problems(base, "callbacks.checkpoint.save_lats", True)
-    assert "did you mean save_last" in msg
+    assert "did you mean callbacks.checkpoint.save_last?" in msg
 
 
 def test_datamodule_must_not_set_what_the_run_sets(base: dict) -> None:
@@ -184,7 +195,7 @@ def test_unknown_task_lists_registered_tasks(base: dict) -> None:
 
 def test_unknown_datamodule_key_lists_the_task_arguments(base: dict) -> None:
     msg = _problems(base, "task.datamodule.seq_lenn", 64)
-    assert "task.datamodule.seq_lenn" in msg and "did you mean seq_len" in msg
+    assert "task.datamodule.seq_lenn" in msg and "did you mean task.datamodule.seq_len?" in msg
     for key in task_arguments("text"):
         assert key in msg
 
@@ -212,8 +223,18 @@ def test_all_problems_are_reported_at_once(base: dict) -> None:
 def test_missing_value_is_reported(base: dict) -> None:
     cfg = OmegaConf.create(base)
     cfg.name = "???"
-    with pytest.raises(ConfigError, match="name"):
+    with pytest.raises(
+        ConfigError, match=r"name is not set \(\?\?\? in the config\); set it with name="
+    ):
         validate_config(cfg)
+
+
+def test_plugin_mixer_without_a_name_says_how_to_name_one() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config(compose_config("mixer=plugin"))
+    assert "mixer.name is not set" in str(info.value)
+    assert "name it with mixer.name=<registered name>" in str(info.value)
+    assert f"(registered mixers: {', '.join(available_mixers())})" in str(info.value)
 
 
 def test_values_that_would_fail_at_run_time_are_rejected(base: dict, tmp_path) -> None:

@@ -32,7 +32,7 @@ from lightning_modules.modules import (
     parameter_groups,
 )
 from lightning_modules.results import HistoryLogger, RunResults
-from mixers import SequenceModel
+from mixers import SequenceModel, TokenMixer
 
 RESULT_FIELDS = {
     "status", "mixer", "task", "seed", "params", "flops_per_token", "metrics", "best",
@@ -62,6 +62,33 @@ def test_no_weight_decay_on_norms_biases_and_embeddings() -> None:
     assert id(model.blocks[0].ffn.up.bias) not in decayed
     assert "weight_decay" not in decay and no_decay["weight_decay"] == 0.0  # the optimiser's
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
+
+
+class _LogDecayTable(TokenMixer):
+    """The parameters of a state-space mixer: a decay table that weight decay must not touch."""
+
+    no_weight_decay = ("A_log",)
+
+    def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
+        super().__init__(d_model, causal=causal, max_len=max_len)
+        self.A_log = nn.Parameter(torch.zeros(d_model, 4))
+        self.proj = nn.Linear(d_model, d_model)
+
+
+def test_a_mixer_exempts_the_parameters_it_names_from_weight_decay() -> None:
+    mixer = _LogDecayTable(8)
+    decay, no_decay = parameter_groups(mixer)
+    assert [id(p) for p in decay["params"]] == [id(mixer.proj.weight)]
+    assert {id(p) for p in no_decay["params"]} == {id(mixer.A_log), id(mixer.proj.bias)}
+    mixer.no_weight_decay = ("a_log", "proj.*")  # globs over the mixer's parameter names
+    with pytest.raises(
+        ValueError,
+        match=r"^no_weight_decay pattern 'a_log' of _LogDecayTable matches no parameter; its "
+        r"parameters are: A_log, proj.weight, proj.bias$",
+    ):
+        parameter_groups(mixer)
+    mixer.no_weight_decay = ("A_*", "proj.*")
+    assert parameter_groups(mixer)[0]["params"] == []
 
 
 def _optimisation(*overrides: str) -> tuple:
@@ -271,7 +298,7 @@ def test_language_model_metrics_per_val_set_and_bits_per_byte(tmp_path: Path) ->
     assert min(per_set) <= loss <= max(per_set)  # overall = over both sets together
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["step", "wall_s"]
-    assert {"tokens_per_s", "step_time_s", "params", "val/acc@short"} <= set(header)
+    assert {"train/tokens_per_s", "train/step_time_s", "params", "val/acc@short"} <= set(header)
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # one file, at one path
 
 
@@ -284,12 +311,12 @@ def test_throughput_counts_real_tokens_and_training_flops(tmp_path: Path) -> Non
     assert monitor._lengths[RunningStage.TRAINING] == 2 * (24 + 32)
     assert monitor.tokens_per_s > 0
     with (tmp_path / "metrics.csv").open() as f:
-        rows = [row for row in csv.DictReader(f) if row["tokens_per_s"]]
+        rows = [row for row in csv.DictReader(f) if row["train/tokens_per_s"]]
     assert [int(row["step"]) for row in rows] == [0, 1, 2, 3]  # with train/loss, every step
     per_token = TRAINING_FLOPS_PER_FORWARD * model.flops_per_token(8)
     for row in rows:
         flops_per_s = float(row["train/device/flops_per_sec"])
-        assert flops_per_s / float(row["tokens_per_s"]) == pytest.approx(per_token)
+        assert flops_per_s / float(row["train/tokens_per_s"]) == pytest.approx(per_token)
         assert row["train/loss"]
     assert "train/device/mfu" not in rows[0]  # no known peak FLOPs on a CPU
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,6 +268,11 @@ def test_a_failed_job_is_recorded_the_sweep_goes_on_and_compare_lists_it_apart(
     assert failed["status"] == "failed" and "deliberate failure in attention-0" in failed["error"]
     assert {r["status"] for r in results.values()} == {"finished"}
     assert all(r["config"]["logger"]["group"] == "mixers_text" for r in results.values())
+    # the end-of-sweep summary: where the sweep went, a line per job, what to run next
+    assert f"mixerlab: sweep of 4 job(s) in {sweep}" in proc.stdout
+    assert re.search(r"0_attention_text\s+failed", proc.stdout)
+    assert re.search(r"3_conv_text\s+finished\s+best val/loss \d", proc.stdout)
+    assert f"next: mixerlab compare {sweep} --metric val/loss" in proc.stdout
 
     monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "report"

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,37 @@ def test_tiny_training_of_every_mixer(mixer: str, cli_env: dict, tmp_path: Path)
     assert set(summary["tags"]) >= {mixer, "text"}
     assert summary["summary"]["val/loss"]["min"] == pytest.approx(results["best"]["val/loss"])
     assert summary["summary"]["params"] == results["params"]
-    assert "tokens_per_s" in summary["summary"] and "step_time_s" in summary["summary"]
+    assert summary["summary"]["tokens_per_s"] == pytest.approx(results["tokens_per_s"])
+    assert "train/tokens_per_s" in summary["summary"] and "train/step_time_s" in summary["summary"]
+
+
+@pytest.mark.slow
+def test_a_runs_output_is_its_own_and_its_log_is_kept(cli_env: dict, tmp_path: Path) -> None:
+    """Steps (not Lightning's epoch count, "Epoch 0/-2"), the model's FLOPs (not Lightning's
+    FLOPs column, which reads 0), no tips or W&B banners; the run's log lines in train.log."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in cli_env.items() if k != "WANDB_SILENT"}  # W&B as a user sees it
+    args = [*TINY, "callbacks.progress_bar=true", f"hydra.run.dir={run_dir}"]
+    proc = mixerlab(env, tmp_path, "train", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert re.search(r"^step +━+ 4/4 ", proc.stdout, re.MULTILINE), proc.stdout
+    assert "forward FLOPs per token at length 32: " in proc.stderr
+    for noise in (
+        "Epoch 0/-2",
+        "Total FLOPs",
+        "FLOPs ┃",
+        "Tip:",
+        "anonymous setting",
+        "Run history",
+    ):
+        assert noise not in output, noise
+    log = (run_dir / "train.log").read_text()
+    assert "mixerlab: attention on text, " in log and "GPU available: " in log
+    assert "mixerlab: finished attention on text" in log and f"run dir   {run_dir}" in log
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["tokens_per_s"] > 0 and "train/tokens_per_s" in results["metrics"]
+    assert "tokens_per_s" not in results["metrics"]  # the average is top-level only
 
 
 @pytest.mark.slow

@@ -1,0 +1,166 @@
+"""The command-line side of ``mixerlab train``: what it says when the command line is wrong, in
+place of Hydra's own messages, and what it leaves behind.
+
+Left to itself, Hydra answers a mistyped key with advice to add it (``+model.d_modle=64``), a
+mistyped group option with a list and no suggestion, and creates the run folder before anything
+looks at the config. Here :class:`CheckConfigBeforeRun` validates a run's config before Hydra
+creates its folder (``conf/hydra/default.yaml`` registers it),
+:func:`composition_error_message` turns Hydra's composition errors into one line naming the
+closest key or option, and :func:`remove_run_dir` takes away the folder of a run that a config
+error stopped while it was being built. :func:`hydra_raising_errors` has Hydra raise its errors
+for that instead of printing them, and :func:`logging_restored` undoes the logging Hydra sets up
+for a run (the terminal and train.log), for a process that runs several (tests, a notebook).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import shutil
+import sys
+import traceback
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+from types import CodeType
+from typing import Any
+
+from hydra.errors import MissingConfigException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from experiments.schema import ConfigError, unknown_key, validate_config
+from mixers import available_mixers
+
+PREFIX = "mixerlab train: "
+# The loggers conf/hydra/default.yaml configures: the root and Lightning's (which it makes pass
+# their records on to the root's handlers).
+HYDRA_CONFIGURED_LOGGERS = ("", "pytorch_lightning", "lightning_fabric")
+SEE_ALSO = (
+    "`mixerlab train --help` lists the config groups and `mixerlab list` the mixers, tasks and "
+    "experiments"
+)
+
+
+class CheckConfigBeforeRun(Callback):
+    """Validates a single run's config before Hydra creates the run folder, so a bad command
+    line leaves no folder behind; Hydra names the folder after ``mixer.name``, so without this
+    ``mixer=plugin`` and no ``mixer.name`` fails inside Hydra with a long traceback. (Each job
+    of a sweep is validated as it starts: the jobs' configs differ.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate_config(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+        except ConfigError as err:  # Hydra would turn an exception into a warning and go on
+            report_config_error(err)
+            raise SystemExit(2) from None
+
+
+def report_config_error(err: ConfigError) -> None:
+    """The message alone: a config error needs no traceback."""
+    print(f"{PREFIX}{err}", file=sys.stderr)
+
+
+def composition_error_message(err: Exception) -> str:
+    """One message for a command line Hydra cannot compose, with the closest names."""
+    if isinstance(err, MissingConfigException) and err.options and "/" in err.missing_cfg_file:
+        return PREFIX + _unknown_option(err.missing_cfg_file, err.options)
+    cause = err.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        parent = cause.parent_node
+        if isinstance(parent, DictConfig):
+            return PREFIX + _unknown_key(cause.full_key, [str(key) for key in parent])
+    detail = f"\n{cause}" if cause is not None else ""
+    return f"{err}{detail}\n{PREFIX}the config could not be composed; {SEE_ALSO}"
+
+
+def _unknown_key(key: str, names: list[str]) -> str:
+    """A key that is not in the config (Hydra's struct mode refuses to add it)."""
+    parent = key.rpartition(".")[0]
+    if not parent:  # a top-level name may also be meant as a config group: mixr=gmlp
+        groups = [entry.name for entry in files("conf").iterdir() if entry.is_dir()]
+        names = sorted(set(names) | {g for g in groups if not g.startswith("_")})
+    message = unknown_key(key, names, parent or "the top level")
+    if parent == "mixer":  # a hyper-parameter the mixer's conf file does not list
+        message += f"\n(a keyword argument its conf file does not list: +{key}=<value>)"
+    return message
+
+
+def _unknown_option(missing: str, options: list[str]) -> str:
+    """``group=option`` where the group has no such option (no ``conf/<group>/<option>.yaml``)."""
+    group, _, option = missing.rpartition("/")
+    close = difflib.get_close_matches(option, options, n=1)
+    hint = f" (did you mean {group}={close[0]}?)" if close else ""
+    message = (
+        f"{group}={option}: the config group {group} has no option {option!r}{hint}; "
+        f"its options: {', '.join(options)}"
+    )
+    if group == "mixer" and option in available_mixers():
+        message += (
+            f"\n{option} is a registered mixer without a conf file: "
+            f"train it with mixer=plugin mixer.name={option}"
+        )
+    return message
+
+
+def print_traceback_from(err: BaseException, task_function: CodeType) -> None:
+    """The stack trace of a failed run from the task function on, without Hydra's frames (as
+    Hydra prints it); the whole trace when the error did not come from the task function."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_frame.f_code is not task_function:
+        tb = tb.tb_next
+    traceback.print_exception(type(err), err, tb or err.__traceback__)
+
+
+def holds_only_hydra_files(run_dir: Path, log_file: str) -> bool:
+    """Whether ``run_dir`` is what Hydra makes for a new run (its config and an empty log);
+    a resumed run's folder holds more."""
+    if {path.name for path in run_dir.iterdir()} - {".hydra", log_file}:
+        return False
+    return not (run_dir / log_file).exists() or (run_dir / log_file).stat().st_size == 0
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove a run's folder and the folders above it that it leaves empty, up to the working
+    directory (``runs/<date>/``)."""
+    shutil.rmtree(run_dir)
+    cwd = Path.cwd()
+    for parent in run_dir.parents:
+        if cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+@contextlib.contextmanager
+def hydra_raising_errors() -> Iterator[None]:
+    """Hydra raises its errors instead of printing them (its documented switch,
+    ``HYDRA_FULL_ERROR=1``), so that ``mixerlab train`` reports them: one message for a bad
+    command line, a traceback only for a failed run."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """The handlers of the loggers Hydra configures as they were before: Hydra's point at the
+    run's terminal streams and train.log, which a later run in the process must not write to."""
+    loggers = [logging.getLogger(name) for name in HYDRA_CONFIGURED_LOGGERS]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            for handler in set(logger.handlers) - set(handlers):
+                handler.close()
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
