@@ -316,6 +316,7 @@ def test_the_comparison_cannot_be_changed_once_built(tmp_path):
         comparison.warnings.append("added later")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_compare_imports_neither_torch_nor_lightning(tmp_path):
     """``mixerlab compare`` starts fast: the whole command runs without torch or Lightning."""
     two_by_two(tmp_path / "runs")

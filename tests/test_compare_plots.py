@@ -74,6 +74,7 @@ def test_plot_file_names_are_checked(monkeypatch):
         register_plot("curve.svg", "not a PNG")
 
 
+@pytest.mark.slow  # a fresh interpreter on a copy of the tree
 def test_a_new_plot_is_one_new_file(project_copy, tmp_path):
     """The extension point: one file in plots/ and its PNG is written, linked and embedded."""
     project_copy.write(

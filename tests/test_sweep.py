@@ -111,6 +111,7 @@ def test_optuna_direction_follows_the_monitored_metric(monitor: str, direction: 
     assert cfg.hydra.sweeper.direction == direction
 
 
+@pytest.mark.slow  # Optuna takes seconds to import
 def test_optuna_search_space_is_valid_overrides() -> None:
     cfg = compose_config("sweep=optuna", "mixer=rnn", hydra=True)
     sweeper = cfg.hydra.sweeper
@@ -145,6 +146,7 @@ def _wandb_overrides(parameters: dict[str, Any]) -> tuple[list[str], dict[str, l
     return fixed, swept
 
 
+@pytest.mark.slow  # W&B's sweep code takes seconds to import
 @pytest.mark.parametrize("preset", GRID_SWEEPS)
 def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> None:
     out = tmp_path / "sweep.yaml"
