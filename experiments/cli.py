@@ -1,7 +1,7 @@
 """The ``mixerlab`` command: one entry point, subcommands imported only when used.
 
 mixerlab train [hydra overrides and flags]   # train (Hydra app: -m, --cfg job, --help, ...)
-mixerlab list                                # mixers, tasks and experiments, one line each
+mixerlab list                                # mixers, tasks, experiments and plots
 mixerlab compare RUN_DIR...                  # tables and curves over finished runs
 mixerlab bench [NAME...]                     # speed benchmarks
 mixerlab wandb-sweep sweep=NAME [overrides]  # a W&B sweep file for a grid-sweep preset
@@ -17,7 +17,7 @@ from importlib.resources import files
 
 COMMANDS = {
     "train": "train a model (a Hydra app: overrides, -m, --cfg job, --help, --info)",
-    "list": "list the mixers, tasks and experiments",
+    "list": "list the mixers, tasks, experiments and plots",
     "compare": "compare finished runs: tables and curves",
     "bench": "speed benchmarks (tokens/s, Lightning overhead, reference models)",
     "wandb-sweep": "write a W&B sweep file for a grid-sweep preset (sweep=mixers_lr ...)",
