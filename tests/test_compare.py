@@ -4,12 +4,15 @@ aggregation, the tables and the command line. Curves and plots are in test_compa
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 from dataclasses import FrozenInstanceError
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,8 @@ def write_run(
             "model": {"d_model": d_model, "n_layers": 2},
             "optim": {"lr": lr, "weight_decay": 0.1},
             "task": {"name": "mqar"},
+            "trainer": {"max_steps": STEPS[-1]},
+            "name": "zoology",
             "seed": seed,
         },
         "error": error,
@@ -314,6 +319,38 @@ def test_the_comparison_cannot_be_changed_once_built(tmp_path):
         group.lr_grid[0.1] = group.metric
     with pytest.raises(AttributeError):
         comparison.warnings.append("added later")
+    with pytest.raises(FrozenInstanceError):
+        comparison.scope.differing = ()
+
+
+def test_the_report_header_says_what_was_compared(tmp_path, capsys):
+    write_run(tmp_path, "a0", mixer="attention", seed=0, loss=1.0, d_model=64)
+    write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.1, d_model=64)
+    write_run(tmp_path, "r0", mixer="rnn", seed=0, loss=2.0, d_model=128)
+    for run, day in {"a0": "2026-03-01", "a1": "2026-03-02", "r0": "2026-03-04"}.items():
+        stamp = datetime.fromisoformat(f"{day}T12:00").timestamp()
+        os.utime(tmp_path / run / "results.json", (stamp, stamp))
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "--by", "mixer", "--metric", "val/acc", "--out", str(out)]) == 0
+    expected = [
+        "experiment (config name): zoology",
+        "task: mqar",
+        "budget (trainer.max_steps): 30",
+        "runs written: 2026-03-01 to 2026-03-04",
+        "--by mixer --metric val/acc --mode max",
+        "config keys that differ between groups: model.d_model",  # mixer.* is what --by names
+    ]
+    markdown, report = ((out / name).read_text() for name in ("comparison.md", "report.html"))
+    for line in expected:
+        assert f"- {line}\n" in markdown and f"<li>{html.escape(line)}</li>" in report, line
+    title = "experiment zoology · task mqar · 30 steps · 2026-03-01 to 2026-03-04"
+    assert title in capsys.readouterr().out
+
+    write_run(tmp_path / "more", "r1", mixer="rnn", seed=1, loss=2.1, d_model=128)
+    write_run(tmp_path / "more", "r1_lr", mixer="rnn", seed=1, loss=9.0, d_model=128, lr=0.1)
+    for path, differing in ((tmp_path, ("model.d_model",)), (tmp_path / "more", ())):
+        comparison = build_comparison(load_runs([path]), ["mixer"], "val/loss", None, "optim.lr")
+        assert comparison.scope.differing == differing  # not the lr left out; one group: none
 
 
 @pytest.mark.slow  # a fresh interpreter
@@ -345,7 +382,8 @@ def test_also_tabulates_final_metrics_of_the_kept_runs(tmp_path, capsys):
     assert float(row["val/acc@len=64_final_mean"]) == pytest.approx(0.905)
     assert float(row["val/acc@len=128_final_mean"]) == pytest.approx(0.5)
     assert float(row["val/acc@len=128_final_std"]) == pytest.approx(statistics.stdev([0.45, 0.55]))
-    header = (out / "comparison.md").read_text().splitlines()[2]
+    markdown = (out / "comparison.md").read_text().splitlines()
+    header = next(line for line in markdown if line.startswith("| mixer |"))
     assert header.index("val/acc@len=64") < header.index("val/acc@len=128")  # logging order
     assert "at the end of training" in (out / "comparison.md").read_text()
 

@@ -15,9 +15,10 @@ import pytest
 from test_compare import STEPS, read_csv, two_by_two, write_run
 
 from experiments.compare import main
+from experiments.compare.aggregate import build_comparison
 from experiments.compare.curves import Curve, read_curve, seed_band
-from experiments.compare.plots import base, register_plot, registered_plots
-from experiments.compare.runs import Run
+from experiments.compare.plots import _curves, base, register_plot, registered_plots
+from experiments.compare.runs import Run, load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -112,7 +113,8 @@ def test_curves_come_from_the_runs_metrics_csv(tmp_path, capsys):
     curve = read_curve(Run(run, json.loads((run / "results.json").read_text())), "val/loss")
     assert curve.step.tolist() == list(STEPS)  # train-only rows skipped
     assert curve.value.tolist() == pytest.approx([1.2, 1.1, 1.0])
-    assert curve.wall_s.tolist() == [s * 0.5 + 3 for s in STEPS]
+    first_train_log = (STEPS[0] - 5) * 0.5  # the clock starts at the first training step
+    assert curve.wall_s.tolist() == [s * 0.5 + 3 - first_train_log for s in STEPS]
 
     write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.0)
     (tmp_path / "a1" / "metrics.csv").unlink()
@@ -121,6 +123,63 @@ def test_curves_come_from_the_runs_metrics_csv(tmp_path, capsys):
     assert (
         "no val/loss curve for 1 run(s)" in terminal and "history metrics.csv not found" in terminal
     )
+
+
+def test_wall_clock_starts_at_the_first_training_step_not_at_process_start(tmp_path):
+    """A sweep's first job pays the imports and data build before its first step."""
+    history = "step,wall_s,train/loss,val/loss\n{}\n"
+    rows = {
+        "first_job": ["1,95.0,3.0,", "2,96.0,2.9,", "2,96.5,,2.5", "4,99.0,,2.0"],
+        "later_job": ["1,5.0,3.0,", "2,6.0,2.9,", "2,6.5,,2.5", "4,9.0,,2.0"],
+        "no_train_log": ["2,6.5,,2.5"],
+    }
+    curves = {}
+    for name, lines in rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(history.format("\n".join(lines)))
+        run = Run(tmp_path / name, {"history": "metrics.csv"})
+        curves[name] = read_curve(run, "val/loss").wall_s.tolist()
+    assert curves["first_job"] == curves["later_job"] == [1.5, 4.0]
+    assert curves["no_train_log"] == [6.5]  # nothing to start from: the times as logged
+
+
+def drawn_curve_axes(comparison, monkeypatch, x: str):
+    """The axes draw_curves makes, caught before they become PNG bytes."""
+    figures = []
+    monkeypatch.setattr(_curves, "to_png", lambda fig: figures.append(fig) or b"")
+    _curves.draw_curves(comparison, x)
+    return figures[0].axes[0]
+
+
+def test_one_seed_groups_say_1_seed_and_show_no_band_or_std(tmp_path, monkeypatch):
+    write_run(tmp_path, "a0", mixer="attention", seed=0, loss=1.0)
+    write_run(tmp_path, "r0", mixer="rnn", seed=0, loss=2.0)
+    single = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    ax = drawn_curve_axes(single, monkeypatch, "step")
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["attention (1 seed)", "rnn (1 seed)"]
+    assert "band" not in ax.get_title() and "1 seed" in ax.get_title()
+    assert not ax.collections  # no band drawn
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    for report in ("comparison.md", "report.html"):
+        text = (tmp_path / "out" / report).read_text()
+        assert "±" not in text and "1 seed per group" in text, report
+
+    write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.2)
+    mixed = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    ax = drawn_curve_axes(mixed, monkeypatch, "step")
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["attention (n=2)", "rnn (1 seed)"]
+    assert "band min-max" in ax.get_title() and len(ax.collections) == 1
+
+
+def test_the_step_axis_has_integer_ticks(tmp_path, monkeypatch):
+    for seed in (0, 1):  # three steps, so matplotlib would tick at 10, 12.5, 15, ...
+        write_run(tmp_path, f"a{seed}", mixer="attention", seed=seed, loss=1.0)
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    ax = drawn_curve_axes(comparison, monkeypatch, "step")
+    ticks = ax.get_xticks()
+    assert len(ticks) > 1 and all(float(tick).is_integer() for tick in ticks)
 
 
 def test_seed_band_interpolates_onto_the_shared_steps():

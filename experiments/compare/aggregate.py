@@ -10,13 +10,22 @@ import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from experiments.compare.curves import Band, group_bands
-from experiments.compare.runs import Run, check_key, flatten, lookup, value_label
+from experiments.compare.runs import (
+    RESULT_KEYS,
+    RESULTS,
+    Run,
+    check_key,
+    flatten,
+    lookup,
+    value_label,
+)
 from lightning_modules.metric_names import metric_mode
 
 NUMBERS = ("params", "flops_per_token", "tokens_per_s", "wall_s")  # results.json fields averaged
@@ -58,6 +67,54 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """What was compared, for the report's header: the experiment names, tasks and step budgets
+    of the runs (config ``name``, ``task``, ``trainer.max_steps``), the days they were written,
+    and the config keys that differ between the kept runs of different groups."""
+
+    names: tuple[str, ...]
+    tasks: tuple[str, ...]
+    budgets: tuple[str, ...]
+    dates: tuple[str, ...]
+    differing: tuple[str, ...]
+
+
+def _distinct(runs: Sequence[Run], key: str) -> tuple[str, ...]:
+    return tuple(sorted({value_label(lookup(run.results, key)) for run in runs}))
+
+
+def _run_date(run: Run) -> str:
+    """The day the run wrote its results.json; ``-`` when it cannot be read."""
+    try:
+        mtime = (run.dir / RESULTS).stat().st_mtime
+    except OSError:
+        return "-"
+    return datetime.fromtimestamp(mtime).date().isoformat()
+
+
+def _grouped_by(key: str, by: Sequence[str]) -> bool:
+    """``key`` is (part of) what the groups differ by: a --by key itself, or, for a component
+    named by --by (``mixer``, ``task``, ``mixer.name``), any of its hyper-parameters."""
+    for by_key in by:
+        named = by_key in RESULT_KEYS or by_key.endswith(".name")
+        if key == by_key or (named and key.startswith(by_key.split(".")[0] + ".")):
+            return True
+    return False
+
+
+def _scope(runs: Sequence[Run], groups: Sequence[Group], by: Sequence[str]) -> Scope:
+    kept = [run for group in groups for run in group.runs]
+    differing = _differing_keys(kept, {"seed"}) if len(groups) > 1 else []
+    return Scope(
+        names=_distinct(runs, "name"),
+        tasks=_distinct(runs, "task"),
+        budgets=_distinct(runs, "trainer.max_steps"),
+        dates=tuple(sorted({_run_date(run) for run in runs})),
+        differing=tuple(key for key in differing if not _grouped_by(key, by)),
+    )
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Everything the renderers and plots read: groups best first, runs that did not finish,
     warnings, and each group's curve (``curves``, by group name) with its ``band`` kind."""
@@ -72,6 +129,12 @@ class Comparison:
     also: tuple[str, ...]
     warnings: tuple[str, ...]
     curves: Mapping[str, Band]
+    scope: Scope
+
+    @property
+    def one_seed_each(self) -> bool:
+        """Every group has a single run: no spread to show, so legends say "1 seed"."""
+        return all(group.metric.n == 1 for group in self.groups)
 
     def group_name(self, group: Group) -> str:
         """Legend label: the value alone for one key, ``key=value`` pairs for several."""
@@ -263,4 +326,5 @@ def build_comparison(
         also=tuple(also),
         warnings=(*warnings, *curve_warnings),
         curves=MappingProxyType(curves),
+        scope=_scope(runs, groups, by),
     )

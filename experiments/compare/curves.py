@@ -13,6 +13,7 @@ import numpy as np
 from experiments.compare.runs import Run
 
 BANDS = ("minmax", "std")
+TRAIN_LOG = "train/loss"  # the metric every training step logs; its first row starts the clock
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,12 @@ def _float(text: str | None) -> float | None:
 
 
 def read_curve(run: Run, metric: str) -> Curve:
-    """The rows of the run's metrics.csv that logged ``metric``, sorted by step."""
+    """The rows of the run's metrics.csv that logged ``metric``, sorted by step.
+
+    Wall-clock time counts from the first training log (the first row with ``train/loss``), so
+    the process's one-time setup (imports, data build), which a sequential sweep pays in its
+    first job only, does not make that job's mixer look slower.
+    """
     history = run.results.get("history")
     if not history:
         raise ValueError("results.json names no history file")
@@ -57,15 +63,18 @@ def read_curve(run: Run, metric: str) -> Curve:
         if metric not in (reader.fieldnames or []):
             raise ValueError(f"{history} has no column {metric}")
         rows = []
+        start = None
         for row in reader:
             step, wall, value = (_float(row.get(k)) for k in ("step", "wall_s", metric))
+            if start is None and _float(row.get(TRAIN_LOG)) is not None:
+                start = wall
             if step is not None and value is not None:
                 rows.append((step, math.nan if wall is None else wall, value))
     if not rows:
         raise ValueError(f"{history} logged no {metric} value")
     rows.sort(key=lambda r: r[0])
     step, wall, value = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
-    return Curve(step, wall, value)
+    return Curve(step, wall - (start or 0.0), value)
 
 
 def seed_band(curves: Sequence[Curve], band: str) -> Band | None:

@@ -13,7 +13,14 @@ from pathlib import Path
 from experiments.compare.aggregate import Comparison
 from experiments.compare.plots import Plot, render_plots
 from experiments.compare.runs import value_label
-from experiments.compare.tables import caption, lr_notes, table_rows, title, unfinished_rows
+from experiments.compare.tables import (
+    caption,
+    lr_notes,
+    scope_lines,
+    table_rows,
+    title,
+    unfinished_rows,
+)
 from lightning_modules.io import write_atomic
 
 STATS = ("mean", "std")
@@ -97,6 +104,8 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
     parts = [
         f"# {title(comparison)}",
         "",
+        *(f"- {line}" for line in scope_lines(comparison)),
+        "",
         _md_table(*table_rows(comparison)),
         "",
         caption(comparison),
@@ -125,6 +134,9 @@ def render_html(comparison: Comparison, plots: Mapping[Plot, bytes]) -> str:
     esc = html.escape
     parts = [
         f"<h1>{esc(title(comparison))}</h1>",
+        "<ul class='scope'>"
+        + "".join(f"<li>{esc(line)}</li>" for line in scope_lines(comparison))
+        + "</ul>",
         _html_table(*table_rows(comparison)),
         f"<p class='caption'>{esc(caption(comparison))}</p>",
     ]

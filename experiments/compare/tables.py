@@ -36,9 +36,46 @@ def title(comparison: Comparison) -> str:
     return f"best {comparison.metric} ({better} is better) by {', '.join(comparison.by)}"
 
 
+def _listing(values: tuple[str, ...], limit: int = 12) -> str:
+    shown = ", ".join(values[:limit])
+    return f"{shown}, ... ({len(values)} in all)" if len(values) > limit else shown or "-"
+
+
+def _dates(dates: tuple[str, ...]) -> str:
+    return dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+
+
+def scope_line(comparison: Comparison) -> str:
+    """One line under the terminal table's title: which runs these are."""
+    scope = comparison.scope
+    return (
+        f"experiment {_listing(scope.names)} · task {_listing(scope.tasks)} · "
+        f"{_listing(scope.budgets)} steps · {_dates(scope.dates)}"
+    )
+
+
+def scope_lines(comparison: Comparison) -> list[str]:
+    """The report's header: what was compared, under which settings, and what differs."""
+    scope = comparison.scope
+    return [
+        f"experiment (config name): {_listing(scope.names)}",
+        f"task: {_listing(scope.tasks)}",
+        f"budget (trainer.max_steps): {_listing(scope.budgets)}",
+        f"runs written: {_dates(scope.dates)}",
+        f"--by {','.join(comparison.by)} --metric {comparison.metric} --mode {comparison.mode}",
+        "config keys that differ between groups: "
+        + (_listing(scope.differing) if scope.differing else "none besides seed"),
+    ]
+
+
 def caption(comparison: Comparison) -> str:
     """How the numbers were made, under every table."""
-    text = "mean ± sample std over seeds; n = seeds."
+    if comparison.one_seed_each:
+        text = "1 seed per group: single runs, no spread over seeds."
+    else:
+        text = "mean ± sample std over seeds; n = seeds."
+        if any(group.metric.n == 1 for group in comparison.groups):
+            text += " A group with 1 seed has no ± std."
     if comparison.also:
         text += f" {', '.join(comparison.also)}: at the end of training, same runs."
     if any(g.lr_picked for g in comparison.groups):

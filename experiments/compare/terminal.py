@@ -6,13 +6,24 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.compare.aggregate import Comparison
-from experiments.compare.tables import caption, lr_notes, table_rows, title, unfinished_rows
+from experiments.compare.tables import (
+    caption,
+    lr_notes,
+    scope_line,
+    table_rows,
+    title,
+    unfinished_rows,
+)
 
 
 def print_report(comparison: Comparison, console: Console) -> None:
     """The rich tables and notes in the terminal."""
     header, rows = table_rows(comparison)
-    table = Table(title=title(comparison), caption=caption(comparison), caption_justify="left")
+    table = Table(
+        title=f"{title(comparison)}\n{scope_line(comparison)}",
+        caption=caption(comparison),
+        caption_justify="left",
+    )
     for index, name in enumerate(header):
         if name in comparison.by:  # group names are never cut, the number columns wrap instead
             width = max([len(name), *(len(row[index]) for row in rows)])

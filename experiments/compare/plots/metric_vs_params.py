@@ -8,7 +8,7 @@ from experiments.compare.plots.base import group_colors, new_figure, register_pl
 
 @register_plot("metric_vs_params.png", "metric vs parameter count")
 def metric_vs_params(comparison: Comparison) -> bytes:
-    """Scatter of the metric (mean ± std) against parameter count, each point labelled."""
+    """Scatter of the metric (mean ± std, or the one seed) against parameter count, labelled."""
     fig = new_figure()
     ax = fig.subplots()
     colors = group_colors(comparison)
@@ -29,7 +29,8 @@ def metric_vs_params(comparison: Comparison) -> bytes:
         ax.set_xscale("log")
     ax.margins(x=0.15, y=0.1)  # room for the labels
     ax.set_xlabel("parameters")
-    ax.set_ylabel(f"best {comparison.metric} (mean ± std)")
+    spread = "1 seed" if comparison.one_seed_each else "mean ± std"
+    ax.set_ylabel(f"best {comparison.metric} ({spread})")
     ax.set_title(f"{comparison.metric} vs parameter count")
     ax.grid(alpha=0.3)
     return to_png(fig)

@@ -18,6 +18,8 @@ def throughput(comparison: Comparison) -> bytes:
     ax.set_yticks(range(len(bars)), [comparison.group_name(g) for g, _ in bars])
     ax.invert_yaxis()
     ax.set_xlabel("training tokens/s")
-    ax.set_title("throughput (mean ± std over seeds)")
+    ax.set_title(
+        "throughput (1 seed)" if comparison.one_seed_each else "throughput (mean ± std over seeds)"
+    )
     ax.grid(axis="x", alpha=0.3)
     return to_png(fig)
