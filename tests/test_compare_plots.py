@@ -46,6 +46,11 @@ def test_every_registered_plot_and_file_is_written(tmp_path):
         assert f"<figcaption>{plot.description}</figcaption>" in report
     assert report.count("data:image/png;base64,") == len(plots)
     assert "<td>attention</td>" in report
+    # every run behind the table, its folder linked from the report
+    kept = [run for run in (root).iterdir() if (run / "results.json").exists()]
+    assert "## Runs in the table" in markdown
+    for run in kept:
+        assert f"<a href='{run.resolve().as_uri()}'>{run.resolve()}</a>" in report
     assert not list(out.glob(".*tmp"))
     # compare again over the same folder: the outputs are not taken for runs
     assert main([str(root)]) == 0

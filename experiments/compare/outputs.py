@@ -16,6 +16,7 @@ from experiments.compare.runs import value_label
 from experiments.compare.tables import (
     caption,
     lr_notes,
+    run_rows,
     scope_lines,
     table_rows,
     title,
@@ -115,16 +116,26 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
     if comparison.unfinished:
         parts += ["", "## Failed and unfinished runs (not in the table)", ""]
         parts.append(_md_table(*unfinished_rows(comparison)))
+    parts += ["", "## Runs in the table", "", _md_table(*run_rows(comparison))]
     if comparison.warnings:
         parts += ["", "## Warnings", "", *(f"- {w}" for w in comparison.warnings)]
     parts += ["", "## Plots", "", *(f"![{plot.description}]({plot.file})" for plot in plots)]
     return "\n".join(parts) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], folders: str | None = None) -> str:
+    """An HTML table; the cells of the column named ``folders`` link to those folders."""
+
+    def cell(column: str, value: str) -> str:
+        text = html.escape(value)
+        if column == folders:
+            text = f"<a href='{html.escape(Path(value).as_uri())}'>{text}</a>"
+        return f"<td>{text}</td>"
+
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        "<tr>" + "".join(cell(c, v) for c, v in zip(header, row, strict=True)) + "</tr>"
+        for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -152,6 +163,8 @@ def render_html(comparison: Comparison, plots: Mapping[Plot, bytes]) -> str:
                     f"<details><summary>{esc(run.name)}: full error</summary>"
                     f"<pre>{esc(str(run.results['error']))}</pre></details>"
                 )
+    parts.append("<h2>Runs in the table</h2>")
+    parts.append(_html_table(*run_rows(comparison), folders="run folder"))
     if comparison.warnings:
         items = "".join(f"<li>{esc(w)}</li>" for w in comparison.warnings)
         parts.append(f"<h2>Warnings</h2><ul>{items}</ul>")

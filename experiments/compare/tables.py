@@ -154,3 +154,20 @@ def unfinished_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
         for run in comparison.unfinished
     ]
     return header, rows
+
+
+def run_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """The runs behind each row of the table: their folders and W&B runs, to open from the
+    report."""
+    header = ["group", "seed", "run folder", "W&B run"]
+    rows = [
+        [
+            comparison.group_name(group),
+            value_label(run.results.get("seed")),
+            str(run.dir.resolve()),
+            str(run.results.get("wandb_run_id") or "-"),
+        ]
+        for group in comparison.groups
+        for run in group.runs
+    ]
+    return header, rows
