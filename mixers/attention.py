@@ -121,6 +121,10 @@ class SelfAttention(TokenMixer):
         y = self._attend(q, k, v, attn_mask=None, is_causal=False)
         return y[:, 0], {"k": k, "v": v, "position": position + 1}
 
+    def state_size(self, seq_len: int) -> int:
+        """The KV cache: a key and a value of d_model floats for every past position."""
+        return 2 * seq_len * self.n_heads * self.head_dim
+
     def flops_per_token(self, seq_len: int) -> float:
         """q, k, v and output projections (4 d^2 multiply-adds) plus scores and weighted sum.
 

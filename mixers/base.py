@@ -43,6 +43,9 @@ class TokenMixer(nn.Module):
       stepping through a sequence equals ``forward`` on it.
     - ``flops_per_token(seq_len)`` gives the analytic forward FLOPs per token (a multiply-add
       counts 2) so that runs can be compared iso-FLOP.
+    - ``state_size(seq_len)`` gives the floats a decoder carries per sequence after ``seq_len``
+      tokens (every float tensor of the ``step`` state, per batch row): attention's KV cache grows
+      with the length, a recurrence's state does not. None means "not reported".
     - A decoder-only mixer sets ``supports_encoder = False``: building it with ``causal=False``
       raises, and the contract checks skip the encoder mode.
     - ``no_weight_decay`` names parameters (globs over ``named_parameters()`` names, relative to
@@ -122,6 +125,10 @@ class TokenMixer(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Analytic forward FLOPs per token at ``seq_len`` (multiply-add = 2 FLOPs)."""
         raise NotImplementedError
+
+    def state_size(self, seq_len: int) -> int | None:
+        """Floats of decoding state per sequence after ``seq_len`` tokens; None: not reported."""
+        return None
 
     def no_weight_decay_parameters(self) -> list[nn.Parameter]:
         """The parameters ``no_weight_decay`` names; a pattern that names none is an error (a

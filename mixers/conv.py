@@ -90,6 +90,10 @@ class ConvMixer(TokenMixer):
             y = y * F.silu(g)
         return self.out_proj(y), {"window": window, "position": state["position"] + 1}
 
+    def state_size(self, seq_len: int) -> int:
+        """The window of the last span + 1 conv inputs: the same at every length."""
+        return self.d_model * (self.span + 1)
+
     def flops_per_token(self, seq_len: int) -> float:
         """in_proj, kernel_size taps per channel, out_proj; independent of seq_len."""
         d = self.d_model

@@ -214,6 +214,12 @@ class GatedMLPMixer(TokenMixer):
             flops += 2.0 * 2 * attended * self.attn_dim
         return flops
 
+    def state_size(self, seq_len: int) -> int:
+        """The gate inputs of every past position (the spatial mix reads them all) and, for aMLP,
+        the tiny attention's keys and values: both grow with the length."""
+        kv = 2 * self.attn_dim if self.attn is not None else 0
+        return seq_len * (self.spatial.width + kv)
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, d_ffn={self.d_ffn}, heads={self.heads}, "

@@ -97,6 +97,10 @@ class RecurrentMixer(TokenMixer):
         y, hidden = self.rnn(x_t[:, None, :], state["hidden"])
         return self.drop(y[:, 0]), {"hidden": hidden, "position": state["position"] + 1}
 
+    def state_size(self, seq_len: int) -> int:
+        """Each layer's hidden state (and LSTM cell): the same at every length."""
+        return (2 if self.cell == "lstm" else 1) * self.n_layers * self.d_model
+
     def flops_per_token(self, seq_len: int) -> float:
         """Gate matmuls per token: each gate reads the layer input and the previous hidden state.
 

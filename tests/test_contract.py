@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from mixers import available_mixers, describe_mixer, get_mixer_class, mixer_hparams
+from mixers import TokenMixer, available_mixers, describe_mixer, get_mixer_class, mixer_hparams
 from mixers.testing import CHECKS
 
 # The mixers shipped in the package (plugins live in other packages): found, not listed.
@@ -50,3 +50,9 @@ def test_every_module_of_the_package_that_registers_is_found() -> None:
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_built_in_mixers_decode_step_by_step(name: str) -> None:
     assert get_mixer_class(name).supports_step, f"{name}: causal built-ins must decode step by step"
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_built_in_mixers_report_their_state_size(name: str) -> None:
+    """Comparisons show state size next to params and FLOPs: every built-in reports it."""
+    assert get_mixer_class(name).state_size is not TokenMixer.state_size, name

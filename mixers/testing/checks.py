@@ -252,6 +252,44 @@ def check_step(case: MixerCase) -> None:
     )
 
 
+def state_floats(state: object) -> int:
+    """Every float tensor's element count in a (nested dict/list/tuple) decoding state."""
+    if isinstance(state, Tensor):
+        return state.numel() if state.is_floating_point() else 0
+    if isinstance(state, dict):
+        return sum(state_floats(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_floats(value) for value in state)
+    return 0
+
+
+@contract_check(
+    "state_size",
+    condition=lambda cls, causal: causal and cls.supports_step,
+    when="for causal=True mixers with supports_step",
+)
+def check_state_size(case: MixerCase) -> None:
+    """state_size(t), when reported, equals the floats the step state holds per row after t
+    tokens, for t = 1, a middle length and max_len."""
+    mixer = case.build()
+    if mixer.state_size(1) is None:
+        return
+    checkpoints = {1, case.max_len // 2, case.max_len}
+    x = case.randn(2, case.max_len, case.d_model)
+    with torch.no_grad():
+        state = mixer.init_state(2)
+        for t in range(case.max_len):
+            _, state = mixer.step(x[:, t], state)
+            if t + 1 in checkpoints:
+                held = state_floats(state) / 2
+                declared = mixer.state_size(t + 1)
+                if held != declared:
+                    raise case.fail(
+                        f"state_size({t + 1}) says {declared} floats per sequence, but the step "
+                        f"state holds {held:g} per batch row after {t + 1} tokens"
+                    )
+
+
 @contract_check(
     "encoder_step",
     condition=lambda cls, causal: not causal and cls.supports_step,
