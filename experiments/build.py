@@ -15,6 +15,7 @@ import hydra
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
 
+from experiments.mixer_config import mixer_label, model_mixer
 from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
 from lightning_modules.metric_names import mode_of
 from lightning_modules.modules import ClassificationModule, LanguageModelModule
@@ -39,11 +40,11 @@ def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
 
 def build_model(config: dict[str, Any], dm: TaskDataModule) -> SequenceModel:
     """The SequenceModel for this task: vocabulary, length, causality and head come from it."""
-    mixer = dict(config["mixer"])
+    mixer, hparams = model_mixer(config["mixer"])
     return SequenceModel(
         dm.vocab_size,
-        mixer=mixer.pop("name"),
-        mixer_hparams=mixer,
+        mixer=mixer,
+        mixer_hparams=hparams,
         causal=dm.causal,
         max_len=dm.max_len,
         num_classes=dm.num_classes,
@@ -99,7 +100,7 @@ def build_loggers(
         return [history]
     import wandb  # only where W&B is used: importing it takes a second
 
-    mixer, task = config["mixer"]["name"], config["task"]["name"]
+    mixer, task = mixer_label(config["mixer"]), config["task"]["name"]
     wandb_logger = hydra.utils.instantiate(
         spec,
         name=f"{mixer}-{task}-seed{config['seed']}",

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from experiments.mixer_config import HYBRID, mixer_names, pattern_entries
 from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from lightning_modules.tasks.base import RUN_ARGUMENTS
 from mixers import available_mixers, get_mixer_class, mixer_hparams
@@ -141,7 +142,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"the config cannot be resolved: {err}") from None
     _check(plain, TrainConfig, "", problems)
     if not problems:
-        _check_mixer(plain["mixer"], problems)
+        _check_mixer(plain["mixer"], plain["model"]["n_layers"], problems)
         _check_task(plain["task"], problems)
         _check_logger(plain["logger"], problems)
         _check_cross(plain, problems)
@@ -259,13 +260,33 @@ def unknown_key(key: str, allowed: list[str], where: str) -> str:
     return f"{key} is not a known key{hint}; {where} accepts: {', '.join(sorted(allowed))}"
 
 
-def _check_mixer(node: Mapping[str, Any], problems: list[str]) -> None:
-    """``mixer.name`` must be registered (plugins too) and the rest its keyword hparams."""
+def _check_mixer(node: Mapping[str, Any], n_layers: int, problems: list[str]) -> None:
+    """One mixer's node, or a hybrid's pattern entry by entry (dividing the depth evenly)."""
+    if node.get("name") != HYBRID:
+        _check_mixer_entry(node, "mixer", problems)
+        return
+    extra = sorted(set(node) - {"name", "pattern", "label"})
+    problems += [unknown_key(f"mixer.{k}", ["label", "name", "pattern"], "a hybrid") for k in extra]
+    pattern = node.get("pattern")
+    if not isinstance(pattern, list) or not pattern:
+        problems.append("mixer.pattern must be a non-empty list: 'mixer.pattern=[conv,attention]'")
+        return
+    for i, entry in enumerate(pattern_entries(node)):
+        _check_mixer_entry(entry, f"mixer.pattern[{i}]", problems)
+    if n_layers % len(pattern):
+        problems.append(
+            f"model.n_layers={n_layers} is not a multiple of the hybrid pattern's {len(pattern)} "
+            "entries; the pattern repeats over the depth, so set model.n_layers to a multiple"
+        )
+
+
+def _check_mixer_entry(node: Mapping[str, Any], where: str, problems: list[str]) -> None:
+    """``name`` must be registered (plugins too) and the rest its keyword hparams."""
     name = node.get("name")
     known = available_mixers()
     if name not in known:
         problems.append(
-            f"mixer.name={name!r} is not a registered mixer; known mixers: {', '.join(known)} "
+            f"{where}.name={name!r} is not a registered mixer; known mixers: {', '.join(known)} "
             "(select one with mixer=<name>, or mixer=plugin mixer.name=<name> for a plugin mixer "
             "without a conf file)"
         )
@@ -276,7 +297,7 @@ def _check_mixer(node: Mapping[str, Any], problems: list[str]) -> None:
             continue
         if key not in accepted:
             problems.append(
-                unknown_key(f"mixer.{key}", list(accepted), f"mixer {name!r}")
+                unknown_key(f"{where}.{key}", list(accepted), f"mixer {name!r}")
                 + f" ({get_mixer_class(name).__name__}'s keyword hyper-parameters; a mixer "
                 f"without a conf file starts from none: mixer=plugin mixer.name={name})"
             )
@@ -284,7 +305,7 @@ def _check_mixer(node: Mapping[str, Any], problems: list[str]) -> None:
         default = accepted[key]
         if isinstance(default, (bool, int, float, str)) and not _matches(value, type(default)):
             problems.append(
-                f"mixer.{key} must be {_type_name(type(default))} like its default "
+                f"{where}.{key} must be {_type_name(type(default))} like its default "
                 f"{default!r}, got {value!r}"
             )
 
@@ -366,11 +387,13 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
     for key in ("optimizer", "scheduler"):
         if not isinstance(cfg["optim"][key].get("_target_"), str):
             problems.append(f"optim.{key} needs _target_: <{key} class or function path>")
-    mixer, task = cfg["mixer"]["name"], cfg["task"]
+    task = cfg["task"]
     encoder_task = task.get("causal") is False  # filled in from the registration, when known
-    if encoder_task and mixer in available_mixers() and not get_mixer_class(mixer).supports_encoder:
+    for mixer in mixer_names(cfg["mixer"]) if encoder_task else []:
+        if mixer not in available_mixers() or get_mixer_class(mixer).supports_encoder:
+            continue
         problems.append(
             f"mixer {mixer!r} is decoder-only (supports_encoder = False) but task "
-            f"{task['name']!r} is an encoder task (causal=False); pick a causal task or a mixer "
-            "that supports encoders"
+            f"{task['name']!r} is an encoder task (causal=False); pick a causal task or a "
+            "mixer that supports encoders"
         )

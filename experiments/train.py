@@ -53,6 +53,7 @@ from experiments.build import (
     build_module,
     check_monitor,
 )
+from experiments.mixer_config import mixer_label
 from experiments.schema import ConfigError, validate_config
 from experiments.sweep_summary import report_started_sweeps
 from experiments.train_cli import (
@@ -66,7 +67,7 @@ from experiments.train_cli import (
 )
 from lightning_modules.callbacks import ThroughputMonitor
 from lightning_modules.metric_names import mode_of
-from lightning_modules.results import HistoryLogger, RunResults
+from lightning_modules.results import HistoryLogger, RunResults, chance_levels
 from mixers import SequenceModel
 
 log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
@@ -175,7 +176,7 @@ def _describe(config: dict[str, Any], model: SequenceModel, run_dir: Path) -> st
     flops = _flops_per_token(model)
     counted = "not counted by the mixer" if math.isnan(flops) else f"{flops:,.0f}"
     return (
-        f"mixerlab: {config['mixer']['name']} on {config['task']['name']}, "
+        f"mixerlab: {mixer_label(config['mixer'])} on {config['task']['name']}, "
         f"{model.num_params():,} params, forward FLOPs per token at length {model.max_len}: "
         f"{counted}; {config['trainer']['max_steps']:,} steps into {run_dir}"
     )
@@ -201,7 +202,7 @@ def _results(
         wandb_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
     return RunResults(
         status=status,
-        mixer=config["mixer"]["name"],
+        mixer=mixer_label(config["mixer"]),
         task=config["task"]["name"],
         seed=config["seed"],
         params=model.num_params() if model is not None else 0,
@@ -217,6 +218,7 @@ def _results(
         },
         config=config,
         error=error,
+        chance=chance_levels(trainer),
     )
 
 

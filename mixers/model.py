@@ -17,14 +17,15 @@ per-token MLP); each mixer documents it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer, build_mixer, count_params
-from mixers.base import mixer_hparams as accepted_hparams
+from mixers.base import TokenMixer, count_params
+from mixers.hybrid import LayerSpec, build_layers
 from mixers.moe import MoEFeedForward
 from mixers.positions import sinusoidal_table
 
@@ -131,8 +132,8 @@ class Block(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """A stack of blocks around one registered token mixer, for language modelling or
-    classification.
+    """A stack of blocks around one registered token mixer (or a hybrid pattern of them, see
+    :mod:`mixers.hybrid`), for language modelling or classification.
 
     ``forward(tokens, mask)`` returns per-position logits (B, L, vocab_size), or, when
     ``num_classes`` is set, logits (B, num_classes) from the mean of the final states over real
@@ -145,7 +146,7 @@ class SequenceModel(nn.Module):
         d_model: int = 256,
         n_layers: int = 4,
         *,
-        mixer: str = "attention",
+        mixer: str | Sequence[LayerSpec] = "attention",
         mixer_hparams: dict[str, Any] | None = None,
         causal: bool = True,
         max_len: int | None = 256,
@@ -164,14 +165,6 @@ class SequenceModel(nn.Module):
                 f"vocab_size and n_layers must be positive, got {vocab_size} and {n_layers}"
             )
         _choice("pos", pos, POS_KINDS)
-        hparams = dict(mixer_hparams or {})
-        if pos == "rope":
-            if "rope" not in accepted_hparams(mixer):
-                raise ValueError(
-                    f"pos='rope' rotates queries and keys inside the mixer, and mixer {mixer!r} "
-                    "has no 'rope' hyper-parameter; use pos=learned, sinusoidal or none"
-                )
-            hparams["rope"] = True
         if pos in ("learned", "sinusoidal") and max_len is None:
             raise ValueError(f"pos={pos!r} needs max_len (the longest sequence); pass max_len=")
         if num_classes is not None and num_classes <= 1:
@@ -190,14 +183,23 @@ class SequenceModel(nn.Module):
         elif pos == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(max_len, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
+        mixers = build_layers(
+            mixer,
+            mixer_hparams,
+            n_layers,
+            d_model,
+            causal=causal,
+            max_len=max_len,
+            rope=pos == "rope",
+        )
         self.blocks = nn.ModuleList(
             Block(
-                build_mixer(mixer, d_model, causal=causal, max_len=max_len, **hparams),
+                layer_mixer,
                 make_ffn(ffn, d_model, round(ffn_mult * d_model), dropout, dict(ffn_hparams or {})),
                 norm=norm,
                 dropout=dropout,
             )
-            for _ in range(n_layers)
+            for layer_mixer in mixers
         )
         self.norm = make_norm(norm, d_model)
         if num_classes is None:
