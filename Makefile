@@ -15,7 +15,7 @@ STAMP := $(VENV)/.mixerlab-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,launchers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,launchers,dashboard]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,18 +4,16 @@ the LightningModule, loggers and callbacks. ``experiments.train`` puts them toge
 from __future__ import annotations
 
 import json
-import netrc
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import hydra
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
 
 from experiments.mixer_config import mixer_label, model_mixer
+from experiments.wandb_setup import wandb_mode
 from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
 from lightning_modules.metric_names import mode_of
 from lightning_modules.modules import ClassificationModule, LanguageModelModule
@@ -68,24 +66,6 @@ def build_module(
     return LanguageModelModule(model, bytes_per_token=dm.bytes_per_token, **kwargs)
 
 
-def wandb_mode(configured: str) -> str:
-    """The W&B mode to run in: ``WANDB_MODE`` wins, then the config; ``auto`` means online only
-    when credentials exist (``WANDB_API_KEY`` or a netrc entry), checked without network calls."""
-    env = os.environ.get("WANDB_MODE")
-    if env:
-        return {"dryrun": "offline", "run": "online"}.get(env, env)
-    if configured != "auto":
-        return configured
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        found = False
-    return "online" if found else "offline"
-
-
 def build_loggers(
     config: dict[str, Any],
     run_dir: Path,
@@ -116,7 +96,9 @@ def build_loggers(
     wandb_logger._wandb_init.pop("anonymous", None)
     # the run's config as W&B's, here rather than through instantiate, which would build the
     # objects its _target_ nodes name
-    wandb_logger.log_hyperparams({**config, "data_fingerprint": dm.fingerprint})
+    wandb_logger.log_hyperparams(
+        {**config, "mixer_label": mixer_label(config["mixer"]), "data_fingerprint": dm.fingerprint}
+    )
     run = wandb_logger.experiment
     for metric in val_metrics:
         summary = f"{mode_of(metric)},last"

@@ -3,6 +3,7 @@
 mixerlab train [hydra overrides and flags]   # train (Hydra app: -m, --cfg job, --help, ...)
 mixerlab list                                # mixers, tasks, experiments and plots
 mixerlab compare RUN_DIR...                  # tables and curves over finished runs
+mixerlab dashboard RUN_DIR...                # the same runs as a W&B report
 mixerlab bench [NAME...]                     # speed benchmarks
 mixerlab wandb-sweep sweep=NAME [overrides]  # a W&B sweep file for a grid-sweep preset
 mixerlab new-mixer NAME [--dir DIR]          # a plugin package with a mixer to start from
@@ -19,6 +20,7 @@ COMMANDS = {
     "train": "train a model (a Hydra app: overrides, -m, --cfg job, --help, --info)",
     "list": "list the mixers, tasks, experiments and plots",
     "compare": "compare finished runs: tables and curves",
+    "dashboard": "a W&B report of the same runs (online; offline it prints the plan)",
     "bench": "speed benchmarks (tokens/s, Lightning overhead, reference models)",
     "wandb-sweep": "write a W&B sweep file for a grid-sweep preset (sweep=mixers_lr ...)",
     "new-mixer": "write a plugin package with a working mixer to start from",
@@ -28,6 +30,7 @@ COMMANDS = {
 MODULES = {
     "train": "experiments.train",
     "compare": "experiments.compare",
+    "dashboard": "experiments.dashboard",
     "bench": "experiments.bench",
     "wandb-sweep": "experiments.wandb_sweep",
     "new-mixer": "experiments.new_mixer",

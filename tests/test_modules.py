@@ -22,8 +22,8 @@ from pytorch_lightning.trainer.states import RunningStage
 from torch import nn
 from torch.utils.data import DataLoader
 
-from experiments.build import wandb_mode
 from experiments.train import _summary
+from experiments.wandb_setup import wandb_mode
 from lightning_modules.callbacks import TRAINING_FLOPS_PER_FORWARD, ThroughputMonitor
 from lightning_modules.modules import (
     ClassificationModule,
