@@ -18,6 +18,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from experiments.train_cli import remove_run_dir
 from lightning_modules.results import RESULTS_FILE
 
 
@@ -65,20 +66,31 @@ def _job_line(job_dir: Path, results: dict[str, Any] | None, metric: str, shown:
 
 def sweep_report(sweep: Sweep) -> str:
     """The sweep folder, one line per job (status, best metric, wall time, overrides) and the
-    ``mixerlab compare`` command that tabulates it."""
+    ``mixerlab compare`` command that tabulates it. A sweep that ran no job (its command line
+    was wrong, and said so) leaves no folder and no report."""
     jobs = sorted((p for p in sweep.dir.glob("*") if (p / ".hydra").is_dir()), key=_job_number)
+    if not jobs:
+        if sweep.dir.is_dir() and {p.name for p in sweep.dir.iterdir()} <= {"multirun.yaml"}:
+            remove_run_dir(sweep.dir)
+        return ""
     results = {}
     for job in jobs:
         path = job / RESULTS_FILE
         results[job] = json.loads(path.read_text()) if path.exists() else None
     overrides = {job: _overrides(job) for job in jobs}
-    shared = set.intersection(*(set(o) for o in overrides.values())) if jobs else set()
-    lines = [f"mixerlab: sweep of {len(jobs)} job(s) in {sweep.dir}"]
+    # Hydra numbers jobs 0, 1, ...: a number without a folder is a job its config check removed
+    numbers = {int(n) for n, _ in map(_job_number, jobs) if n != math.inf}
+    missing = sorted(set(range(max(numbers, default=-1) + 1)) - numbers)
+    shared = set.intersection(*(set(o) for o in overrides.values())) if not missing else set()
+    lines = [f"mixerlab: sweep of {len(jobs) + len(missing)} job(s) in {sweep.dir}"]
     if shared:
         lines.append(f"  every job: {' '.join(o for o in overrides[jobs[0]] if o in shared)}")
+    gone = "no folder: its config was invalid (error above) or it was removed"
+    rows = [(n, f"  job {n:<24} {gone}") for n in missing]
     for job in jobs:
         own = " ".join(o for o in overrides[job] if o not in shared)
-        lines.append(_job_line(job, results[job], sweep.metric, own))
+        rows.append((_job_number(job)[0], _job_line(job, results[job], sweep.metric, own)))
+    lines += [line for _, line in sorted(rows, key=lambda row: row[0])]
     per_set = any(
         key.startswith("val/acc@") for r in results.values() if r for key in r.get("metrics", {})
     )
@@ -90,4 +102,5 @@ def sweep_report(sweep: Sweep) -> str:
 def report_started_sweeps() -> None:
     """Print the summary of every multirun started since the last call, then forget them."""
     while STARTED:
-        print(sweep_report(STARTED.pop(0)))
+        if report := sweep_report(STARTED.pop(0)):
+            print(report)

@@ -289,13 +289,14 @@ def _hydra_app(cfg: DictConfig) -> float | None:
     logging.captureWarnings(True)  # warnings go to train.log too
     try:
         return train(cfg, run_dir)
-    except ConfigError as err:  # found while building the run, after Hydra made its folder
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # Hydra marks the job failed and runs the sweep's other jobs; main reports it
+    except ConfigError as err:  # found as the run starts, after Hydra made its folder
         if made_for_this_run:
             remove_run_dir(run_dir)
-        report_config_error(err)
-        raise SystemExit(2) from None
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            report_config_error(err)
+            raise SystemExit(2) from None
+        report_config_error(err, job=f"{hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)})")
+        raise  # Hydra marks the job failed and runs the sweep's other jobs
     finally:
         logging.captureWarnings(False)
 
@@ -374,8 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with hydra_raising_errors(), logging_restored():
             _hydra_app()
-    except ConfigError as err:  # a job of a sweep: its failure, and the other jobs ran
-        report_config_error(err)
+    except ConfigError:  # a job of a sweep, reported by the job; the other jobs ran
         return 1
     except COMPOSITION_ERRORS as err:
         print(composition_error_message(err), file=sys.stderr)

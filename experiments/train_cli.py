@@ -59,9 +59,9 @@ class CheckConfigBeforeRun(Callback):
             raise SystemExit(2) from None
 
 
-def report_config_error(err: ConfigError) -> None:
-    """The message alone: a config error needs no traceback."""
-    print(f"{PREFIX}{err}", file=sys.stderr)
+def report_config_error(err: ConfigError, job: str | None = None) -> None:
+    """The message alone (a config error needs no traceback), naming the sweep's job if any."""
+    print(f"{PREFIX}{f'job {job}: ' if job else ''}{err}", file=sys.stderr)
 
 
 def composition_error_message(err: Exception) -> str:

@@ -243,3 +243,28 @@ def test_resume_of_a_folder_that_is_no_run_exits_2(
 ) -> None:
     code, _, err = run_cli(capsys, "train", f"resume={tmp_path}")
     assert code == 2 and "overrides.yaml not found" in err
+
+
+def test_a_mistyped_option_in_a_sweep_list_leaves_no_sweep_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, err = train_in(capsys, tmp_path, monkeypatch, "-m", "mixer=attention,gmpl")
+    assert "(did you mean mixer=gmlp?)" in err
+    assert_one_clean_message(code, err, tmp_path)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow  # one real (4-step) job besides the invalid one
+def test_a_sweep_job_with_an_invalid_config_is_named_and_leaves_no_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "experiment=smoke", "debug=default", "logger=none", f"hydra.sweep.dir={sweep}"]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "train", *argv, "model.d_model=-4,32")
+    assert code == 1
+    assert "mixerlab train: job 0 (" in err and "model.d_model must be >= 1, got -4" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in sweep.iterdir()) == ["1_attention_text", "multirun.yaml"]
+    assert "sweep of 2 job(s)" in out
+    assert "job 0                        no folder: its config was invalid" in out
