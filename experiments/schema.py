@@ -9,20 +9,19 @@ below (and the mixer and task registries for ``mixer`` and ``task``) and raises 
 
 from __future__ import annotations
 
-import difflib
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.mixer_config import HYBRID, mixer_names, pattern_entries
+from experiments.config_types import matches, type_name, unknown_key
+from experiments.mixer_config import check_mixer_node, mixer_names
 from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from lightning_modules.tasks.base import RUN_ARGUMENTS
-from mixers import available_mixers, get_mixer_class, mixer_hparams
+from mixers import available_mixers, get_mixer_class
 from mixers.model import FFN_KINDS, NORM_KINDS, POS_KINDS
 
 
@@ -142,7 +141,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"the config cannot be resolved: {err}") from None
     _check(plain, TrainConfig, "", problems)
     if not problems:
-        _check_mixer(plain["mixer"], plain["model"]["n_layers"], problems)
+        check_mixer_node(plain["mixer"], plain["model"]["n_layers"], problems)
         _check_task(plain["task"], problems)
         _check_logger(plain["logger"], problems)
         _check_cross(plain, problems)
@@ -196,8 +195,8 @@ def _check_value(value: Any, tp: Any, allowed: Allowed, key: str, problems: list
     if is_dataclass(tp):
         _check(value, tp, f"{key}.", problems)
         return
-    if not _matches(value, tp):
-        problems.append(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if not matches(value, tp):
+        problems.append(f"{key} must be {type_name(tp)}, got {value!r}")
         return
     if allowed.choices and value not in allowed.choices:
         problems.append(
@@ -212,102 +211,6 @@ def _check_value(value: Any, tp: Any, allowed: Allowed, key: str, problems: list
             bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
             problems.append(f"{key} must be {bounds}, got {value!r}")
             break
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    origin = get_origin(tp)
-    if tp is Any:
-        return True
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, arg) for arg in get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin is list:
-        (item,) = get_args(tp)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, Mapping)
-    raise TypeError(f"schema type {tp!r} is not supported")  # a bug in this module, not the config
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(arg) for arg in get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if origin is dict:
-        return "a mapping"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
-
-
-def unknown_key(key: str, allowed: list[str], where: str) -> str:
-    """``key`` (dotted) is not among ``allowed`` (the names at its level, in ``where``): the
-    message suggests the closest allowed key, spelled in full, and lists them all."""
-    parent, _, name = key.rpartition(".")
-    close = difflib.get_close_matches(name, allowed, n=1)
-    hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
-    return f"{key} is not a known key{hint}; {where} accepts: {', '.join(sorted(allowed))}"
-
-
-def _check_mixer(node: Mapping[str, Any], n_layers: int, problems: list[str]) -> None:
-    """One mixer's node, or a hybrid's pattern entry by entry (dividing the depth evenly)."""
-    if node.get("name") != HYBRID:
-        _check_mixer_entry(node, "mixer", problems)
-        return
-    extra = sorted(set(node) - {"name", "pattern", "label"})
-    problems += [unknown_key(f"mixer.{k}", ["label", "name", "pattern"], "a hybrid") for k in extra]
-    pattern = node.get("pattern")
-    if not isinstance(pattern, list) or not pattern:
-        problems.append("mixer.pattern must be a non-empty list: 'mixer.pattern=[conv,attention]'")
-        return
-    for i, entry in enumerate(pattern_entries(node)):
-        _check_mixer_entry(entry, f"mixer.pattern[{i}]", problems)
-    if n_layers % len(pattern):
-        problems.append(
-            f"model.n_layers={n_layers} is not a multiple of the hybrid pattern's {len(pattern)} "
-            "entries; the pattern repeats over the depth, so set model.n_layers to a multiple"
-        )
-
-
-def _check_mixer_entry(node: Mapping[str, Any], where: str, problems: list[str]) -> None:
-    """``name`` must be registered (plugins too) and the rest its keyword hparams."""
-    name = node.get("name")
-    known = available_mixers()
-    if name not in known:
-        problems.append(
-            f"{where}.name={name!r} is not a registered mixer; known mixers: {', '.join(known)} "
-            "(select one with mixer=<name>, or mixer=plugin mixer.name=<name> for a plugin mixer "
-            "without a conf file)"
-        )
-        return
-    accepted = mixer_hparams(name)
-    for key, value in node.items():
-        if key == "name":
-            continue
-        if key not in accepted:
-            problems.append(
-                unknown_key(f"{where}.{key}", list(accepted), f"mixer {name!r}")
-                + f" ({get_mixer_class(name).__name__}'s keyword hyper-parameters; a mixer "
-                f"without a conf file starts from none: mixer=plugin mixer.name={name})"
-            )
-            continue
-        default = accepted[key]
-        if isinstance(default, (bool, int, float, str)) and not _matches(value, type(default)):
-            problems.append(
-                f"{where}.{key} must be {_type_name(type(default))} like its default "
-                f"{default!r}, got {value!r}"
-            )
 
 
 def _check_task(node: dict[str, Any], problems: list[str]) -> None:
@@ -347,11 +250,11 @@ def _check_task(node: dict[str, Any], problems: list[str]) -> None:
                 unknown_key(f"task.datamodule.{key}", list(accepted), f"task {name!r}")
                 + f" ({cls.__name__}'s keyword arguments; task.name selects the class)"
             )
-        elif isinstance(accepted[key], (bool, int, float, str)) and not _matches(
+        elif isinstance(accepted[key], (bool, int, float, str)) and not matches(
             value, type(accepted[key])
         ):
             problems.append(
-                f"task.datamodule.{key} must be {_type_name(type(accepted[key]))} like its "
+                f"task.datamodule.{key} must be {type_name(type(accepted[key]))} like its "
                 f"default {accepted[key]!r}, got {value!r}"
             )
     node.update(registered)

@@ -32,7 +32,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from experiments.schema import ConfigError, unknown_key, validate_config
+from experiments.config_types import unknown_key
+from experiments.schema import ConfigError, validate_config
 from mixers import available_mixers
 
 PREFIX = "mixerlab train: "

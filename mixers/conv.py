@@ -1,12 +1,25 @@
-"""Short depthwise convolution over time, the local mixer of H3, Hyena and Mamba blocks.
+"""Depthwise convolution over time: short (the local mixer of H3, Hyena and Mamba blocks) or
+global (a kernel as long as the sequence, Zoology's BaseConv, computed by FFT).
 
-Each channel has its own kernel of ``kernel_size`` taps spaced ``dilation`` apart
-(``F.conv1d`` with ``groups=d_model``). A decoder pads on the left only, so out[t] sees
+Each channel has its own kernel (``F.conv1d`` with ``groups=d_model``). A short kernel has
+``kernel_size`` taps spaced ``dilation`` apart: a decoder pads on the left only, so out[t] sees
 x[t - span .. t] with span = (kernel_size - 1) * dilation; an encoder centres the window.
+
+``kernel_size=-1`` makes the kernel global: max_len taps for a decoder (offsets 0..max_len-1),
+2 max_len - 1 for an encoder (offsets -(max_len-1)..max_len-1, so every position sees every real
+position). A sequence of length L uses the L (or 2L - 1) taps nearest offset 0, exactly what
+``F.conv1d`` with that kernel and zero padding computes, but in O(L log L) by :func:`fft_conv`:
+
+    y[t] = sum_s k[s] u[t - s]  =  irfft(rfft(u, 2L) * rfft(k, 2L))[t],   t < L
+
+Zero-padding both to 2L turns the FFT's circular convolution into a linear one: an offset never
+wraps onto a real position. :func:`fft_conv` is the one FFT convolution of the package (Hyena's
+long filters use it too).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,22 +28,70 @@ from torch import Tensor, nn
 
 from mixers.base import TokenMixer, register_mixer
 
+GATES = ("silu", "linear", "none")
+
+
+def fft_conv(u: Tensor, kernel: Tensor, *, causal: bool) -> Tensor:
+    """Depthwise linear convolution by FFT, in fp32 whatever the autocast dtype.
+
+    ``u`` (B, C, L), time last like ``F.conv1d`` (the FFTs run along a contiguous axis);
+    ``kernel`` (C, K) in offset order, ``y[t] = sum_s kernel[:, s] u[t - s]``: causal K = L,
+    offsets 0..L-1; two-sided (``causal=False``) K = 2L - 1, offsets -(L-1)..L-1 with offset 0
+    at index L - 1. Returns (B, C, L) in ``u``'s dtype.
+    """
+    length = u.shape[-1]
+    taps = length if causal else 2 * length - 1
+    if kernel.shape[-1] != taps:
+        raise ValueError(
+            f"a {'causal' if causal else 'two-sided'} kernel for length {length} needs {taps} "
+            f"taps, got {kernel.shape[-1]}"
+        )
+    n = 2 * length
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        k = kernel.float()
+        if not causal:
+            # Negative offsets go to the end of the FFT buffer: circularly, -s is n - s.
+            zero = k.new_zeros(k.shape[0], 1)
+            k = torch.cat((k[:, length - 1 :], zero, k[:, : length - 1]), dim=1)  # (C, 2L)
+        k_f = torch.fft.rfft(k, n=n)  # (C, L + 1)
+        u_f = torch.fft.rfft(u.float(), n=n)  # (B, C, L + 1)
+        y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]  # (B, C, L)
+    return y.to(u.dtype)
+
+
+def fft_conv_flops(channels: int, seq_len: int) -> float:
+    """Forward FLOPs per token of :func:`fft_conv`: per channel, a real FFT of size n = 2L and
+    its inverse (about 2.5 n log2 n each, half the usual 5 n log2 n of a complex FFT) and the
+    spectral product (n/2 complex multiplies of 6 FLOPs), over L tokens:
+    ``channels * (10 log2(2L) + 6)``. The kernel's FFT depends on the parameters only and is
+    shared by the batch, so it is not counted per token."""
+    return channels * (10 * math.log2(2 * seq_len) + 6)
+
 
 @register_mixer("conv")
 class ConvMixer(TokenMixer):
-    """Depthwise 1D convolution over time between two Linears, optionally SiLU-gated.
+    """Depthwise 1D convolution over time between two Linears, short or global, optionally gated.
 
-    gate=True: in_proj makes (u, g) and y = out_proj(conv(u) * silu(g)), the gated short conv of
-    H3/Mamba; SiLU rather than sigmoid because it lets the gate amplify as well as damp, and it is
-    what those models use. gate=False: y = out_proj(conv(in_proj(x))), a purely linear token
-    mixer (the block's channel mixer supplies the nonlinearity), so the flag ablates the gate only.
+    gate="silu": in_proj makes (u, g) and y = out_proj(conv(u) * silu(g)), the gated short conv
+    of H3/Mamba; SiLU rather than sigmoid because it lets the gate amplify as well as damp, and
+    it is what those models use. gate="linear": y = out_proj(conv(u) * g), a projection times
+    the convolution without a nonlinearity (Zoology's BaseConv). gate="none":
+    y = out_proj(conv(in_proj(x))), a purely linear token mixer (the block's channel mixer
+    supplies the nonlinearity), so the option ablates the gate only.
+
+    BaseConv (Arora et al. 2023, Zoology) is ``kernel_size=-1, gate="linear"``: Zoology computes
+    y = conv(u) * proj(u) + u; here the block supplies the residual, and the conv reads in_proj's
+    u rather than the input itself and out_proj follows (two Linears BaseConv does not have).
+    Zoology's default BaseConv learns its long kernel through a small MLP (implicit); this is its
+    explicit ``LongConvolution``, whose initialisation it follows: every tap N(0, 1), so the
+    output's scale grows like sqrt(L) at init.
+
     Padded positions are zeroed before the convolution, exactly like the zero padding at the
-    ends of a shorter sequence, so they cannot reach real positions. Initialisation: PyTorch's
-    Linear and Conv1d defaults.
+    ends of a shorter sequence, so they cannot reach real positions. Initialisation otherwise:
+    PyTorch's Linear and Conv1d defaults.
     """
 
     supports_step = True
-    global_mixing = False  # an encoder sees (kernel_size - 1) * dilation neighbours, not all
 
     def __init__(
         self,
@@ -40,68 +101,114 @@ class ConvMixer(TokenMixer):
         max_len: int | None = None,
         kernel_size: int = 4,
         dilation: int = 1,
-        gate: bool = True,
+        gate: str = "silu",
     ) -> None:
         super().__init__(d_model, causal=causal, max_len=max_len)
-        if kernel_size < 1 or dilation < 1:
+        if gate not in GATES:
+            raise ValueError(f"unknown conv gate {gate!r}; choose one of: {', '.join(GATES)}")
+        # A global kernel mixes every position; a short one only its window (the encoder check
+        # then asks for later positions within it, not the last one).
+        self.global_mixing = kernel_size == -1
+        if self.global_mixing:
+            if max_len is None or max_len <= 0:
+                raise ValueError(
+                    f"ConvMixer with kernel_size=-1 (a kernel as long as the sequence) needs a "
+                    f"positive max_len, got {max_len!r}; pass max_len=<longest sequence length>"
+                )
+            if dilation != 1:
+                raise ValueError(
+                    f"a global kernel (kernel_size=-1) takes dilation=1, got {dilation}"
+                )
+            taps = max_len if causal else 2 * max_len - 1
+        elif kernel_size < 1 or dilation < 1:
             raise ValueError(
-                f"kernel_size and dilation must be at least 1, got {kernel_size} and {dilation}"
+                f"kernel_size must be -1 (global) or at least 1 and dilation at least 1, got "
+                f"{kernel_size} and {dilation}"
             )
+        else:
+            taps = kernel_size
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.gate = gate
-        self.span = (kernel_size - 1) * dilation  # how far back (or around) out[t] reaches
+        self.span = (taps - 1) * dilation  # how far back (or around) out[t] reaches
         # Causal: all of the span on the left. Centred: like PyTorch's padding="same", an odd
         # span (an even kernel_size) puts the extra position on the right, so out[t] sees one
         # more future position than past ones.
         left = self.span if causal else self.span // 2
         self.padding = (left, self.span - left)
-        self.in_proj = nn.Linear(d_model, 2 * d_model if gate else d_model)
-        self.conv = nn.Conv1d(d_model, d_model, kernel_size, dilation=dilation, groups=d_model)
+        self.in_proj = nn.Linear(d_model, d_model if gate == "none" else 2 * d_model)
+        self.conv = nn.Conv1d(d_model, d_model, taps, dilation=dilation, groups=d_model)
+        if self.global_mixing:
+            nn.init.normal_(self.conv.weight)  # Zoology's LongConvolution: randn(d_model, L)
         self.out_proj = nn.Linear(d_model, d_model)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """in_proj, split into the conv input u and the gate input g (None without a gate)."""
+        h = self.in_proj(x)
+        return (h, None) if self.gate == "none" else h.chunk(2, dim=-1)
+
+    def _gated(self, y: Tensor, g: Tensor | None) -> Tensor:
+        if g is None:
+            return y
+        return y * (F.silu(g) if self.gate == "silu" else g)
+
+    def _global_conv(self, u: Tensor) -> Tensor:
+        """The global kernel on u (B, d, L) by FFT: the taps of the L (or 2L - 1) offsets nearest
+        0, which are what a zero-padded F.conv1d with the max_len kernel would read."""
+        length = u.shape[-1]
+        taps = length if self.causal else 2 * length - 1
+        start = self.max_len - length  # F.conv1d's weight runs from the oldest offset to 0 (+)
+        kernel = self.conv.weight[:, 0, start : start + taps].flip(-1)  # (d, taps), offset order
+        return fft_conv(u, kernel, causal=self.causal) + self.conv.bias[:, None]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
-        h = self.in_proj(x)
-        u, g = h.chunk(2, dim=-1) if self.gate else (h, None)
+        u, g = self._project(x)  # (B, L, d) each
         if mask is not None:
             u = u.masked_fill(~mask[..., None], 0.0)
-        u = F.pad(u.transpose(1, 2), self.padding)  # (B, d, span + L): the layout conv1d wants
-        y = self.conv(u).transpose(1, 2)
-        if g is not None:
-            y = y * F.silu(g)
-        return self.out_proj(y)
+        u = u.transpose(1, 2)  # (B, d, L): the layout conv1d and fft_conv want
+        y = self._global_conv(u) if self.global_mixing else self.conv(F.pad(u, self.padding))
+        return self.out_proj(self._gated(y.transpose(1, 2), g))
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
-        """The last span + 1 conv inputs, zeros before the start, like the causal left padding."""
+        """Short kernel: the last span + 1 conv inputs, zeros before the start, like the causal
+        left padding. Global kernel: every conv input so far, none yet."""
         weight = self.conv.weight
-        window = weight.new_zeros(batch_size, self.d_model, self.span + 1)
-        return {"window": window, "position": 0}
+        held = 0 if self.global_mixing else self.span + 1
+        return {"window": weight.new_zeros(batch_size, self.d_model, held), "position": 0}
 
     def step(self, x_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        """Shift the new input into the window and apply the kernel to its dilated taps."""
+        """Shift the new input into the window and apply the kernel to its (dilated) taps; a
+        global kernel keeps every input and reads its newest t + 1 taps."""
         self.check_step(state["position"])
-        h = self.in_proj(x_t)
-        u, g = h.chunk(2, dim=-1) if self.gate else (h, None)
-        window = torch.cat((state["window"][:, :, 1:], u[:, :, None]), dim=2)
-        taps = window[:, :, :: self.dilation]  # (B, d, kernel_size), oldest first like the kernel
-        y = (taps * self.conv.weight[:, 0, :]).sum(dim=-1) + self.conv.bias
-        if g is not None:
-            y = y * F.silu(g)
-        return self.out_proj(y), {"window": window, "position": state["position"] + 1}
+        u, g = self._project(x_t)  # (B, d) each
+        if self.global_mixing:
+            window = torch.cat((state["window"], u[:, :, None]), dim=2)  # (B, d, t + 1)
+            taps, weight = window, self.conv.weight[:, 0, -window.shape[2] :]
+        else:
+            window = torch.cat((state["window"][:, :, 1:], u[:, :, None]), dim=2)
+            taps, weight = window[:, :, :: self.dilation], self.conv.weight[:, 0, :]
+        y = (taps * weight).sum(dim=-1) + self.conv.bias  # taps oldest first, like the kernel
+        return self.out_proj(self._gated(y, g)), {
+            "window": window,
+            "position": state["position"] + 1,
+        }
 
     def state_size(self, seq_len: int) -> int:
-        """The window of the last span + 1 conv inputs: the same at every length."""
-        return self.d_model * (self.span + 1)
+        """Short: the window of the last span + 1 conv inputs, the same at every length.
+        Global: every conv input so far, growing with the length like a KV cache."""
+        return self.d_model * (seq_len if self.global_mixing else self.span + 1)
 
     def flops_per_token(self, seq_len: int) -> float:
-        """in_proj, kernel_size taps per channel, out_proj; independent of seq_len."""
+        """in_proj, the convolution, out_proj. Short: kernel_size taps per channel, independent
+        of seq_len. Global: :func:`fft_conv_flops`, O(d log L) per token."""
         d = self.d_model
-        d_in = 2 * d if self.gate else d
-        return 2 * d * d_in + 2 * self.kernel_size * d + 2 * d * d
+        d_in = d if self.gate == "none" else 2 * d
+        conv = fft_conv_flops(d, seq_len) if self.global_mixing else 2 * self.kernel_size * d
+        return 2 * d * d_in + conv + 2 * d * d
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, kernel_size={self.kernel_size}, dilation={self.dilation}, "
-            f"gate={self.gate}"
+            f"gate={self.gate!r}"
         )

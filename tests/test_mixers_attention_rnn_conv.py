@@ -28,7 +28,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("rnn", {"cell": "gru", "n_layers": 2}),
     ("conv", {}),
     ("conv", {"kernel_size": 3, "dilation": 2}),
-    ("conv", {"kernel_size": 4, "gate": False}),
+    ("conv", {"kernel_size": 4, "gate": "none"}),
 ]
 IDS = [
     f"{name}-{'-'.join(f'{k}={v}' for k, v in hp.items()) or 'default'}" for name, hp in VARIANTS
@@ -168,12 +168,12 @@ def receptive_field(mixer: TokenMixer, t: int) -> list[int]:
 )
 def test_conv_receptive_field(causal: bool, kernel_size: int, dilation: int, expected) -> None:
     # Without the gate, whose SiLU branch always reads position t itself.
-    hparams = {"kernel_size": kernel_size, "dilation": dilation, "gate": False}
+    hparams = {"kernel_size": kernel_size, "dilation": dilation, "gate": "none"}
     assert receptive_field(make("conv", hparams, causal=causal), t=8) == expected
 
 
 def test_conv_gate_changes_the_projection() -> None:
-    gated, plain = ConvMixer(D, gate=True), ConvMixer(D, gate=False)
+    gated, plain = ConvMixer(D, gate="silu"), ConvMixer(D, gate="none")
     assert gated.in_proj.out_features == 2 * D and plain.in_proj.out_features == D
     assert gated.flops_per_token(L) - plain.flops_per_token(L) == 2 * D * D
     assert plain.flops_per_token(L) == 2 * D * D + 2 * 4 * D + 2 * D * D
@@ -185,7 +185,7 @@ def test_conv_rejects_bad_kernel() -> None:
 
 
 def test_conv_without_gate_is_linear_in_its_input() -> None:
-    mixer = make("conv", {"gate": False}, causal=True)
+    mixer = make("conv", {"gate": "none"}, causal=True)
     a, b = randn(1, L, D), randn(1, L, D, seed=2)
     zero = mixer(torch.zeros_like(a))
     torch.testing.assert_close(mixer(a + b) - zero, (mixer(a) - zero) + (mixer(b) - zero))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from configs import compose_config, conf_options
+from configs import compose_config, conf_options, run_config
 
+from experiments.mixer_config import mixer_label
 from experiments.schema import ConfigError
 from experiments.train import train
 
@@ -91,11 +92,15 @@ def leet_summary(run_dir: Path) -> dict:
 @pytest.mark.parametrize("mixer", [m for m in conf_options("mixer") if m != "plugin"])
 def test_tiny_training_of_every_mixer(mixer: str, cli_env: dict, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = mixerlab(cli_env, tmp_path, "train", f"mixer={mixer}", *TINY, f"hydra.run.dir={run_dir}")
+    node = run_config(f"mixer={mixer}")["mixer"]
+    depth = f"model.n_layers={len(node.get('pattern', [None]))}"  # a hybrid's pattern, once
+    argv = ["train", f"mixer={mixer}", *TINY, depth, f"hydra.run.dir={run_dir}"]
+    proc = mixerlab(cli_env, tmp_path, *argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "finished" and results["error"] is None
-    assert results["mixer"] == mixer and results["task"] == "text"
+    label = mixer_label(node)  # the option, or a hybrid preset's label
+    assert results["mixer"] == label and results["task"] == "text"
     assert results["params"] > 0 and results["flops_per_token"] > 0 and results["tokens_per_s"] > 0
     assert math.isfinite(results["best"]["val/loss"]) and "val/bpb" in results["metrics"]
     assert Path(results["checkpoints"]["last"]).exists()
@@ -104,8 +109,8 @@ def test_tiny_training_of_every_mixer(mixer: str, cli_env: dict, tmp_path: Path)
 
     summary = leet_summary(run_dir)
     assert summary["run_id"] == results["wandb_run_id"] and summary["state"] == "finished"
-    assert summary["config"]["mixer"]["name"] == mixer
-    assert set(summary["tags"]) >= {mixer, "text"}
+    assert summary["config"]["mixer_label"] == label
+    assert set(summary["tags"]) >= {label, "text"}
     assert summary["summary"]["val/loss"]["min"] == pytest.approx(results["best"]["val/loss"])
     assert summary["summary"]["params"] == results["params"]
     assert summary["summary"]["tokens_per_s"] == pytest.approx(results["tokens_per_s"])

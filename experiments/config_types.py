@@ -1,0 +1,55 @@
+"""How the config checks read a value against a type hint and name what is wrong: shared by the
+schema (:mod:`experiments.schema`) and the mixer node's checks (:mod:`experiments.mixer_config`)."""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Mapping
+from typing import Any, Union, get_args, get_origin
+
+
+def matches(value: Any, tp: Any) -> bool:
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(matches(value, arg) for arg in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = get_args(tp)
+        return isinstance(value, list) and all(matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping)
+    raise TypeError(f"schema type {tp!r} is not supported")  # a bug in this module, not the config
+
+
+def type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(arg) for arg in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def unknown_key(key: str, allowed: list[str], where: str) -> str:
+    """``key`` (dotted) is not among ``allowed`` (the names at its level, in ``where``): the
+    message suggests the closest allowed key, spelled in full, and lists them all."""
+    parent, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+    return f"{key} is not a known key{hint}; {where} accepts: {', '.join(sorted(allowed))}"

@@ -1,0 +1,304 @@
+"""Linear attention: softmax replaced by a feature map, optionally with a decaying state.
+
+Katharopoulos et al. 2020 (arXiv 2006.16236) write attention with a kernel phi:
+
+    o_t = sum_{s<=t} (phi(q_t) . phi(k_s)) v_s / sum_{s<=t} phi(q_t) . phi(k_s)
+
+so a decoder carries S_t = sum_s phi(k_s) v_s^T (Dphi x Dv) and z_t = sum_s phi(k_s) (Dphi) instead
+of a KV cache. Decay multiplies the state before each update, S_t = diag(alpha_t) S_{t-1} +
+phi(k_t) v_t^T, with alpha per head and key dimension:
+
+- ``decay="none"``: alpha = 1 (Katharopoulos).
+- ``decay="fixed"``: one rate per head, gamma_h = 1 - 2^(-5-h) (RetNet, arXiv 2307.08621, sec. 2.2).
+- ``decay="gated"``: alpha_t = sigmoid(W x_t + b)^(1/tau), per head and feature dimension, with
+  W = W_up W_down of rank 16 and tau = 16 (GLA, arXiv 2312.06635). GLA gates its raw key
+  dimension; here the gate acts on the Dphi rows of the state, after the feature map.
+
+Feature maps, on per-head q, k of width ``feature_dim``: ``elu`` (elu(x) + 1, Katharopoulos),
+``relu``, and ``taylor`` (Based, arXiv 2402.18668): with q, k scaled by feature_dim^(-1/4),
+phi(x) = [1, x, vec(x x^T) / sqrt(2)], so phi(q).phi(k) = 1 + s + s^2 / 2 with s = q.k /
+sqrt(feature_dim), Based's scaling. The full outer product is kept (Dphi = 1 + D + D^2, the
+symmetric half would do with D(D+1)/2 + D + 1 but needs an index gather).
+
+``normalize="sum"`` divides by the (decayed) normaliser phi(q_t) . z_t, as Katharopoulos and Based
+do; z rides along as an extra value column of ones, so S and z are one state (Dphi x (Dv + 1)).
+``normalize="rms"`` is RetNet/GLA's choice instead: no denominator, a per-head RMS norm (with a
+gain) of the output, invariant to the numerator's growth with length. Default "sum" for every
+decay; the papers leave open which suits which task.
+
+Training (``chunked_causal``): the sequence is cut into chunks of C positions. Within a chunk the
+(C x C) masked product of scores and decays is computed in parallel (the "attention form");
+across chunks the state entering each chunk is carried by a loop over chunks, never over
+positions. Decays live in log space: with b_t the within-chunk cumulative sum of log alpha, every
+factor used is exp of a non-positive number (b_t - b_s for s <= t, b_t, b_last - b_s), so a strong
+decay underflows to 0 instead of overflowing. Per-key-dimension (gated) decay needs pairwise decays
+(C x C x Dphi); as in GLA's secondary chunking, a chunk longer than 8 runs the same chunked form
+over sub-chunks of 8, which keeps them at (8 x 8 x Dphi) per sub-chunk (GLA uses 16, a GPU tile;
+8 measured faster on CPU in pure PyTorch). Still, taylor + gated is heavy (Dphi = 273 at
+feature_dim 16): neither paper combines the two.
+
+Encoder: with no decay, every real position reads the global sums over real keys. With decay, a
+causal pass and the same pass over the reversed sequence are summed, the diagonal (s = t) counted
+once; a pair (t, s > t) is decayed by alpha_t ... alpha_{s-1}. Padded keys get phi(k) = 0, so they
+add nothing; right padding sits after every real position in the causal pass and before every
+real position (where the state is still zero) in the reversed one, so padded gates decay nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mixers.base import TokenMixer, register_mixer
+
+FEATURE_MAPS = ("elu", "relu", "taylor")
+DECAYS = ("none", "fixed", "gated")
+NORMALIZERS = ("sum", "rms")
+GATE_RANK = 16  # GLA's low rank of the gate projection
+GATE_TEMPERATURE = 16.0  # GLA's tau: alpha = sigmoid(.)^(1/tau) starts close to 1
+SUB_CHUNK = 8  # longest run of pairwise (per-dimension) decays, as in GLA's secondary chunks
+EPS = 1e-6  # added to the normaliser: relu features can make it exactly 0
+
+
+def feature_size(feature_map: str, feature_dim: int) -> int:
+    """Dphi, the width of phi(q) for a per-head q of width ``feature_dim``."""
+    return 1 + feature_dim + feature_dim**2 if feature_map == "taylor" else feature_dim
+
+
+def decayed_scores(q: Tensor, k: Tensor, b: Tensor, causal: Tensor) -> Tensor:
+    """Within-chunk scores sum_d q_t[d] k_s[d] exp(b_t[d] - b_s[d]) for s <= t, 0 above.
+
+    q, k: (..., C, Dphi); b: (..., C, 1) for one decay per head or (..., C, Dphi) per dimension;
+    causal: (C, C) bool lower triangle. The mask is applied before exp, so the positive gaps
+    above the diagonal never reach exp.
+    """
+    if b.shape[-1] == 1:
+        gap = b - b.mT  # (..., C, C): b_t - b_s
+        return (q @ k.mT) * gap.masked_fill(~causal, -math.inf).exp()
+    gap = b[..., :, None, :] - b[..., None, :, :]  # (..., C, C, Dphi)
+    decay = gap.masked_fill(~causal[..., None], -math.inf).exp()
+    return (q[..., :, None, :] * decay * k[..., None, :, :]).sum(dim=-1)
+
+
+def chunked_causal(
+    q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None, chunk_size: int
+) -> Tensor:
+    """o_t = sum_{s<=t} (q_t * prod_{r=s+1..t} alpha_r) . k_s v_s, chunk by chunk.
+
+    q, k: (..., L, Dphi) features; v: (..., L, Dv); log_alpha: None (no decay) or
+    (..., L, 1 | Dphi). Returns (..., L, Dv). L is zero-padded up to a multiple of the chunk:
+    the padding comes after every real position, so it changes nothing. With per-dimension
+    decay, a chunk longer than SUB_CHUNK runs this same function over its sub-chunks (GLA's
+    secondary chunking), so the pairwise decays never exceed (SUB_CHUNK x SUB_CHUNK x Dphi).
+    """
+    length = q.shape[-2]
+    size = min(chunk_size, length)
+    n_chunks = -(-length // size)
+    pad = n_chunks * size - length
+
+    def chunked(t: Tensor) -> Tensor:  # (..., L, X) -> (..., N, C, X)
+        return F.pad(t, (0, 0, 0, pad)).unflatten(-2, (n_chunks, size))
+
+    q, k, v = chunked(q), chunked(k), chunked(v)
+    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
+    if log_alpha is None:
+        scores = (q @ k.mT).masked_fill(~causal, 0.0)  # (..., N, C, C)
+        kv = k.mT @ v  # (..., N, Dphi, Dv): what each chunk adds to the state
+        entering = kv.cumsum(dim=-3) - kv  # the state before each chunk: the earlier chunks' sum
+        return (scores @ v + q @ entering).flatten(-3, -2)[..., :length, :]
+    b = chunked(log_alpha).cumsum(dim=-2)  # (..., N, C, G): log decay from chunk start to t
+    b_last = b[..., -1:, :]  # (..., N, 1, G): log decay across the whole chunk
+    if b.shape[-1] == 1 or size <= SUB_CHUNK:
+        within = decayed_scores(q, k, b, causal) @ v  # (..., N, C, Dv)
+    else:
+        within = chunked_causal(q, k, v, chunked(log_alpha), SUB_CHUNK)
+    kv = (k * (b_last - b).exp()).mT @ v  # keys decayed to the chunk's end: (..., N, Dphi, Dv)
+    across = b_last.exp().mT  # (..., N, G, 1): decays the state row by row over one chunk
+    states = [torch.zeros_like(kv[..., 0, :, :])]
+    # Over chunks, not positions: (..., Dphi, Dv) per step. unbind, not kv[..., n, :, :]: the
+    # backward of indexing would write a full-size zero gradient at every step.
+    for decay_n, kv_n in zip(across.unbind(-3)[:-1], kv.unbind(-3)[:-1], strict=True):
+        states.append(decay_n * states[-1] + kv_n)
+    entering = torch.stack(states, dim=-3)  # (..., N, Dphi, Dv)
+    out = within + (q * b.exp()) @ entering  # (..., N, C, Dv)
+    return out.flatten(-3, -2)[..., :length, :]
+
+
+@register_mixer("linear_attention")
+class LinearAttention(TokenMixer):
+    """Linear attention with a feature map and optional decay (Katharopoulos, RetNet, GLA, Based).
+
+    One fused Linear makes q and k (n_heads x feature_dim each) and v (d_model, split over heads);
+    the feature map turns q, k into phi(q), phi(k); the state sums phi(k) v^T (decayed if asked);
+    an output Linear merges the heads. Initialisation: PyTorch's Linear defaults, also for the
+    gate (its bias near 0 gives alpha = sigmoid(0)^(1/16) ~ 0.96 per step, GLA's slow start).
+    Biases and the norm gain are exempt from weight decay by the optimiser's rule for vectors, so
+    ``no_weight_decay`` stays empty; the fixed decay rates are a buffer, not trained.
+    """
+
+    supports_step = True
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        causal: bool = True,
+        max_len: int | None = None,
+        n_heads: int = 4,
+        feature_map: str = "elu",
+        feature_dim: int = 16,
+        decay: str = "none",
+        normalize: str = "sum",
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__(d_model, causal=causal, max_len=max_len)
+        for option, value, choices in (
+            ("feature_map", feature_map, FEATURE_MAPS),
+            ("decay", decay, DECAYS),
+            ("normalize", normalize, NORMALIZERS),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {option} {value!r}; choose one of: {', '.join(choices)}")
+        if n_heads <= 0 or d_model % n_heads:
+            raise ValueError(
+                f"d_model {d_model} must be divisible by n_heads {n_heads}; "
+                "pick n_heads from the divisors of d_model"
+            )
+        if feature_dim < 1 or chunk_size < 1:
+            raise ValueError(
+                f"feature_dim and chunk_size must be at least 1, got {feature_dim} and {chunk_size}"
+            )
+        self.n_heads = n_heads
+        self.feature_map = feature_map
+        self.feature_dim = feature_dim
+        self.decay = decay
+        self.normalize = normalize
+        self.chunk_size = chunk_size
+        self.head_dim = d_model // n_heads  # Dv
+        self.phi_dim = feature_size(feature_map, feature_dim)  # Dphi
+        # Dv plus the column of ones that carries the normaliser z when dividing by it.
+        self.value_dim = self.head_dim + (normalize == "sum")
+        self.qkv = nn.Linear(d_model, 2 * n_heads * feature_dim + d_model)
+        self.out = nn.Linear(d_model, d_model)
+        if decay == "fixed":
+            rates = 1 - 2.0 ** (-5.0 - torch.arange(n_heads, dtype=torch.float64))
+            self.register_buffer("log_gamma", rates.log().float(), persistent=False)
+        if decay == "gated":
+            self.gate_down = nn.Linear(d_model, GATE_RANK, bias=False)
+            self.gate_up = nn.Linear(GATE_RANK, n_heads * self.phi_dim)
+        if normalize == "rms":
+            self.norm_weight = nn.Parameter(torch.ones(n_heads, 1, self.head_dim))
+
+    def _features(self, x: Tensor) -> Tensor:
+        """phi over the last dimension: (..., feature_dim) -> (..., Dphi)."""
+        if self.feature_map == "elu":
+            return F.elu(x) + 1
+        if self.feature_map == "relu":
+            return F.relu(x)
+        x = x * self.feature_dim**-0.25  # so that phi(q).phi(k) = 1 + s + s^2/2, s = q.k/sqrt(D)
+        square = (x[..., :, None] * x[..., None, :]).flatten(-2) / math.sqrt(2)
+        return torch.cat((torch.ones_like(x[..., :1]), x, square), dim=-1)
+
+    def _project(
+        self, x: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (B, L, d) -> phi(q), phi(k) (B, H, L, Dphi), v (B, H, L, Dv'), log alpha.
+
+        phi(k) is zeroed at padded positions; v gets the column of ones when normalize="sum";
+        log alpha is None (no decay), (B, H, L, 1) or (B, H, L, Dphi).
+        """
+        batch, length, _ = x.shape
+        heads, width = self.n_heads, self.n_heads * self.feature_dim
+        q, k, v = self.qkv(x).split((width, width, self.d_model), dim=-1)
+        q, k = (self._features(t.view(batch, length, heads, -1).transpose(1, 2)) for t in (q, k))
+        v = v.view(batch, length, heads, self.head_dim).transpose(1, 2)
+        if self.normalize == "sum":
+            v = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)
+        if mask is not None:
+            k = k * mask[:, None, :, None]
+        log_alpha = None
+        if self.decay == "fixed":
+            log_alpha = self.log_gamma.view(1, heads, 1, 1).expand(batch, -1, length, -1)
+        elif self.decay == "gated":
+            logits = self.gate_up(self.gate_down(x)).view(batch, length, heads, self.phi_dim)
+            log_alpha = F.logsigmoid(logits).transpose(1, 2) / GATE_TEMPERATURE
+        return q, k, v, log_alpha
+
+    def _output(self, o: Tensor) -> Tensor:
+        """Normalise o (B, H, L, Dv'), merge heads -> (B, L, d) and project."""
+        if self.normalize == "sum":
+            o = o[..., :-1] / (o[..., -1:] + EPS)
+        else:
+            o = F.rms_norm(o, (self.head_dim,)) * self.norm_weight
+        batch, _, length, _ = o.shape
+        return self.out(o.transpose(1, 2).reshape(batch, length, self.d_model))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        self.check_input(x, mask)
+        q, k, v, log_alpha = self._project(x, mask)
+        if self.causal:
+            return self._output(chunked_causal(q, k, v, log_alpha, self.chunk_size))
+        if log_alpha is None:  # every real key, undecayed: one global state
+            return self._output(q @ (k.mT @ v))  # (B, H, L, Dphi) @ (B, H, Dphi, Dv')
+        forward = chunked_causal(q, k, v, log_alpha, self.chunk_size)
+        flipped = (t.flip(2) for t in (q, k, v, log_alpha))
+        backward = chunked_causal(*flipped, self.chunk_size).flip(2)
+        diagonal = (q * k).sum(dim=-1, keepdim=True) * v  # s = t, in both passes
+        return self._output(forward + backward - diagonal)
+
+    def init_state(self, batch_size: int) -> dict[str, Any]:
+        """S (B, H, Dphi, Dv'), zeros; with normalize="sum" its last column is z."""
+        weight = self.qkv.weight
+        shape = (batch_size, self.n_heads, self.phi_dim, self.value_dim)
+        return {"S": weight.new_zeros(shape), "position": 0}
+
+    def step(self, x_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """S = diag(alpha_t) S + phi(k_t) v_t^T, o_t = phi(q_t) S: the same cost at any position."""
+        self.check_step(state["position"])
+        q, k, v, log_alpha = self._project(x_t[:, None, :], None)  # (B, H, 1, .)
+        decayed = state["S"] if log_alpha is None else log_alpha.exp().mT * state["S"]
+        S = decayed + k.mT @ v  # (B, H, Dphi, Dv')
+        return self._output(q @ S)[:, 0], {"S": S, "position": state["position"] + 1}
+
+    def state_size(self, seq_len: int) -> int:
+        """S (and z): n_heads x Dphi x Dv' floats, whatever the length."""
+        return self.n_heads * self.phi_dim * self.value_dim
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Projections, feature maps and the chunk form, per token (multiply-add = 2).
+
+        Projections: 2 d (2 H D + d) for q, k, v, 2 d^2 out, and 2 d r + 2 r H Dphi for a gate of
+        rank r. Feature maps: H Dphi per q and per k. Per head, with C = min(chunk_size, seq_len)
+        and Dv' = Dv (+ 1 for the normaliser), the causal chunk form computes C scores of width
+        Dphi and C weighted values of width Dv' (2 C (Dphi + Dv')), reads the state entering its
+        chunk (2 Dphi Dv') and adds to the chunk's state (2 Dphi Dv'). Per-dimension decay runs
+        that form over sub-chunks of c = min(8, C), weighing each of the c x Dphi products once
+        more (2 c Dphi), plus the chunks' states above them when C > c (4 Dphi Dv'). An encoder
+        with decay runs two causal passes; without decay it builds and reads one global state
+        (4 Dphi Dv').
+        Elementwise terms of order Dv (normalising, exp of decays) are left out.
+        """
+        d, heads, phi, dv = self.d_model, self.n_heads, self.phi_dim, self.value_dim
+        flops = 2 * d * (2 * heads * self.feature_dim + d) + 2 * d * d + 2 * heads * phi
+        if self.decay == "gated":
+            flops += 2 * d * GATE_RANK + 2 * GATE_RANK * heads * phi
+        chunk = min(self.chunk_size, seq_len)
+        if self.decay == "gated":  # the chunk form over sub-chunks, plus the chunks' states
+            sub = min(SUB_CHUNK, chunk)
+            per_head = 2 * sub * (2 * phi + dv) + 4 * phi * dv * (1 + (chunk > sub))
+        else:
+            per_head = 2 * chunk * (phi + dv) + 4 * phi * dv
+        if not self.causal:
+            per_head = 2 * per_head if self.decay != "none" else 4 * phi * dv
+        return float(flops + heads * per_head)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, n_heads={self.n_heads}, feature_map={self.feature_map}, "
+            f"feature_dim={self.feature_dim}, decay={self.decay}, normalize={self.normalize}, "
+            f"chunk_size={self.chunk_size}"
+        )
