@@ -1,7 +1,9 @@
 """What a run leaves behind for ``mixerlab compare``: ``metrics.csv`` (curves) and ``results.json``.
 
 Both are rewritten atomically (tmp file + ``os.replace``), so a reader never sees half a file,
-even while the run is still writing or after it was killed.
+even while the run is still writing or after it was killed. ``results.json`` also records the
+task's chance levels under the validation metrics' names (:func:`chance_levels`), so the
+comparison can draw them without importing the task.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
@@ -22,6 +26,8 @@ from torch import Tensor
 
 from lightning_modules.io import write_atomic
 from lightning_modules.metric_names import mode_of
+
+log = logging.getLogger(__name__)
 
 HISTORY_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"
@@ -158,6 +164,43 @@ class HistoryLogger(CSVLogger):
         return best
 
 
+def chance_levels(trainer: pl.Trainer | None) -> dict[str, dict[str, Any]]:
+    """The task's baselines (``TaskDataModule.baselines``) as ``{metric: {"value", "label",
+    "how"}}`` for every validation metric the module logs: per set (``val/acc@<set>``) where it
+    logs several sets, the pooled ``val/loss``/``val/acc`` where every set has the same
+    baseline (pooling different ones would depend on how many positions each set scores),
+    and ``val/ppl``/``val/bpb``, which follow from the loss. Empty before ``fit`` started and
+    for a task that declares no baselines."""
+    task = trainer.datamodule if trainer is not None else None
+    module = trainer.lightning_module if trainer is not None else None
+    if task is None or module is None:
+        return {}
+    try:
+        baselines = task.baselines()
+    except Exception as err:  # a plugin task's bug must not cost the run its results.json
+        name = type(task).__name__
+        log.warning(
+            "mixerlab: no chance levels in results.json: %s.baselines() failed: %r", name, err
+        )
+        return {}
+    per_set = {f"@{name}": b for name, b in baselines.items()}
+    if len(set(baselines.values())) == 1 and set(baselines) == set(task.val_set_names):
+        per_set[""] = next(iter(baselines.values()))
+    levels = {}
+    for suffix, baseline in per_set.items():
+        values = {"loss": baseline.loss, "acc": baseline.acc, "ppl": math.exp(baseline.loss)}
+        if task.bytes_per_token:
+            values["bpb"] = baseline.loss / math.log(2) / task.bytes_per_token
+        for kind, value in values.items():
+            levels[f"val/{kind}{suffix}"] = {
+                "value": value,
+                "label": baseline.label,
+                "how": baseline.how,
+            }
+    logged = set(module.val_metric_names())
+    return {name: level for name, level in levels.items() if name in logged}
+
+
 @dataclass
 class RunResults:
     """The fields of ``results.json``, the contract ``mixerlab compare`` reads."""
@@ -177,6 +220,8 @@ class RunResults:
     config: dict[str, Any]
     error: str | None
     history: str = HISTORY_FILE
+    # what learning nothing scores, by metric: {"value", "label", "how"} (see chance_levels)
+    chance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def write(self, run_dir: str | Path) -> Path:
         """Write ``<run_dir>/results.json`` atomically; returns its path."""

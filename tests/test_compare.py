@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare import main
+from experiments.compare import main, outputs
 from experiments.compare.aggregate import build_comparison
 from experiments.compare.plots import base
 from experiments.compare.runs import load_runs
@@ -33,9 +33,9 @@ def wide_terminal(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def without_plots(monkeypatch):
-    """These tests read tables, never PNGs: drawing none saves about a second per compare.
-    test_compare_plots.py checks the plots."""
+    """These tests read tables, never PNGs (test_compare_plots.py checks those): seconds saved."""
     monkeypatch.setattr(base, "_REGISTRY", {})
+    monkeypatch.setattr(outputs, "metric_figures", lambda comparison: {})
 
 
 def write_run(
@@ -314,7 +314,9 @@ def test_the_comparison_cannot_be_changed_once_built(tmp_path):
     with pytest.raises(TypeError):
         comparison.groups[0] = group
     with pytest.raises(TypeError):
-        comparison.curves["attention"] = comparison.curves["rnn"]
+        comparison.curves["val/loss"]["attention"] = comparison.curves["val/loss"]["rnn"]
+    with pytest.raises(TypeError):
+        group.chance["val/acc"] = None
     with pytest.raises(TypeError):
         group.lr_grid[0.1] = group.metric
     with pytest.raises(AttributeError):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from test_compare import STEPS, read_csv, two_by_two, write_run
 
-from experiments.compare import main
+from experiments.compare import main, outputs
 from experiments.compare.aggregate import build_comparison
-from experiments.compare.curves import Curve, read_curve, seed_band
+from experiments.compare.curves import Curve, read_history, seed_band
 from experiments.compare.plots import _curves, base, register_plot, registered_plots
 from experiments.compare.runs import Run, load_runs
 
@@ -27,6 +27,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def wide_terminal(monkeypatch):
     """rich wraps to 80 columns when not on a terminal; the checks read whole cells."""
     monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def no_drawing(monkeypatch):
+    """For the tests that read what compare says about curves, not the pictures."""
+    monkeypatch.setattr(base, "_REGISTRY", {})
+    monkeypatch.setattr(outputs, "metric_figures", lambda comparison: {})
 
 
 def test_every_registered_plot_and_file_is_written(tmp_path):
@@ -44,7 +51,13 @@ def test_every_registered_plot_and_file_is_written(tmp_path):
         assert (out / plot.file).read_bytes()[:8] == PNG_MAGIC
         assert f"![{plot.description}]({plot.file})" in markdown
         assert f"<figcaption>{plot.description}</figcaption>" in report
-    assert report.count("data:image/png;base64,") == len(plots)
+    assert report.count("<figcaption>") == len(plots)
+    metrics = ("train/loss", "val/acc", "val/loss")  # every logged metric, in the menu
+    assert report.count("data:image/png;base64,") == len(plots) + len(metrics)
+    for metric in metrics:
+        assert (
+            f"<option value='{metric}'" in report and f"<figure data-metric='{metric}'>" in report
+        )
     assert "<td>attention</td>" in report
     # every run behind the table, its folder linked from the report
     kept = [run for run in (root).iterdir() if (run / "results.json").exists()]
@@ -61,6 +74,7 @@ def test_a_plot_with_nothing_to_draw_is_left_out(tmp_path, monkeypatch):
     def nothing(comparison):
         return None
 
+    monkeypatch.setattr(outputs, "metric_figures", lambda comparison: {})
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     register_plot("nothing.png", "a plot without data")(nothing)
     two_by_two(tmp_path / "runs")
@@ -69,7 +83,7 @@ def test_a_plot_with_nothing_to_draw_is_left_out(tmp_path, monkeypatch):
     assert not (out / "nothing.png").exists()
     assert "a plot without data" not in (out / "comparison.md").read_text()
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == len(registered_plots()) - 1
+    assert report.count("<figcaption>") == len(registered_plots()) - 1
 
 
 def test_plot_file_names_are_checked(monkeypatch):
@@ -109,13 +123,14 @@ def seed_count(comparison: Comparison) -> bytes:
     assert "![seeds per group](seed_count.png)" in (out / "comparison.md").read_text()
     report = (out / "report.html").read_text()
     assert "<figcaption>seeds per group</figcaption>" in report
-    assert report.count("data:image/png;base64,") == len(registered_plots()) + 1
+    assert report.count("<figcaption>") == len(registered_plots()) + 1
     assert not (Path(base.__file__).parent / "seed_count.py").exists()  # the real tree is untouched
 
 
-def test_curves_come_from_the_runs_metrics_csv(tmp_path, capsys):
+def test_curves_come_from_the_runs_metrics_csv(tmp_path, capsys, no_drawing):
     run = write_run(tmp_path, "a0", mixer="attention", seed=3, loss=1.0)
-    curve = read_curve(Run(run, json.loads((run / "results.json").read_text())), "val/loss")
+    history = read_history(Run(run, json.loads((run / "results.json").read_text())))
+    curve = history["val/loss"]
     assert curve.step.tolist() == list(STEPS)  # train-only rows skipped
     assert curve.value.tolist() == pytest.approx([1.2, 1.1, 1.0])
     first_train_log = (STEPS[0] - 5) * 0.5  # the clock starts at the first training step
@@ -143,7 +158,7 @@ def test_wall_clock_starts_at_the_first_training_step_not_at_process_start(tmp_p
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.csv").write_text(history.format("\n".join(lines)))
         run = Run(tmp_path / name, {"history": "metrics.csv"})
-        curves[name] = read_curve(run, "val/loss").wall_s.tolist()
+        curves[name] = read_history(run)["val/loss"].wall_s.tolist()
     assert curves["first_job"] == curves["later_job"] == [1.5, 4.0]
     assert curves["no_train_log"] == [6.5]  # nothing to start from: the times as logged
 
@@ -204,7 +219,9 @@ def test_seed_band_interpolates_onto_the_shared_steps():
     assert seed_band([a, late], "minmax") is None
 
 
-def test_groups_without_shared_steps_are_named_and_left_off_the_curves(tmp_path, capsys):
+def test_groups_without_shared_steps_are_named_and_left_off_the_curves(
+    tmp_path, capsys, no_drawing
+):
     two_by_two(tmp_path / "runs")
     (tmp_path / "runs" / "r1" / "metrics.csv").write_text("step,wall_s,val/loss\n100,1,2\n")
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
@@ -235,6 +252,7 @@ def test_real_sweep_then_compare(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().out  # every run has its curve
     results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
     assert len(results) == 4 and {r["status"] for r in results} == {"finished"}
+    assert {r["chance"]["val/bpb"]["label"] for r in results} == {"unigram"}  # the text task's
     rows = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}
     assert set(rows) == {"attention", "conv"}
     for mixer, row in rows.items():
@@ -243,5 +261,6 @@ def test_real_sweep_then_compare(tmp_path, capsys):
         losses = [r["best"]["val/loss"] for r in runs]
         assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses))
         assert float(row["params"]) == runs[0]["params"]
-    images = (out / "report.html").read_text().count("data:image/png;base64,")
-    assert images == len(registered_plots())
+    report = (out / "report.html").read_text()
+    assert report.count("<figcaption>") == len(registered_plots())
+    assert "val/loss: unigram" in report  # the chance level, named

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.compare.chance import Chance, common_chance, group_chance
 from experiments.compare.curves import Band, group_bands
 from experiments.compare.runs import (
     RESULT_KEYS,
@@ -44,7 +45,8 @@ class Stats:
 
 @dataclass(frozen=True)
 class Group:
-    """Finished runs sharing the --by values; ``runs`` are those at the kept learning rate."""
+    """Finished runs sharing the --by values; ``runs`` are those at the kept learning rate,
+    ``chance`` the chance levels they all record (by metric)."""
 
     label: tuple[str, ...]
     runs: tuple[Run, ...]
@@ -56,6 +58,7 @@ class Group:
     tokens_per_s: Stats | None
     wall_s: Stats | None
     also: Mapping[str, Stats | None]
+    chance: Mapping[str, Chance]
 
     @property
     def lr_picked(self) -> bool:
@@ -117,7 +120,8 @@ def _scope(runs: Sequence[Run], groups: Sequence[Group], by: Sequence[str]) -> S
 @dataclass(frozen=True)
 class Comparison:
     """Everything the renderers and plots read: groups best first, runs that did not finish,
-    warnings, and each group's curve (``curves``, by group name) with its ``band`` kind."""
+    warnings, and the curves of every metric the kept runs logged (``curves[metric][group
+    name]``, ``metrics`` in logging order) with their ``band`` kind."""
 
     by: tuple[str, ...]
     metric: str
@@ -128,8 +132,16 @@ class Comparison:
     unfinished: tuple[Run, ...]
     also: tuple[str, ...]
     warnings: tuple[str, ...]
-    curves: Mapping[str, Band]
+    curves: Mapping[str, Mapping[str, Band]]
     scope: Scope
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric some kept run logged a curve of, in logging order; a value logged once
+        (a run's parameter count at step 0) is no curve."""
+        return tuple(
+            m for m, bands in self.curves.items() if any(len(b.step) > 1 for b in bands.values())
+        )
 
     @property
     def one_seed_each(self) -> bool:
@@ -139,6 +151,16 @@ class Comparison:
     def group_name(self, group: Group) -> str:
         """Legend label: the value alone for one key, ``key=value`` pairs for several."""
         return _group_name(self.by, group.label)
+
+    def chance(self, metric: str) -> Chance | None:
+        """The chance level of ``metric`` when every group has the same one."""
+        return common_chance([group.chance for group in self.groups], metric)
+
+    def chance_levels(self, metric: str) -> list[Chance]:
+        """The distinct chance levels of ``metric`` over the groups (several when the groups
+        differ in task or vocabulary), for the plots' dashed lines."""
+        levels = [group.chance[metric] for group in self.groups if metric in group.chance]
+        return list({(c.value, c.label): c for c in levels}.values())
 
 
 def _group_name(by: Sequence[str], label: tuple[str, ...]) -> str:
@@ -270,6 +292,7 @@ def _group(
         lr_grid=MappingProxyType(grid),
         **{name: _field_stats(kept, name) for name in NUMBERS},
         also=MappingProxyType({name: _final_stats(kept, name) for name in also}),
+        chance=MappingProxyType(group_chance(kept)),
     )
 
 
@@ -283,7 +306,8 @@ def build_comparison(
     band: str = "minmax",
 ) -> Comparison:
     """Group finished runs by ``by``, keep the best lr per group, aggregate over seeds, and read
-    each kept run's curve for the seed bands (``band``: ``minmax`` or ``std``).
+    the kept runs' histories for the seed bands of every logged metric (``band``: ``minmax``
+    or ``std``).
 
     ``mode``: ``min`` or ``max``; None reads it from the metric's name. ``also``: further metrics
     (globs allowed) to aggregate over the kept runs, at their final values.
@@ -325,6 +349,6 @@ def build_comparison(
         unfinished=tuple(run for run in runs if run.status != "finished"),
         also=tuple(also),
         warnings=(*warnings, *curve_warnings),
-        curves=MappingProxyType(curves),
+        curves=MappingProxyType({m: MappingProxyType(b) for m, b in curves.items()}),
         scope=_scope(runs, groups, by),
     )

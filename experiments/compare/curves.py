@@ -1,5 +1,5 @@
-"""Curves: each run's validation metric over training (its ``metrics.csv``), and per group the
-seeds' mean with a band around it."""
+"""Curves: each run's logged metrics over training (its ``metrics.csv``: training and validation
+metrics, every validation set), and per group and metric the seeds' mean with a band around it."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from experiments.compare.runs import Run
 
 BANDS = ("minmax", "std")
 TRAIN_LOG = "train/loss"  # the metric every training step logs; its first row starts the clock
+NOT_METRICS = frozenset({"step", "wall_s", "epoch"})  # metrics.csv's columns that are axes
 
 
 @dataclass(frozen=True)
 class Curve:
-    """A run's validation metric over training (from its metrics.csv), sorted by step."""
+    """One metric of a run over training (from its metrics.csv), sorted by step."""
 
     step: np.ndarray
     wall_s: np.ndarray
@@ -45,8 +46,9 @@ def _float(text: str | None) -> float | None:
         return None
 
 
-def read_curve(run: Run, metric: str) -> Curve:
-    """The rows of the run's metrics.csv that logged ``metric``, sorted by step.
+def read_history(run: Run) -> dict[str, Curve]:
+    """Every metric column of the run's metrics.csv as a curve sorted by step (a column that
+    logged no value has an empty one).
 
     Wall-clock time counts from the first training log (the first row with ``train/loss``), so
     the process's one-time setup (imports, data build), which a sequential sweep pays in its
@@ -59,22 +61,41 @@ def read_curve(run: Run, metric: str) -> Curve:
     if not path.is_file():
         raise ValueError(f"history {history} not found")
     with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if metric not in (reader.fieldnames or []):
-            raise ValueError(f"{history} has no column {metric}")
-        rows = []
-        start = None
-        for row in reader:
-            step, wall, value = (_float(row.get(k)) for k in ("step", "wall_s", metric))
-            if start is None and _float(row.get(TRAIN_LOG)) is not None:
-                start = wall
-            if step is not None and value is not None:
-                rows.append((step, math.nan if wall is None else wall, value))
-    if not rows:
-        raise ValueError(f"{history} logged no {metric} value")
-    rows.sort(key=lambda r: r[0])
-    step, wall, value = (np.array(column, dtype=float) for column in zip(*rows, strict=True))
-    return Curve(step, wall - (start or 0.0), value)
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        rows = [[_float(cell) for cell in row] for row in reader]
+    index = {name: i for i, name in enumerate(header)}
+    step_at, wall_at, train_at = (index.get(k) for k in ("step", "wall_s", TRAIN_LOG))
+
+    def column(i: int | None) -> list[float | None]:
+        return [row[i] if i is not None and i < len(row) else None for row in rows]
+
+    steps, walls = column(step_at), column(wall_at)
+    start = next((w for w, t in zip(walls, column(train_at), strict=True) if t is not None), None)
+    curves = {}
+    for name, i in index.items():
+        if name in NOT_METRICS:
+            continue
+        points = sorted(
+            (
+                (step, math.nan if wall is None else wall - (start or 0.0), value)
+                for step, wall, value in zip(steps, walls, column(i), strict=True)
+                if step is not None and value is not None
+            ),
+            key=lambda point: point[0],
+        )
+        step, wall, value = np.array(points, dtype=float).reshape(-1, 3).T  # (3, rows)
+        curves[name] = Curve(step, wall, value)
+    return curves
+
+
+def _lacking(run: Run, history: Mapping[str, Curve], metric: str) -> str | None:
+    """Why the history has no ``metric`` curve, None when it has one."""
+    if metric not in history:
+        return f"{run.results['history']} has no column {metric}"
+    if not len(history[metric].step):
+        return f"{run.results['history']} logged no {metric} value"
+    return None
 
 
 def seed_band(curves: Sequence[Curve], band: str) -> Band | None:
@@ -99,31 +120,39 @@ def seed_band(curves: Sequence[Curve], band: str) -> Band | None:
 
 
 def group_bands(
-    runs_by_group: Mapping[str, Sequence[Run]], metric: str, band: str
-) -> tuple[dict[str, Band], list[str]]:
-    """Each group's band (by group name) from its runs' histories, and warnings naming the runs
-    without a usable history and the groups left without a curve."""
+    runs_by_group: Mapping[str, Sequence[Run]], selected: str, band: str
+) -> tuple[dict[str, dict[str, Band]], list[str]]:
+    """Every logged metric's band per group (``bands[metric][group name]``), each run's
+    history read once, and warnings naming the runs without a usable ``selected`` curve and the
+    groups left without one. Other metrics are logged by some runs only (an MoE's aux loss), so
+    a group without them is no news."""
     if band not in BANDS:
         raise ValueError(f"unknown band {band!r}: pick one of {', '.join(BANDS)}")
     problems = []
-    curves: dict[str, list[Curve]] = {}
+    histories: dict[str, list[dict[str, Curve]]] = {}
     for name, runs in runs_by_group.items():
         for run in runs:
             try:
-                curves.setdefault(name, []).append(read_curve(run, metric))
+                history = read_history(run)
             except (OSError, ValueError) as err:
                 problems.append(f"{run.name} ({err})")
-    bands = {}
-    for name in runs_by_group:
-        result = seed_band(curves[name], band) if curves.get(name) else None
-        if result is not None:
-            bands[name] = result
+                continue
+            if reason := _lacking(run, history, selected):
+                problems.append(f"{run.name} ({reason})")
+            histories.setdefault(name, []).append(history)
+    metrics = list(dict.fromkeys(m for hs in histories.values() for h in hs for m in h))
+    bands: dict[str, dict[str, Band]] = {}
+    for metric in metrics:
+        for name, group_histories in histories.items():
+            curves = [h[metric] for h in group_histories if metric in h and len(h[metric].step)]
+            if curves and (result := seed_band(curves, band)) is not None:
+                bands.setdefault(metric, {})[name] = result
     warnings = []
     if problems:
         warnings.append(
-            f"no {metric} curve for {len(problems)} run(s), left out of the curve plots: "
+            f"no {selected} curve for {len(problems)} run(s), left out of the curve plots: "
             f"{'; '.join(problems)}"
         )
-    if skipped := [name for name in runs_by_group if name not in bands]:
+    if skipped := [name for name in runs_by_group if name not in bands.get(selected, {})]:
         warnings.append(f"no curve drawn for: {', '.join(skipped)}")
     return bands, warnings

@@ -1,20 +1,22 @@
 """The comparison's files: ``comparison.csv`` (raw numbers), ``comparison.md``, every registered
-plot's PNG and a self-contained ``report.html``."""
+plot's PNG and a self-contained ``report.html`` (``report``)."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.compare.aggregate import Comparison
+from experiments.compare.chance import at_chance
 from experiments.compare.plots import Plot, render_plots
+from experiments.compare.plots._curves import metric_figures
+from experiments.compare.report import render_html
 from experiments.compare.runs import value_label
 from experiments.compare.tables import (
     caption,
+    chance_notes,
     lr_notes,
     run_rows,
     scope_lines,
@@ -48,6 +50,8 @@ def render_csv(comparison: Comparison) -> str:
         f"{metric}_std",
         f"{metric}_min",
         f"{metric}_max",
+        f"{metric}_chance",
+        f"{metric}_at_chance",
         *(f"{name}_final_{stat}" for name in comparison.also for stat in STATS),
         "params",
         "flops_per_token",
@@ -64,6 +68,7 @@ def render_csv(comparison: Comparison) -> str:
         lr_grid = ";".join(
             f"{value_label(lr)}:{_number(s.mean)}:n={s.n}" for lr, s in g.lr_grid.items()
         )
+        chance = g.chance.get(metric)
         writer.writerow(
             [
                 *g.label,
@@ -76,6 +81,8 @@ def render_csv(comparison: Comparison) -> str:
                 _number(g.metric.std),
                 _number(g.metric.min),
                 _number(g.metric.max),
+                _number(chance.value if chance else None),
+                "" if chance is None else str(at_chance(g.metric, chance, comparison.mode)).lower(),
                 *(
                     _number(getattr(g.also[name], stat) if g.also[name] else None)
                     for name in comparison.also
@@ -111,6 +118,8 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
         "",
         caption(comparison),
     ]
+    if notes := chance_notes(comparison):
+        parts += ["", "## Chance levels", "", *(f"- {note}" for note in notes)]
     if notes := lr_notes(comparison):
         parts += ["", "## Learning-rate selection", "", *(f"- {note}" for note in notes)]
     if comparison.unfinished:
@@ -123,70 +132,6 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]], folders: str | None = None) -> str:
-    """An HTML table; the cells of the column named ``folders`` link to those folders."""
-
-    def cell(column: str, value: str) -> str:
-        text = html.escape(value)
-        if column == folders:
-            text = f"<a href='{html.escape(Path(value).as_uri())}'>{text}</a>"
-        return f"<td>{text}</td>"
-
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(cell(c, v) for c, v in zip(header, row, strict=True)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def render_html(comparison: Comparison, plots: Mapping[Plot, bytes]) -> str:
-    """report.html, self-contained: tables, notes, full error texts and base64-embedded plots."""
-    esc = html.escape
-    parts = [
-        f"<h1>{esc(title(comparison))}</h1>",
-        "<ul class='scope'>"
-        + "".join(f"<li>{esc(line)}</li>" for line in scope_lines(comparison))
-        + "</ul>",
-        _html_table(*table_rows(comparison)),
-        f"<p class='caption'>{esc(caption(comparison))}</p>",
-    ]
-    if notes := lr_notes(comparison):
-        items = "".join(f"<li>{esc(n)}</li>" for n in notes)
-        parts.append(f"<h2>Learning-rate selection</h2><ul>{items}</ul>")
-    if comparison.unfinished:
-        parts.append("<h2>Failed and unfinished runs (not in the table)</h2>")
-        parts.append(_html_table(*unfinished_rows(comparison)))
-        for run in comparison.unfinished:
-            if run.results.get("error"):
-                parts.append(
-                    f"<details><summary>{esc(run.name)}: full error</summary>"
-                    f"<pre>{esc(str(run.results['error']))}</pre></details>"
-                )
-    parts.append("<h2>Runs in the table</h2>")
-    parts.append(_html_table(*run_rows(comparison), folders="run folder"))
-    if comparison.warnings:
-        items = "".join(f"<li>{esc(w)}</li>" for w in comparison.warnings)
-        parts.append(f"<h2>Warnings</h2><ul>{items}</ul>")
-    parts.append("<h2>Plots</h2>")
-    for plot, png in plots.items():
-        data = base64.b64encode(png).decode("ascii")
-        description = esc(plot.description)
-        parts.append(f"<figure><img alt='{description}' src='data:image/png;base64,{data}'>")
-        parts.append(f"<figcaption>{description}</figcaption></figure>")
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}th{background:#f3f3f3}.caption{color:#555}img{max-width:100%}"
-        "pre{white-space:pre-wrap;background:#f7f7f7;padding:8px}"
-    )
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>mixerlab compare: {esc(title(comparison))}</title><style>{style}</style></head>"
-        f"<body>{''.join(parts)}</body></html>\n"
-    )
-
-
 def write_outputs(comparison: Comparison, out: Path) -> list[Path]:
     """Write csv, md, every registered plot's PNG and report.html into ``out``; returns the
     paths written."""
@@ -196,7 +141,7 @@ def write_outputs(comparison: Comparison, out: Path) -> list[Path]:
         "comparison.csv": render_csv(comparison),
         "comparison.md": render_markdown(comparison, list(plots)),
         **{plot.file: png for plot, png in plots.items()},
-        "report.html": render_html(comparison, plots),
+        "report.html": render_html(comparison, plots, metric_figures(comparison)),
     }
     for name, data in files.items():
         write_atomic(out / name, data)

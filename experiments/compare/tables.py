@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 from experiments.compare.aggregate import Comparison, Group, Stats
+from experiments.compare.chance import at_chance, describe
 from experiments.compare.runs import lookup, value_label
+from lightning_modules.metric_names import metric_mode
 
 
 def _human(value: float | None) -> str:
@@ -86,14 +88,56 @@ def caption(comparison: Comparison) -> str:
     return text
 
 
+def _metric_header(comparison: Comparison, name: str, final: bool = False) -> str:
+    """A metric's column title, naming its chance level when every group has the same one."""
+    notes = [note for note in ("final" if final else None, _common_note(comparison, name)) if note]
+    return f"{name} ({', '.join(notes)})" if notes else name
+
+
+def _common_note(comparison: Comparison, metric: str) -> str | None:
+    chance = comparison.chance(metric)
+    return chance.note() if chance else None
+
+
+def _metric_cell(comparison: Comparison, group: Group, name: str, stats: Stats | None) -> str:
+    """Mean ± std, flagged "at chance" where it does not beat chance by its seed spread; the
+    chance level itself where the groups have different ones (else it is in the header)."""
+    text = _mean_std(stats, ".4g", ".2g")
+    chance = group.chance.get(name)
+    mode = comparison.mode if name == comparison.metric else metric_mode(name)
+    if chance is None or stats is None:
+        return text
+    notes = [] if comparison.chance(name) else [chance.note()]
+    if mode is not None and at_chance(stats, chance, mode):
+        notes.append(f"at {chance.label}")
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def chance_notes(comparison: Comparison) -> list[str]:
+    """What the chance levels of the tabulated metrics are and where they come from."""
+    metrics = list(dict.fromkeys([comparison.metric, *comparison.also]))
+    common = {m: c for m in metrics if (c := comparison.chance(m)) is not None}
+    lines = describe(common, metrics)
+    if differ := [m for m in metrics if m not in common and comparison.chance_levels(m)]:
+        lines.append(
+            f"{', '.join(differ)}: no chance level shared by every group, each in its cell"
+        )
+    if lines:
+        lines.append(
+            '"at chance": the mean beats the chance level by no more than its seed spread (std '
+            "over seeds, at least 0.01 for a metric up to 1, 1% of the level beyond)"
+        )
+    return lines
+
+
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the main table, shared by terminal, markdown and HTML."""
     header = [
         *comparison.by,
         comparison.lr_key,
         "n",
-        comparison.metric,
-        *(name if name != comparison.metric else f"{name} (final)" for name in comparison.also),
+        _metric_header(comparison, comparison.metric),
+        *(_metric_header(comparison, name, name == comparison.metric) for name in comparison.also),
         "params",
         "FLOPs/token",
         "tokens/s",
@@ -104,8 +148,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             *g.label,
             _lr_cell(g),
             str(g.metric.n),
-            _mean_std(g.metric, ".4g", ".2g"),
-            *(_mean_std(g.also[name], ".4g", ".2g") for name in comparison.also),
+            _metric_cell(comparison, g, comparison.metric, g.metric),
+            *(_metric_cell(comparison, g, name, g.also[name]) for name in comparison.also),
             _human(g.params.mean if g.params else None),
             _human(g.flops_per_token.mean if g.flops_per_token else None),
             _mean_std(g.tokens_per_s, ",.0f", ",.0f"),

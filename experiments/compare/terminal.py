@@ -8,6 +8,7 @@ from rich.table import Table
 from experiments.compare.aggregate import Comparison
 from experiments.compare.tables import (
     caption,
+    chance_notes,
     lr_notes,
     scope_line,
     table_rows,
@@ -33,6 +34,10 @@ def print_report(comparison: Comparison, console: Console) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if notes := chance_notes(comparison):
+        console.print("[bold]chance levels[/]")
+        for note in notes:
+            console.print(f"  {note}", markup=False, highlight=False)
     for note in lr_notes(comparison):
         console.print(f"[bold]lr selection[/] {note}", highlight=False)
     if comparison.unfinished:

@@ -12,9 +12,12 @@ once, at registration; the rest depends on the task's arguments and is set per i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pytorch_lightning as pl
 
 from mixers.registry import Registry
@@ -23,6 +26,42 @@ ENTRY_POINT_GROUP = "mixerlab.tasks"
 TASK_TYPES = ("lm", "classification")
 # Set by the run (its top-level keys), never by a task's config.
 RUN_ARGUMENTS = ("seed", "cache_dir")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a model that learned nothing scores on one validation set, for the chance lines of
+    ``mixerlab compare``.
+
+    "Nothing" is the best prediction that ignores the input: one fixed distribution over the
+    answers, their prior. Where the generator draws answers uniformly that is a uniform guess
+    over the answers it can draw (not over the whole vocabulary: telling answers from other
+    tokens is already something learned); otherwise it is the answers' frequencies (ListOps'
+    labels, a text's unigram). ``loss`` is its cross-entropy on the validation set in nats,
+    ``acc`` the accuracy of always giving its most likely answer, ``label`` names it on plots
+    and ``how`` says in words where it comes from.
+    """
+
+    label: str
+    loss: float
+    acc: float
+    how: str
+
+    @classmethod
+    def uniform(cls, n_answers: int, answers: str) -> Baseline:
+        """A uniform guess over ``n_answers`` equally likely answers (``answers`` names them)."""
+        return cls("chance", math.log(n_answers), 1.0 / n_answers, f"uniform guess over {answers}")
+
+    @classmethod
+    def prior(cls, label: str, fitted: np.ndarray, scored: np.ndarray, how: str) -> Baseline:
+        """The answers' frequencies in ``fitted`` (count per answer id) scored on the counts
+        ``scored`` of the validation set. Add-one smoothing keeps an answer never seen in
+        ``fitted`` from costing an infinite loss."""
+        p = (fitted + 1.0) / (fitted.sum() + len(fitted))
+        n_scored = scored.sum()
+        loss = float(-(scored * np.log(p)).sum() / n_scored)
+        acc = float(scored[int(np.argmax(fitted))] / n_scored)
+        return cls(label, loss, acc, how)
 
 
 class TaskDataModule(pl.LightningDataModule):
@@ -35,6 +74,7 @@ class TaskDataModule(pl.LightningDataModule):
     ``num_classes`` (None for "lm"), ``val_set_names`` (one per validation loader, in order),
     ``bytes_per_token`` (None where bytes mean nothing, e.g. synthetic tokens) and
     ``fingerprint`` (JSON-serialisable values identifying the data, logged with the config).
+    After ``setup``, :meth:`baselines` says what learning nothing scores on each validation set.
 
     Batches are dicts ``{"input": (B, L) long, "target": (B, L) or (B,) long, "mask": (B, L)
     bool, True at real tokens}``. The constructor takes keyword arguments only, among them
@@ -51,6 +91,13 @@ class TaskDataModule(pl.LightningDataModule):
     val_set_names: list[str]
     bytes_per_token: float | None = None
     fingerprint: dict[str, Any]
+
+    def baselines(self) -> dict[str, Baseline]:
+        """What a model that learned nothing scores on each validation set, by the names in
+        ``val_set_names``; called after ``setup``. Derived from the task's parameters or data,
+        never written down, so it cannot drift from what the generator does. The default, for
+        a task that cannot say, is none: its runs are compared without chance lines."""
+        return {}
 
     def check_ready(self) -> None:
         """Raise a TypeError naming each contract attribute that ``setup`` left unset or wrong."""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lightning_modules.tasks.base import register_task
+from lightning_modules.tasks.base import Baseline, register_task
 from lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
 from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
 
@@ -62,6 +62,12 @@ class InductionHeadsDataModule(SyntheticTaskDataModule):
             num_workers=num_workers,
             cache_dir=cache_dir,
         )
+
+    def baselines(self) -> dict[str, Baseline]:
+        """A uniform guess over the ordinary tokens, from which the token after the trigger is
+        drawn uniformly, on every validation length."""
+        n = self.vocab_size - self.FIRST_TOKEN_ID
+        return dict.fromkeys(self.val_set_names, Baseline.uniform(n, f"the {n} ordinary tokens"))
 
     def generate(
         self, rng: np.random.Generator, n: int, *, seq_len: int

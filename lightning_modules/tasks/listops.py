@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lightning_modules.tasks.base import register_task
+from lightning_modules.tasks.base import Baseline, register_task
 from lightning_modules.tasks.loading import PAD_ID, check_positive
 from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
 
@@ -97,6 +97,19 @@ class ListOpsDataModule(SyntheticTaskDataModule):
             num_workers=num_workers,
             cache_dir=cache_dir,
         )
+
+    def baselines(self) -> dict[str, Baseline]:
+        """The validation set's own label frequencies: always answering its majority class is
+        the best any classifier that ignores the expression can score there (at least 1/10;
+        how far above depends on max_depth, max_args and leaf_prob)."""
+        if not self._vals:
+            raise RuntimeError("listops baselines come from the data: call setup() first")
+        baselines = {}
+        for name, examples in zip(self.val_set_names, self._vals, strict=True):
+            counts = np.bincount(examples.targets.numpy(), minlength=self.num_classes)
+            how = f"the set's label frequencies (majority class {int(counts.argmax())})"
+            baselines[name] = Baseline.prior("chance", counts, counts, how)
+        return baselines
 
     def _expression(self, rnd: random.Random, depth: int, out: list[int]) -> int:
         """Append one expression's tokens to ``out``; return its value."""

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lightning_modules.tasks.base import register_task
+from lightning_modules.tasks.base import Baseline, register_task
 from lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
 from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule, sample_distinct
 
@@ -109,6 +109,17 @@ class MQARDataModule(SyntheticTaskDataModule):
     def _num_keys(cls, vocab_size: int) -> int:
         return (vocab_size - cls.FIRST_TOKEN_ID) // 2
 
+    @property
+    def num_values(self) -> int:
+        """Values are the ids [2 + num_keys, vocab_size): every query's answer is one of them."""
+        return self.vocab_size - self.FIRST_TOKEN_ID - self.num_keys
+
+    def baselines(self) -> dict[str, Baseline]:
+        """A uniform guess over the values, on every validation set: values are drawn uniformly
+        (distinct within an example, which a model must learn to exploit)."""
+        guess = Baseline.uniform(self.num_values, f"the {self.num_values} values")
+        return dict.fromkeys(self.val_set_names, guess)
+
     @classmethod
     def _parse_configs(
         cls, configs: Sequence[Mapping[str, int]], what: str, vocab_size: int
@@ -146,8 +157,7 @@ class MQARDataModule(SyntheticTaskDataModule):
     ) -> tuple[np.ndarray, np.ndarray]:
         k, first = num_kv_pairs, self.FIRST_TOKEN_ID
         keys = sample_distinct(rng, n, self.num_keys, k) + first
-        num_values = self.vocab_size - first - self.num_keys
-        values = sample_distinct(rng, n, num_values, k) + first + self.num_keys
+        values = sample_distinct(rng, n, self.num_values, k) + first + self.num_keys
 
         # Gumbel-top-k over log p: the k largest perturbed scores, in descending order, are k
         # sequential draws without replacement from p, so key j gets the j-th drawn gap.

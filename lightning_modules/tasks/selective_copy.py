@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_modules.tasks.base import register_task
+from lightning_modules.tasks.base import Baseline, register_task
 from lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
 from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule, sample_distinct
 
@@ -61,6 +61,11 @@ class SelectiveCopyDataModule(SyntheticTaskDataModule):
             num_workers=num_workers,
             cache_dir=cache_dir,
         )
+
+    def baselines(self) -> dict[str, Baseline]:
+        """A uniform guess over the data tokens, which are drawn uniformly from their ids."""
+        n = self.vocab_size - self.FIRST_TOKEN_ID
+        return dict.fromkeys(self.val_set_names, Baseline.uniform(n, f"the {n} data tokens"))
 
     def generate(
         self, rng: np.random.Generator, n: int, *, seq_len: int, num_data_tokens: int

@@ -53,7 +53,7 @@ from lightning_modules.tasks._corpus import (
     load_corpus,
 )
 from lightning_modules.tasks._tokenizer import MAX_VOCAB, TOKENIZERS, TextTokenizer, load_tokenizer
-from lightning_modules.tasks.base import TaskDataModule, register_task
+from lightning_modules.tasks.base import Baseline, TaskDataModule, register_task
 from lightning_modules.tasks.loading import (
     build_loader,
     cached_dataset,
@@ -104,6 +104,12 @@ def _cached(
 
 def _num_tokens(tokens: datasets.Dataset) -> int:
     return pc.sum(pc.list_value_length(tokens.data.column("ids"))).as_py() or 0
+
+
+def _token_counts(tokens: datasets.Dataset, vocab_size: int) -> np.ndarray:
+    """How often each token id occurs in a split."""
+    ids = pc.list_flatten(tokens.data.column("ids")).to_numpy()
+    return np.bincount(ids, minlength=vocab_size)
 
 
 def _num_bytes(tokens: datasets.Dataset) -> int:
@@ -290,6 +296,19 @@ class TextLMDataModule(TaskDataModule):
         }
         self.bytes_per_token = self.stats["val"]["bytes"] / self.stats["val"]["tokens"]
         self.fingerprint = {**self.corpus.fingerprint, "tokenizer": self.tokenizer.name}
+
+    def baselines(self) -> dict[str, Baseline]:
+        """The unigram model of the training split (token frequencies, whatever the context)
+        scored on the validation split: the simplest model learnable from the training data,
+        and the line a mixer must clear to have used any context. Its ``val/bpb`` follows from
+        ``bytes_per_token``. Counted over every token of each split; the validation blocks
+        score all but the split's first token and its tail shorter than a block."""
+        if not self.tokens or self.vocab_size is None:
+            raise RuntimeError("the unigram baseline comes from the data: call setup() first")
+        train, val = (_token_counts(self.tokens[s], self.vocab_size) for s in ("train", "val"))
+        unit = "byte" if self.tokenizer_kind == "bytes" else "BPE token"
+        how = f"the training split's {unit} frequencies"
+        return {"val": Baseline.prior("unigram", train, val, how)}
 
     def documents(self, split: str) -> list[str]:
         """Names of the documents in a split (file paths, byte ranges or dataset rows)."""
