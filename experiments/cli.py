@@ -70,14 +70,20 @@ def _first_comment(text: str) -> str:
 
 
 def list_components() -> dict[str, list[tuple[str, str]]]:
-    """What can be combined: registered mixers and tasks (plugins too), shipped experiments, and
-    the plots `mixerlab compare` draws."""
+    """What can be combined: registered mixers and tasks (plugins too), mixer presets and
+    experiments shipped in conf/, and the plots `mixerlab compare` draws."""
     from experiments.compare.plots import registered_plots
     from lightning_modules.tasks import available_tasks, describe_task
     from mixers import available_mixers, describe_mixer
 
     return {
         "mixers": [(name, describe_mixer(name)) for name in available_mixers()],
+        # conf/mixer options that are not a mixer's own file: settings of one, or hybrids
+        "mixer presets": [
+            (name, _first_comment(text))
+            for name, text in _conf_entries("mixer")
+            if name not in available_mixers() and name != "plugin"
+        ],
         "tasks": [(name, describe_task(name)) for name in available_tasks()],
         "experiments": [(name, _first_comment(text)) for name, text in _conf_entries("experiment")],
         "plots": [(plot.file, plot.description) for plot in registered_plots()],
@@ -95,6 +101,7 @@ def _print_list(argv: Sequence[str]) -> int:
     width = max(len(name) for entries in sections.values() for name, _ in entries)
     usage = {
         "mixers": "mixer=<name>",
+        "mixer presets": "mixer=<name>",
         "tasks": "task=<name>",
         "experiments": "experiment=<name>",
         "plots": "written by mixerlab compare",

@@ -28,6 +28,8 @@ def test_list_shows_mixers_tasks_experiments_and_plots(capsys: pytest.CaptureFix
     assert code == 0
     for name in available_mixers():
         assert name in out
+    presets = out.split("mixer presets (mixer=<name>):\n")[1].split("\n\n")[0]
+    assert "  based " in presets and "  hybrid " in presets and "  attention " not in presets
     for plot in registered_plots():
         assert f"  {plot.file}  " in out and plot.description in out
     assert "Multi-head scaled dot-product self-attention" in out  # describe_mixer's line
