@@ -188,7 +188,7 @@ compares the plugin with them under identical conditions.
 
 
 def class_name_for(name: str) -> str:
-    """``my_mixer`` -> ``MyMixer``, ``hyena`` -> ``HyenaMixer``."""
+    """``my_mixer`` -> ``MyMixer``, ``rwkv`` -> ``RwkvMixer``."""
     camel = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
     return camel if camel.endswith("Mixer") else f"{camel}Mixer"
 
