@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_type_hints
 
 from experiments.config_types import matches, type_name, unknown_key
 from mixers import available_mixers, get_mixer_class, mixer_hparams
@@ -99,9 +99,22 @@ def _check_entry(node: Mapping[str, Any], where: str, problems: list[str]) -> No
                 f"without a conf file starts from none: mixer=plugin mixer.name={name})"
             )
             continue
-        default = accepted[key]
-        if isinstance(default, (bool, int, float, str)) and not matches(value, type(default)):
+        expected = _declared_type(get_mixer_class(name), key, accepted[key])
+        if expected is not None and not matches(value, expected):
             problems.append(
-                f"{where}.{key} must be {type_name(type(default))} like its default "
-                f"{default!r}, got {value!r}"
+                f"{where}.{key} must be {type_name(expected)} like its default "
+                f"{accepted[key]!r}, got {value!r}"
             )
+
+
+def _declared_type(cls: type, key: str, default: Any) -> Any:
+    """The hyper-parameter's annotation (``dt_rank: int | str``) when the checks can read it,
+    else its default's type; None when neither says (an object default, no annotation)."""
+    try:
+        hint = get_type_hints(cls.__init__).get(key)
+        if hint is not None:
+            matches(default, hint)  # raises TypeError for a hint the checks cannot read
+            return hint
+    except (NameError, TypeError):
+        pass
+    return type(default) if isinstance(default, (bool, int, float, str)) else None

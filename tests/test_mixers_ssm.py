@@ -1,0 +1,242 @@
+"""The ssm mixer against naive position-by-position recurrences written out here: the chunked
+selective scan (any chunk size), Mamba's block in both directions, S4D's FFT kernel in both
+directions; then its initialisations, state size, accounting and errors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixers._scan import linear_scan, selective_scan
+from mixers.base import build_mixer
+from mixers.ssm import S4D, Mamba, StateSpaceMixer
+from mixers.testing import check_mixer
+
+D = 8
+L = 11
+ATOL = 1e-5
+
+
+def randn(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def make(causal: bool, **hparams: Any) -> StateSpaceMixer:
+    torch.manual_seed(0)
+    mixer = build_mixer("ssm", D, causal=causal, **hparams).eval()
+    with torch.no_grad():  # move off the init so that every parameter matters
+        for param in mixer.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return mixer
+
+
+def naive_scan(x, dt, A, B, C, h):
+    """The selective recurrence, one position at a time."""
+    ys = []
+    for t in range(x.shape[1]):
+        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[..., None] * B[:, t, None]
+        ys.append((h * C[:, t, None]).sum(-1))
+    return torch.stack(ys, dim=1), h
+
+
+# --- the scan ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 16])
+def test_linear_scan_equals_the_loop(length: int) -> None:
+    a, u = torch.rand(2, length, 3, generator=torch.Generator().manual_seed(0)), randn(2, length, 3)
+    h, expected = torch.zeros(2, 3), []
+    for t in range(length):
+        h = a[:, t] * h + u[:, t]
+        expected.append(h)
+    torch.testing.assert_close(linear_scan(a, u), torch.stack(expected, 1), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, L, 64])
+def test_chunked_selective_scan_equals_the_loop_with_its_gradients(chunk_size: int) -> None:
+    """Values, final state and gradients (through the per-chunk checkpoints), from a nonzero
+    state, for chunk sizes that divide L = 12, do not, and exceed it."""
+    length, d_inner, d_state = 12, 3, 4
+    x, B, C = (
+        randn(2, length, n, seed=seed) for n, seed in ((d_inner, 2), (d_state, 3), (d_state, 4))
+    )
+    dt = F.softplus(randn(2, length, d_inner, seed=5))
+    A = -torch.exp(randn(d_inner, d_state, seed=6)).requires_grad_()
+    h0 = randn(2, d_inner, d_state, seed=7)
+    inputs = [t.requires_grad_() for t in (x, dt, B, C)]
+    weight = randn(2, length, d_inner, seed=8)
+    results = []
+    for scan in (naive_scan, lambda *a: selective_scan(*a, chunk_size)):
+        y, h = scan(x, dt, A, B, C, h0)
+        grads = torch.autograd.grad((y * weight).sum() + h.sum(), [*inputs, A])
+        results.append((y, h, *grads))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# --- Mamba's block -------------------------------------------------------------------------------
+
+
+def naive_mamba(block: Mamba, x: torch.Tensor) -> torch.Tensor:
+    """Mamba's block on one unpadded sequence (1, n, d), the scan as a loop; the encoder adds the
+    second parameter set's scan over the reversed sequence."""
+    u, z = block.in_proj(x).chunk(2, dim=-1)
+    k = block.conv.weight.shape[-1]
+    left = k - 1 if block.causal else (k - 1) // 2
+    u = F.silu(
+        F.conv1d(
+            F.pad(u.transpose(1, 2), (left, k - 1 - left)),
+            block.conv.weight,
+            block.conv.bias,
+            groups=u.shape[-1],
+        ).transpose(1, 2)
+    )
+    y = 0
+    for direction, ssm in enumerate(block.ssm):
+        v = u.flip(1) if direction else u
+        dt, B, C = ssm.x_proj(v).split([ssm.dt_proj.in_features, ssm.d_state, ssm.d_state], -1)
+        h0 = torch.zeros(1, v.shape[-1], ssm.d_state)
+        out, _ = naive_scan(v, F.softplus(ssm.dt_proj(dt)), -torch.exp(ssm.A_log), B, C, h0)
+        out = out + v * ssm.D
+        y = y + (out.flip(1) if direction else out)
+    return block.out_proj(y * F.silu(z))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+@pytest.mark.parametrize("chunk_size", [1, 4, 64])  # divides L = 11, does not, exceeds it
+def test_mamba_equals_the_naive_recurrence_with_padding(causal: bool, chunk_size: int) -> None:
+    mixer = make(causal, chunk_size=chunk_size, d_state=4, conv_kernel=3)
+    x = randn(2, L, D)
+    lengths = [L, 6]
+    mask = torch.arange(L)[None] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        y = mixer(x, mask)
+        for row, n in enumerate(lengths):
+            expected = naive_mamba(mixer.layer, x[row : row + 1, :n])[0]
+            torch.testing.assert_close(y[row, :n], expected, atol=ATOL, rtol=0)
+
+
+# --- S4D -----------------------------------------------------------------------------------------
+
+
+def naive_s4d(layer: S4D, x: torch.Tensor) -> torch.Tensor:
+    """S4D's recurrence (B, L, H); the encoder adds an anticausal one with the second C, which
+    reads positions after t only."""
+    dtA, dB, C = layer.discretize()
+    u = x.transpose(0, 1)  # (L, B, H)
+    h = torch.zeros(x.shape[0], *dtA.shape, dtype=dB.dtype)
+    forward = []
+    for t in range(x.shape[1]):
+        h = torch.exp(dtA) * h + dB * u[t][..., None]
+        forward.append(layer.readout(C[0], h))
+    y = torch.stack(forward, 1)
+    if not layer.causal:
+        h = torch.zeros_like(h)
+        backward = [layer.readout(C[1], h)]  # the last position has nothing after it
+        for t in range(x.shape[1] - 1, 0, -1):  # h now sums u[t], u[t + 1], ...: output t - 1
+            h = torch.exp(dtA) * h + dB * u[t][..., None]
+            backward.insert(0, layer.readout(C[1], h))
+        y = y + torch.stack(backward, 1)
+    return layer.post(y + x * layer.D)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+@pytest.mark.parametrize("init", ["lin", "inv", "real"])
+def test_s4d_fft_kernel_equals_the_recurrence(causal: bool, init: str) -> None:
+    mixer = make(causal, selective=False, init=init, d_state=6)
+    x = randn(2, L, D)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), naive_s4d(mixer.layer, x), atol=ATOL, rtol=0)
+
+
+# --- initialisation, state, accounting, errors ---------------------------------------------------
+
+
+def test_initial_A_is_the_documented_one() -> None:
+    torch.manual_seed(0)
+    n = torch.arange(4.0)
+    for init, imag in {"lin": math.pi * n, "inv": 8 / math.pi * (8 / (2 * n + 1) - 1)}.items():
+        layer = build_mixer("ssm", D, selective=False, init=init, d_state=8).layer
+        torch.testing.assert_close(-torch.exp(layer.A_log), torch.full((D, 4), -0.5))
+        torch.testing.assert_close(layer.A_imag, imag.expand(D, 4))
+    real = -torch.arange(1.0, 9.0)
+    s4d_real = build_mixer("ssm", D, selective=False, init="real", d_state=8).layer
+    assert s4d_real.A_imag is None
+    torch.testing.assert_close(-torch.exp(s4d_real.A_log), real.expand(D, 8))
+    mamba = build_mixer("ssm", D, d_state=8, expand=2, dt_min=0.01, dt_max=0.02).layer
+    torch.testing.assert_close(-torch.exp(mamba.ssm[0].A_log), real.expand(2 * D, 8))
+    dt = F.softplus(mamba.ssm[0].dt_proj.bias)
+    assert bool(((dt >= 0.01 - 1e-6) & (dt <= 0.02 + 1e-6)).all())
+    assert mamba.ssm[0].dt_proj.in_features == math.ceil(D / 16)
+
+
+@pytest.mark.parametrize(
+    ("hparams", "expected"),
+    [
+        ({}, 2 * D * (3 + 16)),
+        ({"conv_kernel": 1, "expand": 1}, D * 16),
+        ({"selective": False, "init": "lin"}, D * 16),
+        ({"selective": False}, D * 16),
+    ],
+)
+def test_state_size_is_the_same_at_every_length(hparams: dict, expected: int) -> None:
+    mixer = make(True, **hparams)
+    assert [mixer.state_size(n) for n in (1, 10, 10_000)] == [expected] * 3
+
+
+def test_flops_count_the_selective_block_by_hand() -> None:
+    mixer = make(True, d_state=4, expand=2, conv_kernel=3, dt_rank=2)
+    e = 2 * D
+    by_hand = 2 * D * 2 * e + 2 * 3 * e + 2 * e * (2 + 8) + 2 * 2 * e + 7 * e * 4 + 3 * e
+    by_hand += 2 * e * D
+    assert mixer.flops_per_token(10) == mixer.flops_per_token(1000) == by_hand
+    encoder = make(False, d_state=4, expand=2, conv_kernel=3, dt_rank=2)
+    assert encoder.flops_per_token(10) == by_hand + 2 * e * (2 + 8) + 2 * 2 * e + 7 * e * 4 + 3 * e
+
+
+def test_no_weight_decay_names_the_ssm_parameters() -> None:
+    def exempt(mixer: StateSpaceMixer) -> set[str]:
+        chosen = {id(p) for p in mixer.no_weight_decay_parameters()}
+        return {name for name, p in mixer.named_parameters() if id(p) in chosen}
+
+    assert exempt(make(False)) == {
+        f"layer.ssm.{i}.{name}" for i in (0, 1) for name in ("A_log", "D", "dt_proj.bias")
+    }
+    assert exempt(make(True, selective=False, init="inv")) == {
+        "layer.A_log",
+        "layer.A_imag",
+        "layer.log_dt",
+        "layer.D",
+    }
+
+
+@pytest.mark.parametrize(
+    ("hparams", "match"),
+    [
+        ({"init": "lin"}, "selective=false"),
+        ({"selective": False, "init": "lin", "d_state": 5}, "even"),
+        ({"init": "hippo"}, "choose one of"),
+        ({"dt_rank": 0}, "dt_rank"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"dt_min": 0.2}, "dt_min <= dt_max"),
+    ],
+)
+def test_bad_hparams_get_a_clear_error(hparams: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_mixer("ssm", D, **hparams)
+
+
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        {"selective": False, "init": "inv", "d_state": 8, "expand": 1},
+        {"chunk_size": 5, "conv_kernel": 2, "dt_rank": 3, "d_state": 4, "expand": 1},
+    ],
+)
+def test_variant_meets_the_contract(hparams: dict) -> None:
+    """Non-default hyper-parameters, in both modes (the contract suite builds defaults only)."""
+    check_mixer("ssm", d_model=D, max_len=12, hparams=hparams)
