@@ -1,5 +1,11 @@
 """Aggregation: group finished runs, keep each group's best learning rate, summarise over seeds.
 
+No row ever averages over tasks: when the finished runs are of several tasks and no --by key
+separates them, ``task`` is added in front of the keys and a warning says so. Adding rather than
+refusing, because a sweep over tasks writes one folder and its per-task rows are what the user
+wants; refusing would only make them retype --by. Groups of one task stay together, best first
+within each task, as ranks across tasks compare numbers of different things.
+
 The result, :class:`Comparison`, is built once and never changed: frozen dataclasses, tuples and
 read-only mappings, curves included, so renderers and plots may read it in any order.
 """
@@ -30,6 +36,7 @@ from experiments.compare.runs import (
 from lightning_modules.metric_names import metric_mode
 
 NUMBERS = ("params", "flops_per_token", "tokens_per_s", "wall_s")  # results.json fields averaged
+TASK_KEYS = ("task", "task.name")  # --by keys that keep tasks apart
 
 
 @dataclass(frozen=True)
@@ -119,9 +126,11 @@ def _scope(runs: Sequence[Run], groups: Sequence[Group], by: Sequence[str]) -> S
 
 @dataclass(frozen=True)
 class Comparison:
-    """Everything the renderers and plots read: groups best first, runs that did not finish,
-    warnings, and the curves of every metric the kept runs logged (``curves[metric][group
-    name]``, ``metrics`` in logging order) with their ``band`` kind."""
+    """Everything the renderers and plots read: groups best first (within each task), runs that
+    did not finish (running, killed, failed, interrupted, diverged), runs whose results.json
+    cannot be used (each with its ``problem``), warnings, and the curves of every metric the
+    kept runs logged (``curves[metric][group name]``, ``metrics`` in logging order) with their
+    ``band`` kind."""
 
     by: tuple[str, ...]
     metric: str
@@ -130,6 +139,7 @@ class Comparison:
     band: str
     groups: tuple[Group, ...]
     unfinished: tuple[Run, ...]
+    unreadable: tuple[Run, ...]
     also: tuple[str, ...]
     warnings: tuple[str, ...]
     curves: Mapping[str, Mapping[str, Band]]
@@ -172,7 +182,8 @@ def _group_name(by: Sequence[str], label: tuple[str, ...]) -> str:
 def summarize(values: Sequence[float]) -> Stats:
     """Stats over seeds; NaN (a diverged run) propagates into the mean so it cannot win."""
     array = np.asarray(values, dtype=float)
-    std = float(np.std(array, ddof=1)) if len(array) > 1 else None
+    with np.errstate(over="ignore", invalid="ignore"):  # inf or 1e308: the std is inf or NaN
+        std = float(np.std(array, ddof=1)) if len(array) > 1 else None
     return Stats(float(array.mean()), std, len(array), float(array.min()), float(array.max()))
 
 
@@ -198,13 +209,20 @@ def _lr_order(value: Any) -> tuple[bool, float, str]:
     return value is None, float(value) if numeric else math.inf, str(value)
 
 
+def _lr_of(run: Run, lr_key: str) -> Any:
+    """The run's learning rate as a dict key: a list or an object (a hand-edited config) by its
+    label."""
+    lr = lookup(run.results, lr_key)
+    return value_label(lr) if isinstance(lr, (dict, list)) else lr
+
+
 def select_lr(
     runs: Sequence[Run], metric: str, mode: str, lr_key: str
 ) -> tuple[Any, dict[Any, Stats]]:
     """The learning rate with the best mean metric over seeds, and the metric at every lr."""
     by_lr: dict[Any, list[Run]] = {}
     for run in runs:
-        by_lr.setdefault(lookup(run.results, lr_key), []).append(run)
+        by_lr.setdefault(_lr_of(run, lr_key), []).append(run)
     grid = {
         lr: summarize([run.best(metric) for run in by_lr[lr]])
         for lr in sorted(by_lr, key=_lr_order)
@@ -283,7 +301,7 @@ def _group(
 ) -> Group:
     """One row: the group's best lr, and its kept runs summarised."""
     lr, grid = select_lr(members, metric, mode, lr_key)
-    kept = tuple(run for run in members if lookup(run.results, lr_key) == lr)
+    kept = tuple(run for run in members if _lr_of(run, lr_key) == lr)
     return Group(
         label=label,
         runs=kept,
@@ -293,6 +311,19 @@ def _group(
         **{name: _field_stats(kept, name) for name in NUMBERS},
         also=MappingProxyType({name: _final_stats(kept, name) for name in also}),
         chance=MappingProxyType(group_chance(kept)),
+    )
+
+
+def _apart_by_task(by: Sequence[str], finished: Sequence[Run]) -> tuple[list[str], str | None]:
+    """``by`` with ``task`` in front when the finished runs are of several tasks and no --by key
+    separates them, and the warning that says so."""
+    tasks = sorted({value_label(lookup(run.results, "task")) for run in finished})
+    if len(tasks) < 2 or any(key in TASK_KEYS for key in by):
+        return list(by), None
+    by = ["task", *by]
+    return by, (
+        f"the finished runs are of {len(tasks)} tasks ({', '.join(tasks)}): grouped by task too "
+        f"(--by {','.join(by)}), as a mean over tasks would mean nothing"
     )
 
 
@@ -314,6 +345,11 @@ def build_comparison(
     """
     if not by:
         raise ValueError("--by needs at least one key, e.g. --by mixer")
+    unreadable = tuple(run for run in runs if run.problem is not None)
+    runs = [run for run in runs if run.problem is None]
+    if not runs:
+        listed = "; ".join(f"{run.dir / RESULTS} {run.problem}" for run in unreadable[:5])
+        raise ValueError(f"none of the {len(unreadable)} {RESULTS} can be used: {listed}")
     for key in by:
         check_key(runs, key, "--by")
     check_key(runs, lr_key, "--lr-key")
@@ -324,6 +360,7 @@ def build_comparison(
         )
     finished = [run for run in runs if run.status == "finished"]
     _check_metric(finished, metric)
+    by, task_note = _apart_by_task(by, finished)
     buckets: dict[tuple[str, ...], list[Run]] = {}
     for run in finished:
         buckets.setdefault(tuple(value_label(lookup(run.results, k)) for k in by), []).append(run)
@@ -331,12 +368,19 @@ def build_comparison(
     groups = [
         _group(label, members, metric, mode, lr_key, also) for label, members in buckets.items()
     ]
-    warnings = []
+    warnings = [task_note] if task_note else []
     for group in groups:
         name = _group_name(by, group.label)
         if warning := _mixed_warning(name, group.runs, {"seed", lr_key, *by}):
             warnings.append(warning)
-    groups.sort(key=lambda g: (_rank(g.metric.mean, mode), g.label))
+    task_at = next((by.index(key) for key in TASK_KEYS if key in by), None)
+    groups.sort(
+        key=lambda g: (
+            "" if task_at is None else g.label[task_at],
+            _rank(g.metric.mean, mode),
+            g.label,
+        )
+    )
     runs_by_group = {_group_name(by, group.label): group.runs for group in groups}
     curves, curve_warnings = group_bands(runs_by_group, metric, band)
     return Comparison(
@@ -347,6 +391,7 @@ def build_comparison(
         band=band,
         groups=tuple(groups),
         unfinished=tuple(run for run in runs if run.status != "finished"),
+        unreadable=unreadable,
         also=tuple(also),
         warnings=(*warnings, *curve_warnings),
         curves=MappingProxyType({m: MappingProxyType(b) for m, b in curves.items()}),

@@ -23,6 +23,7 @@ from experiments.compare.tables import (
     table_rows,
     title,
     unfinished_rows,
+    unreadable_rows,
 )
 from lightning_modules.io import write_atomic
 
@@ -108,7 +109,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
-    """comparison.md: the table, lr selection, runs left out, warnings, links to the plots."""
+    """comparison.md: the table, lr selection, runs left out (unfinished, unreadable), warnings,
+    links to the plots."""
     parts = [
         f"# {title(comparison)}",
         "",
@@ -125,6 +127,8 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
     if comparison.unfinished:
         parts += ["", "## Failed and unfinished runs (not in the table)", ""]
         parts.append(_md_table(*unfinished_rows(comparison)))
+    if comparison.unreadable:
+        parts += ["", "## Unreadable runs (left out)", "", _md_table(*unreadable_rows(comparison))]
     parts += ["", "## Runs in the table", "", _md_table(*run_rows(comparison))]
     if comparison.warnings:
         parts += ["", "## Warnings", "", *(f"- {w}" for w in comparison.warnings)]

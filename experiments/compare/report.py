@@ -29,6 +29,7 @@ from experiments.compare.tables import (
     table_rows,
     title,
     unfinished_rows,
+    unreadable_rows,
 )
 
 STYLE = (
@@ -121,8 +122,10 @@ def _metric_menu(comparison: Comparison, figures: Mapping[str, bytes]) -> str:
     """The menu of every logged metric and a figure per metric, the selection metric first
     shown."""
     esc = html.escape
+    # the selection metric; the training loss when it was validated once (no curve to draw)
+    chosen = next((m for m in (comparison.metric, "train/loss") if m in figures), None)
     options = "".join(
-        f"<option value='{esc(m)}'{' selected' if m == comparison.metric else ''}>{esc(m)}</option>"
+        f"<option value='{esc(m)}'{' selected' if m == chosen else ''}>{esc(m)}</option>"
         for m in figures
     )
     shown = "".join(
@@ -166,6 +169,9 @@ def render_html(
                     f"<details><summary>{esc(run.name)}: full error</summary>"
                     f"<pre>{esc(str(run.results['error']))}</pre></details>"
                 )
+    if comparison.unreadable:
+        parts.append("<h2>Unreadable runs (left out)</h2>")
+        parts.append(_html_table(*unreadable_rows(comparison)))
     parts.append("<h2>Runs in the table</h2>")
     parts.append(_html_table(*run_rows(comparison), folders="run folder"))
     if comparison.warnings:

@@ -1,8 +1,16 @@
 """Loading runs: every ``results.json`` below the given paths, and lookups into it.
 
-``results.json`` is the contract the train app writes at the end of a run and on failure: the
-run's status, mixer, task, seed, numbers, best and final metrics, its config and the name of its
-history file (``metrics.csv``).
+``results.json`` is the contract the train app writes from the start of a run to its end: the
+run's status (``running`` until it ends ``finished``, ``failed``, ``interrupted`` or
+``diverged``), mixer, task, seed, numbers, best and final metrics, its config, the name of its
+history file (``metrics.csv``) and who is writing it (process id, host, last step).
+
+A file that cannot be read, is not JSON, or holds a field of the wrong type (:data:`FIELDS`)
+never stops the comparison: its run is kept with the reason (``Run.problem``) and reported by
+path. A ``running`` run whose process is gone from this machine was killed without a word
+(``kill -9``, the out-of-memory killer): its status reads ``killed``. A run on another host, or
+one whose process id was reused, cannot be told apart from a live run; its last update time is
+shown instead.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +27,37 @@ from typing import Any
 
 RESULTS = "results.json"
 RESULT_KEYS = ("mixer", "task")  # results.json fields usable with --by; the rest is config
+# The JSON type of each results.json field compare reads; null is allowed everywhere (not known
+# yet), and ``best``/``metrics`` map metric names to numbers.
+FIELDS = {
+    **dict.fromkeys(
+        ("status", "mixer", "task", "history", "error", "host", "updated_at", "wandb_run_id"),
+        "string",
+    ),
+    **dict.fromkeys(("seed", "pid", "last_step"), "integer"),
+    **dict.fromkeys(("params", "flops_per_token", "tokens_per_s", "wall_s"), "number"),
+    **dict.fromkeys(("best", "metrics", "config", "chance", "checkpoints"), "object"),
+}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run directory and the results.json it wrote."""
+    """One run directory and the results.json it wrote; ``problem`` says why that file cannot be
+    used (then ``results`` is empty), ``process_gone`` that the run says ``running`` but its
+    process no longer exists here."""
 
     dir: Path
     results: dict[str, Any]
+    problem: str | None = None
+    process_gone: bool = False
 
     @property
     def status(self) -> str:
+        """``unreadable``, ``killed``, or the status results.json records."""
+        if self.problem is not None:
+            return "unreadable"
+        if self.process_gone:
+            return "killed"
         return str(self.results.get("status", "unknown"))
 
     @property
@@ -66,16 +96,66 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
             "`mixerlab train -m mixer=attention,gmlp seed=0,1`, then pass their output folder "
             "(runs/, or runs/multirun/ for sweeps)"
         )
-    runs = []
-    for file in files.values():
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read {file}: {err}; delete it or fix it") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{file} holds {type(data).__name__}, not the results object")
-        runs.append(Run(file.parent, data))
-    return runs
+    return [_read_run(file) for file in files.values()]
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a decoded value, as :data:`FIELDS` names it."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    names = {float: "number", str: "string", list: "array", dict: "object"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), "null")
+
+
+def _is(value: Any, expected: str) -> bool:
+    found = _json_type(value)
+    return found in (expected, "null") or (expected, found) == ("number", "integer")
+
+
+def shape_problem(data: Any) -> str | None:
+    """Why decoded results.json ``data`` is not a results object compare can read, or None."""
+    if not isinstance(data, dict):
+        return f"holds a JSON {_json_type(data)}, not the results object"
+    for name, expected in FIELDS.items():
+        if not _is(data.get(name), expected):
+            return f"has a JSON {_json_type(data[name])} for {name!r}, where {expected}s belong"
+    for name in ("best", "metrics"):
+        for metric, value in (data.get(name) or {}).items():
+            if not _is(value, "number"):
+                return f"has a JSON {_json_type(value)} for {name}[{metric!r}], not a number"
+    return None
+
+
+def _process_gone(results: dict[str, Any]) -> bool:
+    """The run says ``running`` from a process of this machine that no longer exists. Checked
+    on POSIX only (``os.kill(pid, 0)`` probes there; on Windows it would end the process)."""
+    pid, host = results.get("pid"), results.get("host")
+    if results.get("status") != "running" or pid is None or pid <= 0 or os.name != "posix":
+        return False
+    if host not in (None, socket.gethostname()):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # another user's process, or no such pid number
+        return False
+    return False
+
+
+def _read_run(file: Path) -> Run:
+    """The run of one results.json; a file that cannot be used becomes a run with a problem."""
+    try:
+        data = json.loads(file.read_text())
+    except OSError as err:
+        return Run(file.parent, {}, problem=f"cannot be read ({err.strerror or err})")
+    except (ValueError, RecursionError) as err:  # bad JSON or bad UTF-8; nesting too deep
+        return Run(file.parent, {}, problem=f"is not valid JSON ({err})")
+    if problem := shape_problem(data):
+        return Run(file.parent, {}, problem=problem)
+    return Run(file.parent, data, process_gone=_process_gone(data))
 
 
 def lookup(results: dict[str, Any], key: str) -> Any:

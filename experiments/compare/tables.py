@@ -1,14 +1,17 @@
-"""The cells every renderer shows: titles, the main table, lr selection notes and the runs that
-did not finish, formatted once for the terminal, markdown and HTML alike."""
+"""The cells every renderer shows: titles, the main table, lr selection notes, the runs that
+did not finish and those that cannot be read, formatted once for the terminal, markdown and HTML
+alike."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from experiments.compare.aggregate import Comparison, Group, Stats
 from experiments.compare.chance import at_chance, describe
-from experiments.compare.runs import lookup, value_label
+from experiments.compare.runs import RESULTS, Run, lookup, value_label
 from lightning_modules.metric_names import metric_mode
 
 
@@ -184,19 +187,61 @@ def _short_error(error: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _age(updated_at: Any) -> str | None:
+    """How long ago an ISO 8601 time was (``40 s``, ``5 min``, ``3 h``, ``2 d``); None when it
+    is missing or not a time."""
+    try:
+        then = datetime.fromisoformat(str(updated_at))
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=timezone.utc)
+    seconds = max(0.0, (datetime.now(timezone.utc) - then).total_seconds())
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _unfinished_detail(run: Run) -> str:
+    """What went wrong (the error's last line) or, for a run that says ``running``, its process
+    and last update, which tell a live run from one that died without a word."""
+    if run.status not in ("running", "killed"):
+        return _short_error(run.results.get("error"))
+    pid, host = run.results.get("pid"), run.results.get("host")
+    if run.status == "killed":
+        parts = [f"process {pid} is gone from this machine"]
+    elif pid is None:
+        parts = []
+    else:
+        parts = [f"pid {pid}" + (f" on {host}" if host else "")]
+    if age := _age(run.results.get("updated_at")):
+        parts.append(f"last update {age} ago")
+    return ", ".join(parts) or "-"
+
+
 def unfinished_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Failed/interrupted runs: where, which group, which seed, and the error's last line."""
-    header = ["run", "status", *comparison.by, "seed", "error"]
+    """Runs not in the table (running, killed, failed, interrupted, diverged): where, which
+    group, which seed, the last step reached, and the error's last line or the process."""
+    header = ["run", "status", *comparison.by, "seed", "step", "detail"]
     rows = [
         [
             run.name,
             run.status,
             *(value_label(lookup(run.results, k)) for k in comparison.by),
             value_label(run.results.get("seed")),
-            _short_error(run.results.get("error")),
+            value_label(run.results.get("last_step")),
+            _unfinished_detail(run),
         ]
         for run in comparison.unfinished
     ]
+    return header, rows
+
+
+def unreadable_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Run folders left out because their results.json cannot be used, and why."""
+    header = [RESULTS, "problem"]
+    rows = [[str(Path(run.name) / RESULTS), str(run.problem)] for run in comparison.unreadable]
     return header, rows
 
 

@@ -1,11 +1,14 @@
-"""The comparison in the terminal: rich tables, the lr selection, runs left out, warnings."""
+"""The comparison in the terminal: rich tables, the lr selection, runs left out (unfinished or
+unreadable), warnings."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from experiments.compare.aggregate import Comparison
+from experiments.compare.runs import RESULTS
 from experiments.compare.tables import (
     caption,
     chance_notes,
@@ -14,7 +17,21 @@ from experiments.compare.tables import (
     table_rows,
     title,
     unfinished_rows,
+    unreadable_rows,
 )
+
+
+def _print_left_out(
+    console: Console, heading: str, header: list[str], rows: list[list[str]]
+) -> None:
+    """A table of runs left out, its first two columns in red (the run and what is wrong); cells
+    are plain text, so brackets in a path or an error are never read as markup."""
+    table = Table(title=heading)
+    for index, name in enumerate(header):
+        table.add_column(name, style="red" if index < 2 else None)
+    for row in rows:
+        table.add_row(*map(Text, row))
+    console.print(table)
 
 
 def print_report(comparison: Comparison, console: Console) -> None:
@@ -41,12 +58,10 @@ def print_report(comparison: Comparison, console: Console) -> None:
     for note in lr_notes(comparison):
         console.print(f"[bold]lr selection[/] {note}", highlight=False)
     if comparison.unfinished:
-        header, rows = unfinished_rows(comparison)
-        failed = Table(title="failed and unfinished runs (not in the table above)")
-        for name in header:
-            failed.add_column(name, style="red" if name == "status" else None)
-        for row in rows:
-            failed.add_row(*row)
-        console.print(failed)
+        heading = "failed and unfinished runs (not in the table above)"
+        _print_left_out(console, heading, *unfinished_rows(comparison))
+    if comparison.unreadable:
+        heading = f"unreadable runs (left out: fix or delete their {RESULTS})"
+        _print_left_out(console, heading, *unreadable_rows(comparison))
     for warning in comparison.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -3,11 +3,29 @@ the argument checks, padding and the DataLoader.
 
 Token id 0 is padding in every task: batches are right-padded, ``mask`` is False there and
 per-position targets are -100 (never scored).
+
+The cache is checked before it is used. When ``datasets`` has built a dataset, the size and
+sha256 digest of each of its files go into ``mixerlab-checksums.json`` beside them (written
+atomically); every later load compares sizes, hashes the files again and rebuilds the dataset,
+saying which file and why, when one differs, is missing or cannot be read, or when the record
+itself is missing or unreadable. A cache from before the record existed is therefore rebuilt once
+rather than adopted: its bytes were never vouched for, and generation is seeded, so an intact old
+cache and its rebuild hold the same examples. Every byte is hashed on every load, with no
+size+mtime shortcut: an edit that keeps both would pass it, and the full check is cheap next to a
+run's start-up (on two busy CPU cores: the default text task's 117 MiB in 0.11-0.23 s, mqar's
+17 MiB in 17-37 ms, against 25 s to import the training stack). sha256 rather than blake2b
+because CPUs hash it in hardware (SHA-NI, ARMv8): 1.36 GB/s against 0.54 on the same core.
+Checking, rebuilding and recording happen under a per-dataset file lock, so runs that share a
+cache take turns and never remove files another run is building or checking.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,15 +35,21 @@ import datasets
 import numpy as np
 import torch
 from datasets.exceptions import DatasetGenerationError
+from filelock import FileLock
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from lightning_modules.io import write_atomic
 from lightning_modules.tasks.base import TaskDataModule
+
+log = logging.getLogger(__name__)
 
 PAD_ID = 0
 IGNORE_INDEX = -100
+CHECKSUMS = "mixerlab-checksums.json"
+HASH_BLOCK = 1 << 20  # bytes read per hash update
 
 
 def default_cache_dir() -> str:
@@ -33,24 +57,94 @@ def default_cache_dir() -> str:
     return os.environ.get("MIXERLAB_CACHE") or str(Path.home() / ".cache" / "mixerlab")
 
 
+def _generator_folder(cache_dir: str | os.PathLike, fingerprint: str) -> Path:
+    """Where ``Dataset.from_generator`` keeps the dataset of ``fingerprint`` (``datasets``'
+    layout; :func:`cached_dataset` refuses to go on if a build lands anywhere else)."""
+    return (
+        Path(cache_dir) / "datasets" / "generator" / f"default-fingerprint={fingerprint}" / "0.0.0"
+    )
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_checksums(folder: Path) -> dict[str, list]:
+    """``{file name: [size in bytes, sha256 hex digest]}`` of the dataset files in ``folder``."""
+    return {
+        path.name: [path.stat().st_size, _digest(path)]
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != CHECKSUMS and not path.name.startswith(".")
+    }
+
+
+def _cache_damage(folder: Path) -> str | None:
+    """Why the cached dataset in ``folder`` cannot be used, naming the file, or None when every
+    file matches its recorded size and digest. Sizes are compared first: a truncated file is
+    caught without hashing."""
+    record = folder / CHECKSUMS
+    try:
+        expected = json.loads(record.read_text())
+    except FileNotFoundError:
+        return f"{record} is missing (an older mixerlab's cache, or a build cut short)"
+    except (OSError, ValueError) as err:
+        return f"{record} cannot be read ({err})"
+    if not isinstance(expected, dict) or not all(
+        isinstance(entry, list) and len(entry) == 2 for entry in expected.values()
+    ):
+        return f"{record} is not a checksum record"
+    try:
+        for name, (size, _) in expected.items():
+            if (found := (folder / name).stat().st_size) != size:
+                return f"{folder / name} has {found} bytes, its checksum record says {size}"
+        for name, (_, digest) in expected.items():
+            if _digest(folder / name) != digest:
+                return f"{folder / name} does not match its checksum"
+    except OSError as err:
+        return f"{err.filename} cannot be read ({err.strerror})"
+    return None
+
+
 def cached_dataset(
     generator: Callable[..., Any], *, cache_dir: str | os.PathLike, fingerprint: str, **kwargs: Any
 ) -> datasets.Dataset:
     """``Dataset.from_generator`` under an explicit ``fingerprint`` in ``<cache_dir>/datasets``:
-    built once, then memory-mapped. ``kwargs`` go to ``from_generator`` (features, gen_kwargs,
-    split). A ValueError the generator raises (a bad-input message of ours) is re-raised as is
-    rather than wrapped in the library's DatasetGenerationError."""
-    try:
-        return datasets.Dataset.from_generator(
-            generator,
-            cache_dir=str(Path(cache_dir) / "datasets"),
-            fingerprint=fingerprint,
-            **kwargs,
-        )
-    except DatasetGenerationError as err:
-        if isinstance(err.__cause__, ValueError):
-            raise err.__cause__ from None
-        raise
+    built once, checked against its checksums on every load (rebuilt when damaged, see the
+    module docstring), then memory-mapped. ``kwargs`` go to ``from_generator`` (features,
+    gen_kwargs, split). A ValueError the generator raises (a bad-input message of ours) is
+    re-raised as is rather than wrapped in the library's DatasetGenerationError."""
+    folder = _generator_folder(cache_dir, fingerprint)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.parent / "mixerlab.lock"):
+        if folder.exists() and (damage := _cache_damage(folder)):
+            log.warning("cached dataset: %s; rebuilding it", damage)
+            shutil.rmtree(folder)
+        build = not folder.exists()
+        try:
+            dataset = datasets.Dataset.from_generator(
+                generator,
+                cache_dir=str(Path(cache_dir) / "datasets"),
+                fingerprint=fingerprint,
+                **kwargs,
+            )
+        except DatasetGenerationError as err:
+            if isinstance(err.__cause__, ValueError):
+                raise err.__cause__ from None
+            raise
+        if build:
+            built_in = {Path(entry["filename"]).parent.resolve() for entry in dataset.cache_files}
+            if built_in != {folder.resolve()}:
+                raise RuntimeError(
+                    f"datasets {datasets.__version__} wrote the dataset to {sorted(built_in)}, "
+                    f"not {folder} where mixerlab checks it; pin the datasets version mixerlab "
+                    "was tested with"
+                )
+            write_atomic(folder / CHECKSUMS, json.dumps(_file_checksums(folder), indent=1))
+    return dataset
 
 
 def _check_at_least(minimum: int, what: str, values: dict[str, Any]) -> None:
