@@ -4,8 +4,12 @@
     mixerlab bench mixers      # training tokens/s, parameters and FLOPs/token of every mixer
     mixerlab bench overhead    # a Lightning training step vs a bare PyTorch loop, same model+batch
     mixerlab bench loader      # data-loader tokens/s vs model tokens/s on the default task
+    mixerlab bench peak        # the measured matmul peak FLOP/s (what MFU is reported against)
+    mixerlab bench scaling     # every mixer's cost against sequence length (bench_scaling.py)
 
-Every number is a training step (forward, loss, backward, AdamW step) in fp32. Competing
+Every number is a training step (forward, loss, backward, AdamW step) in fp32 (``scaling``:
+``--dtype bf16`` too, and ``--device cuda``; its options are listed under "scaling and peak" in
+``--help``). Competing
 implementations are measured interleaved (A, B, A, B, ...) and the median of the repeats is
 reported, so a slow spell of a shared machine hits both sides alike. Results are printed as a
 table and written to ``<out>/bench-<name>.json``.
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments import bench_scaling
 from lightning_modules.io import write_atomic
 from mixers import SequenceModel, available_mixers, count_params
 
@@ -178,12 +183,14 @@ def reference_builders(shape: Shape) -> dict[str, dict[str, Callable[[], nn.Modu
     }
 
 
-def bench_reference(shape: Shape, *, steps: int, warmup: int, repeats: int) -> dict:
+def _timing(args: argparse.Namespace) -> dict[str, int]:
+    return {"steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
+
+
+def bench_reference(shape: Shape, args: argparse.Namespace) -> dict:
     report = {}
     for pair, builders in reference_builders(shape).items():
-        ours, theirs = _measure_interleaved(
-            builders, shape, steps=steps, warmup=warmup, repeats=repeats
-        )
+        ours, theirs = _measure_interleaved(builders, shape, **_timing(args))
         report[pair] = {
             "ours": asdict(ours),
             "reference": asdict(theirs),
@@ -192,9 +199,9 @@ def bench_reference(shape: Shape, *, steps: int, warmup: int, repeats: int) -> d
     return report
 
 
-def bench_mixers(shape: Shape, *, steps: int, warmup: int, repeats: int) -> dict:
+def bench_mixers(shape: Shape, args: argparse.Namespace) -> dict:
     builders = {name: _ours(shape, name) for name in available_mixers()}
-    measured = _measure_interleaved(builders, shape, steps=steps, warmup=warmup, repeats=repeats)
+    measured = _measure_interleaved(builders, shape, **_timing(args))
     report = {}
     for m in measured:
         model = builders[m.name]()
@@ -209,8 +216,9 @@ def _fixed_batches(batch: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
         yield {"input": inputs, "target": targets, "mask": mask}
 
 
-def bench_overhead(shape: Shape, *, steps: int, warmup: int, repeats: int) -> dict:
+def bench_overhead(shape: Shape, args: argparse.Namespace) -> dict:
     """Tokens/s of Lightning's fit loop vs the bare loop above, same model, batch and optimiser."""
+    steps, warmup, repeats = args.steps, args.warmup, args.repeats
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -268,8 +276,9 @@ def bench_overhead(shape: Shape, *, steps: int, warmup: int, repeats: int) -> di
     }
 
 
-def bench_loader(shape: Shape, *, steps: int, warmup: int, repeats: int) -> dict:
+def bench_loader(shape: Shape, args: argparse.Namespace) -> dict:
     """The default task's loader throughput next to the model's training throughput."""
+    steps, repeats = args.steps, args.repeats
     from lightning_modules.tasks.loading import measure_loader_throughput
     from lightning_modules.tasks.text import TextLMDataModule
 
@@ -280,11 +289,7 @@ def bench_loader(shape: Shape, *, steps: int, warmup: int, repeats: int) -> dict
         measure_loader_throughput(dm, n_batches=max(steps, 50)) for _ in range(repeats)
     )
     (model,) = _measure_interleaved(
-        {"attention": _ours(shape, "attention")},
-        shape,
-        steps=steps,
-        warmup=warmup,
-        repeats=repeats,
+        {"attention": _ours(shape, "attention")}, shape, **_timing(args)
     )
     return {
         "loader_tokens_per_s": loader_tps,
@@ -298,12 +303,15 @@ BENCHMARKS = {
     "mixers": bench_mixers,
     "overhead": bench_overhead,
     "loader": bench_loader,
+    "peak": bench_scaling.bench_peak,
+    "scaling": bench_scaling.bench_scaling,
 }
+TABLES = {"scaling": bench_scaling.format_table}  # the others print their JSON
 
 
 def _print_report(name: str, report: dict) -> None:
     print(f"\n== bench {name}")
-    print(json.dumps(report, indent=2, default=float))
+    print(TABLES[name](report) if name in TABLES else json.dumps(report, indent=2, default=float))
 
 
 def _int_at_least(lo: int) -> Callable[[str], int]:
@@ -337,20 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="JSON output folder")
     for field, default in asdict(Shape()).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=positive, default=default)
+    bench_scaling.add_arguments(parser)
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     names = args.names or list(BENCHMARKS)
+    problem = bench_scaling.check_arguments(args) if {"peak", "scaling"} & set(names) else None
+    if problem:
+        parser.error(problem)
 
     torch.set_num_threads(args.threads)
     shape = Shape(**{field: getattr(args, field) for field in asdict(Shape())})
     args.out.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:
-            report = BENCHMARKS[name](
-                shape, steps=args.steps, warmup=args.warmup, repeats=args.repeats
-            )
+            report = BENCHMARKS[name](shape, args)
         except BenchError as err:
             print(f"mixerlab bench: error: {err}", file=sys.stderr)
             return 2

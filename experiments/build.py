@@ -14,14 +14,17 @@ from pytorch_lightning.loggers import Logger
 
 from experiments.mixer_config import mixer_label, model_mixer
 from experiments.wandb_setup import wandb_mode
-from lightning_modules.callbacks import CheckpointOnInterrupt, ProgressBar, ThroughputMonitor
+from lightning_modules.callbacks import (
+    CheckpointOnInterrupt,
+    ProgressBar,
+    StopOnDivergence,
+    ThroughputMonitor,
+)
 from lightning_modules.metric_names import mode_of
 from lightning_modules.modules import ClassificationModule, LanguageModelModule
-from lightning_modules.results import RESULTS_FILE, HistoryLogger
+from lightning_modules.results import CHECKPOINT_DIR, RESULTS_FILE, HistoryLogger
 from lightning_modules.tasks import TaskDataModule, build_task
 from mixers import SequenceModel
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
@@ -128,7 +131,12 @@ def build_callbacks(config: dict[str, Any], run_dir: Path) -> list[pl.Callback]:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR), ThroughputMonitor()]
+    callbacks = [
+        checkpoint,
+        CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR),
+        ThroughputMonitor(),
+        StopOnDivergence(),
+    ]
     if settings["progress_bar"]:
         callbacks.append(ProgressBar())
     callbacks.extend(hydra.utils.instantiate(spec) for spec in settings["extra"])

@@ -4,6 +4,7 @@ schema (:mod:`experiments.schema`) and the mixer node's checks (:mod:`experiment
 from __future__ import annotations
 
 import difflib
+import math
 import types
 from collections.abc import Mapping
 from typing import Any, Union, get_args, get_origin
@@ -21,8 +22,8 @@ def matches(value: Any, tp: Any) -> bool:
         return isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is float:  # NaN and inf (`1e400` parses as inf) are no setting's meaningful value
+        return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
     if tp is str:
         return isinstance(value, str)
     if origin is list:
@@ -31,6 +32,10 @@ def matches(value: Any, tp: Any) -> bool:
     if origin is dict:
         return isinstance(value, Mapping)
     raise TypeError(f"schema type {tp!r} is not supported")  # a bug in this module, not the config
+
+
+def _finite(number: int | float) -> bool:
+    return isinstance(number, int) or math.isfinite(number)  # a huge int is finite, not a float
 
 
 def type_name(tp: Any) -> str:
@@ -43,7 +48,7 @@ def type_name(tp: Any) -> str:
         return f"a list of {type_name(get_args(tp)[0])}"
     if origin is dict:
         return "a mapping"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[tp]
+    return {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}[tp]
 
 
 def unknown_key(key: str, allowed: list[str], where: str) -> str:

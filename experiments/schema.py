@@ -277,6 +277,12 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
             f"callbacks.checkpoint.monitor={monitor!r} is not a logged metric; use val/loss, "
             "val/acc, val/bpb (text), val/acc@<val set> or train/loss"
         )
+    if cfg["trainer"]["limit_val_batches"] == 0:
+        problems.append(
+            "trainer.limit_val_batches=0 turns validation off: the run would end with no val "
+            "metric for results.json, best.ckpt or `mixerlab compare`; validate on a few batches "
+            "instead (e.g. trainer.limit_val_batches=1) and rarely (trainer.val_check_interval)"
+        )
     ckpt_path = cfg["ckpt_path"]
     local = ckpt_path is not None and "://" not in ckpt_path  # not a remote (fsspec) URL
     if local and ckpt_path.split(":")[0] not in FIT_CKPT_NAMES and not Path(ckpt_path).is_file():

@@ -10,15 +10,21 @@ Every run gets its own directory (``runs/<date>/<time with microseconds>_<mixer>
 (``last.ckpt`` and ``best.ckpt``), the W&B run under ``wandb/`` and Hydra's ``.hydra/`` (the
 composed config and the overrides). A config error leaves no folder.
 
-Resuming: a run directory that holds ``checkpoints/last.ckpt`` continues from it when trained
-again. ``resume=<run dir>`` does that with the run's own overrides (from ``.hydra/overrides.yaml``)
+Resuming: a run directory that holds checkpoints continues from the newest one that loads
+(``last.ckpt``; a damaged one is reported and the next newest used) when trained again.
+``resume=<run dir>`` does that with the run's own overrides (from ``.hydra/overrides.yaml``)
 plus any given after it, e.g. ``resume=<dir> trainer.max_steps=2000`` to train longer;
-``ckpt_path=<file.ckpt>`` starts from any checkpoint in a new run directory instead.
+``ckpt_path=<file.ckpt or URL>`` starts from any checkpoint in a new run directory instead.
+Checkpoints load tensors only, files and URLs alike (``experiments.run_guard``).
+
+When things go wrong: results.json says ``running`` (pid, host, last step) from the start, so a
+run killed hard stays visible; a non-finite loss or gradient norm stops the run as ``diverged``
+(exit 3) before any checkpoint keeps the broken weights; SIGTERM saves ``last.ckpt`` and exits
+143; a bad command line, config or checkpoint is one message and exit 2.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -30,7 +36,6 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import (
     ConfigCompositionException,
@@ -40,12 +45,10 @@ from hydra.errors import (
 )
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from experiments.build import (
-    CHECKPOINT_DIR,
     build_callbacks,
     build_datamodule,
     build_loggers,
@@ -54,20 +57,36 @@ from experiments.build import (
     check_monitor,
 )
 from experiments.mixer_config import mixer_label
+from experiments.run_guard import (
+    Start,
+    check_checkpoint_fits,
+    check_model_memory,
+    start_checkpoint,
+)
 from experiments.schema import ConfigError, validate_config
 from experiments.sweep_summary import report_started_sweeps
 from experiments.train_cli import (
+    check_overrides,
     composition_error_message,
+    expand_resume,
     holds_only_hydra_files,
     hydra_raising_errors,
     logging_restored,
     print_traceback_from,
     remove_run_dir,
     report_config_error,
+    split_hydra_argv,
 )
-from lightning_modules.callbacks import ThroughputMonitor
+from lightning_modules.callbacks import Diverged, SafeCheckpointIO
+from lightning_modules.io import write_atomic
 from lightning_modules.metric_names import mode_of
-from lightning_modules.results import HistoryLogger, RunResults, chance_levels
+from lightning_modules.results import (
+    RESULTS_FILE,
+    HistoryLogger,
+    RunRecord,
+    RunResults,
+    flops_per_token,
+)
 from mixers import SequenceModel
 
 log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
@@ -82,6 +101,9 @@ COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, Search
 # What building the run from a valid-looking config raises for a value only the built object
 # can judge (a DataModule argument, a `_target_`, a Trainer setting): config errors too.
 BUILD_ERRORS = (ValueError, TypeError, InstantiationException, MisconfigurationException)
+# Exit codes beyond 0, 1 (failed) and 2 (bad input): what clusters expect after SIGTERM
+# (128 + 15) and Ctrl-C (128 + 2), and a run that diverged.
+SIGTERM_EXIT, INTERRUPT_EXIT, DIVERGED_EXIT = 143, 130, 3
 # conf/sweep/optuna.yaml: the study's direction follows the monitored metric, as checkpointing does.
 OmegaConf.register_new_resolver(
     "mixerlab.direction",
@@ -96,84 +118,103 @@ def train(
 ) -> float | None:
     """Train one run into ``run_dir``; returns the best value of the monitored metric.
 
-    The config is validated first (ConfigError, before any work). ``run_dir/results.json`` is
-    written whatever happens next: ``finished``, ``failed`` (then the error is re-raised) or
-    ``interrupted`` (then KeyboardInterrupt is re-raised). A ``run_dir`` holding
-    ``checkpoints/last.ckpt`` resumes from it. ``callbacks`` are added to the config's.
+    The config and the checkpoint the run starts from (``ckpt_path``, or the newest readable
+    checkpoint in ``run_dir/checkpoints/``: a resume) are checked first (ConfigError, before
+    any work or any write). ``run_dir/results.json`` then says ``running`` and ends
+    ``finished``, ``failed`` (the error is re-raised), ``diverged`` (:class:`Diverged` is
+    re-raised), or ``interrupted`` (KeyboardInterrupt is re-raised; SystemExit(143) after
+    SIGTERM). A config error found while building leaves an earlier results.json as it was.
+    ``callbacks`` are added to the config's.
     """
     config = validate_config(cfg)
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with start_checkpoint(config, run_dir) as start:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _train(config, run_dir, start, callbacks)
+
+
+def _train(
+    config: dict[str, Any], run_dir: Path, start: Start, callbacks: Sequence[pl.Callback]
+) -> float | None:
     history = HistoryLogger(run_dir)
+    record = RunRecord(run_dir, history, mixer=mixer_label(config["mixer"]), config=config)
+    if rank_zero_only.rank == 0:
+        record.results("running").write(run_dir)  # a run is visible from its first second
     pl.seed_everything(config["seed"], workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
     model: SequenceModel | None = None
     trainer: pl.Trainer | None = None
-    monitor: ThroughputMonitor | None = None
     status, error, config_error = "failed", None, False
     try:
         try:
             dm = build_datamodule(config)
+            check_model_memory(config, dm)
             model = build_model(config, dm)
             module = build_module(config, model, dm)
+            check_checkpoint_fits(start, module)
             val_metrics = module.val_metric_names()
             check_monitor(config["callbacks"]["checkpoint"]["monitor"], val_metrics)
-            all_callbacks = [*build_callbacks(config, run_dir), *callbacks]
-            monitor = next(cb for cb in all_callbacks if isinstance(cb, ThroughputMonitor))
             trainer = pl.Trainer(
                 **config["trainer"],
                 check_val_every_n_epoch=None,  # validate every val_check_interval steps
                 gradient_clip_val=config["optim"]["grad_clip"],
                 default_root_dir=run_dir,
                 logger=build_loggers(config, run_dir, dm, val_metrics, history),
-                callbacks=all_callbacks,
+                callbacks=[*build_callbacks(config, run_dir), record, *callbacks],
+                plugins=[SafeCheckpointIO(start.preloaded())],
                 enable_progress_bar=config["callbacks"]["progress_bar"],
                 enable_model_summary=False,  # its FLOPs column reads 0: see the line below
             )
+        except ConfigError:
+            raise
         except BUILD_ERRORS as err:
             raise ConfigError(f"building the run from the config failed: {err}") from err
         if rank_zero_only.rank == 0:
             log.info(_describe(config, model, run_dir))
-        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
-        ckpt_path = config["ckpt_path"] or (str(last) if last.exists() else None)
-        if ckpt_path:
-            log.info("mixerlab: resuming from %s", ckpt_path)
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        if start.path:
+            log.info("mixerlab: resuming from %s", start.source or start.path)
+        trainer.fit(module, datamodule=dm, ckpt_path=start.path)
         if trainer.global_step % config["trainer"]["val_check_interval"]:
             trainer.validate(module, datamodule=dm, verbose=False)  # final metrics are final
         status = "finished"
     except SystemExit as exit_:
-        # Lightning turns Ctrl-C into on_exception callbacks + sys.exit(1); anything else exiting
-        # is a failure like any other.
+        # Lightning turns Ctrl-C into on_exception callbacks + sys.exit(1), and SIGTERM into
+        # SIGTERMException (a SystemExit); anything else exiting is a failure like any other.
         if trainer is not None and trainer.interrupted:
             status = "interrupted"
+            if isinstance(exit_, SIGTERMException):
+                raise SystemExit(SIGTERM_EXIT) from None
             raise KeyboardInterrupt from None
         error = f"SystemExit: exit status {exit_.code}"
         raise
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except Diverged as err:
+        status, error = "diverged", str(err)
+        raise
     except BaseException as err:
         error, config_error = f"{type(err).__name__}: {err}", isinstance(err, ConfigError)
         raise
     finally:
-        results = _results(config, run_dir, status, error, model, trainer, monitor, history)
-        # A config error is the caller's to report: the summary would only say it twice.
-        _finish(results, run_dir, summary=not config_error)
+        history.flush()
+        results = record.results(status, trainer=trainer, model=model, error=error)
+        # A config error is the caller's to report (the summary would only say it twice), and
+        # nothing ran: an earlier record of the run stands.
+        _finish(
+            results,
+            run_dir,
+            summary=not config_error,
+            keep=record.previous if config_error else None,
+        )
     return results.best.get(config["callbacks"]["checkpoint"]["monitor"])
-
-
-def _flops_per_token(model: SequenceModel) -> float:
-    with contextlib.suppress(NotImplementedError):  # a plugin mixer without its FLOP count
-        return model.flops_per_token(model.max_len)
-    return math.nan
 
 
 def _describe(config: dict[str, Any], model: SequenceModel, run_dir: Path) -> str:
     """The run in one line, where Lightning's model summary would stand."""
-    flops = _flops_per_token(model)
+    flops = flops_per_token(model)
     counted = "not counted by the mixer" if math.isnan(flops) else f"{flops:,.0f}"
     return (
         f"mixerlab: {mixer_label(config['mixer'])} on {config['task']['name']}, "
@@ -182,53 +223,16 @@ def _describe(config: dict[str, Any], model: SequenceModel, run_dir: Path) -> st
     )
 
 
-def _results(
-    config: dict[str, Any],
-    run_dir: Path,
-    status: str,
-    error: str | None,
-    model: SequenceModel | None,
-    trainer: pl.Trainer | None,
-    monitor: ThroughputMonitor | None,
-    history: HistoryLogger,
-) -> RunResults:
-    history.flush()
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    best_path = None
-    if trainer is not None and trainer.checkpoint_callback is not None:
-        best_path = trainer.checkpoint_callback.best_model_path or None
-    wandb_id = None
-    if trainer is not None:
-        wandb_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-    return RunResults(
-        status=status,
-        mixer=mixer_label(config["mixer"]),
-        task=config["task"]["name"],
-        seed=config["seed"],
-        params=model.num_params() if model is not None else 0,
-        flops_per_token=_flops_per_token(model) if model is not None else math.nan,
-        metrics=history.latest(),
-        best=history.best(),
-        tokens_per_s=monitor.tokens_per_s if monitor is not None else math.nan,
-        wall_s=round(history.wall_s(), 3),
-        wandb_run_id=wandb_id,
-        checkpoints={
-            "last": str(ckpt_dir / "last.ckpt") if (ckpt_dir / "last.ckpt").exists() else None,
-            "best": best_path,
-        },
-        config=config,
-        error=error,
-        chance=chance_levels(trainer),
-    )
-
-
-def _finish(results: RunResults, run_dir: Path, summary: bool) -> None:
-    """results.json, the W&B summary and ``wandb.finish`` (so multirun jobs are separate runs),
-    then, if ``summary``, a short summary for the terminal and train.log. Only the global rank 0
-    process of a DDP run writes."""
+def _finish(results: RunResults, run_dir: Path, summary: bool, keep: bytes | None) -> None:
+    """results.json (or ``keep``, the earlier one, as it was), the W&B summary and
+    ``wandb.finish`` (so multirun jobs are separate runs), then, if ``summary``, a short summary
+    for the terminal and train.log. Only the global rank 0 process of a DDP run writes."""
     if rank_zero_only.rank != 0:
         return
-    results.write(run_dir)
+    if keep is None:
+        results.write(run_dir)
+    else:
+        write_atomic(run_dir / RESULTS_FILE, keep)
     wandb = sys.modules.get("wandb")  # only imported (by WandbLogger) when a W&B run was made
     if wandb is not None and wandb.run is not None:
         wandb.run.summary.update(
@@ -275,6 +279,8 @@ def _summary(results: RunResults, run_dir: Path) -> str:
             lines.append(f"            upload: wandb sync {wandb_runs[-1]}")
     if results.status == "interrupted":
         lines.append(f"  resume    mixerlab train resume={run_dir}")
+    if results.status == "finished" and not any(k.startswith("val/") for k in results.metrics):
+        lines.append("  warning   no validation ran (trainer.limit_val_batches selects no batch)")
     return "\n".join(lines)
 
 
@@ -301,71 +307,15 @@ def _hydra_app(cfg: DictConfig) -> float | None:
         logging.captureWarnings(False)
 
 
-# Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
-# --info/-i takes the next argument only when it is one of its topics.
-HYDRA_VALUE_FLAGS = frozenset(
-    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
-    | {"--config-dir", "-cd", "--experimental-rerun"}
-)
-HYDRA_INFO_FLAGS = frozenset({"--info", "-i"})
-HYDRA_INFO_TOPICS = frozenset(
-    {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-)
-
-
-def split_hydra_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(flags with their values, overrides) of a Hydra command line, each in the given order."""
-    flags: list[str] = []
-    overrides: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if not arg.startswith("-"):
-            overrides.append(arg)
-            continue
-        flags.append(arg)
-        takes_value = arg in HYDRA_VALUE_FLAGS or (
-            arg in HYDRA_INFO_FLAGS and i < len(args) and args[i] in HYDRA_INFO_TOPICS
-        )
-        if takes_value and i < len(args):
-            flags.append(args[i])
-            i += 1
-    return flags, overrides
-
-
-def expand_resume(argv: Sequence[str]) -> list[str]:
-    """``resume=<run dir>`` -> that run's overrides + the given ones + ``hydra.run.dir=<dir>``.
-
-    Flags (``--config-dir`` and the like) stay in front; a given override replaces the run's
-    override of the same key.
-    """
-    flags, overrides = split_hydra_argv(argv)
-    resume = [arg for arg in overrides if arg.startswith("resume=")]
-    if not resume:
-        return list(argv)
-    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.exists():
-        raise ConfigError(
-            f"resume={run_dir}: {saved} not found; pass the directory of a run started by "
-            "`mixerlab train` (it holds .hydra/ and checkpoints/)"
-        )
-    merged: dict[str, str] = {}
-    for override in [*yaml.safe_load(saved.read_text()), *overrides]:
-        if not override.startswith("resume="):
-            merged[override.split("=", 1)[0].lstrip("+~")] = override
-    return [*flags, *merged.values(), f"hydra.run.dir={run_dir.resolve()}"]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the Hydra app on ``argv``; exit 2 for config errors (one message, no traceback), 1
     when the run or any job of a sweep failed (a sweep runs all its jobs first; a job's config
-    error is its failure, reported without a traceback), 130 on Ctrl-C."""
+    error is its failure, reported without a traceback), 3 when it diverged (one message), 130
+    on Ctrl-C, 143 on SIGTERM (after saving a checkpoint)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = expand_resume(argv)
+        check_overrides(split_hydra_argv(argv)[1])
     except ConfigError as err:
         report_config_error(err)
         return 2
@@ -384,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     except KeyboardInterrupt:
         print("mixerlab train: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPT_EXIT
+    except Diverged as err:  # the run's summary names it too; a sweep's other jobs ran
+        print(f"mixerlab train: {err}", file=sys.stderr)
+        return DIVERGED_EXIT
     except Exception as err:  # the run, or a job of a sweep (possibly in a worker), failed
         print_traceback_from(err, _hydra_app.__wrapped__.__code__)
         return 1

@@ -10,6 +10,8 @@ closest key or option, and :func:`remove_run_dir` takes away the folder of a run
 error stopped while it was being built. :func:`hydra_raising_errors` has Hydra raise its errors
 for that instead of printing them, and :func:`logging_restored` undoes the logging Hydra sets up
 for a run (the terminal and train.log), for a process that runs several (tests, a notebook).
+:func:`check_overrides` refuses what Hydra would fail on with a traceback, and
+:func:`expand_resume` turns ``resume=<run dir>`` into that run's command line.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
 from types import CodeType
 from typing import Any
 
+import yaml
 from hydra.errors import MissingConfigException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -165,3 +168,73 @@ def logging_restored() -> Iterator[None]:
                 handler.close()
             logger.handlers[:] = handlers
             logger.propagate = propagate
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Overrides Hydra would take apart with a traceback: ``=5`` (no key) reaches Hydra as a
+    change of a config group named '' to an integer, a ValueError deep in its defaults list."""
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if sep and not key.lstrip("+~"):
+            raise ConfigError(
+                f"{override!r}: an override needs a key before '=' "
+                "(key=value, e.g. model.d_model=64 or mixer=gmlp)"
+            )
+
+
+# Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
+# --info/-i takes the next argument only when it is one of its topics.
+HYDRA_VALUE_FLAGS = frozenset(
+    {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+    | {"--config-dir", "-cd", "--experimental-rerun"}
+)
+HYDRA_INFO_FLAGS = frozenset({"--info", "-i"})
+HYDRA_INFO_TOPICS = frozenset(
+    {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+)
+
+
+def split_hydra_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(flags with their values, overrides) of a Hydra command line, each in the given order."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        flags.append(arg)
+        takes_value = arg in HYDRA_VALUE_FLAGS or (
+            arg in HYDRA_INFO_FLAGS and i < len(args) and args[i] in HYDRA_INFO_TOPICS
+        )
+        if takes_value and i < len(args):
+            flags.append(args[i])
+            i += 1
+    return flags, overrides
+
+
+def expand_resume(argv: Sequence[str]) -> list[str]:
+    """``resume=<run dir>`` -> that run's overrides + the given ones + ``hydra.run.dir=<dir>``.
+
+    Flags (``--config-dir`` and the like) stay in front; a given override replaces the run's
+    override of the same key.
+    """
+    flags, overrides = split_hydra_argv(argv)
+    resume = [arg for arg in overrides if arg.startswith("resume=")]
+    if not resume:
+        return list(argv)
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.exists():
+        raise ConfigError(
+            f"resume={run_dir}: {saved} not found; pass the directory of a run started by "
+            "`mixerlab train` (it holds .hydra/ and checkpoints/)"
+        )
+    merged: dict[str, str] = {}
+    for override in [*yaml.safe_load(saved.read_text()), *overrides]:
+        if not override.startswith("resume="):
+            merged[override.split("=", 1)[0].lstrip("+~")] = override
+    return [*flags, *merged.values(), f"hydra.run.dir={run_dir.resolve()}"]

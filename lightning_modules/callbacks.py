@@ -1,7 +1,9 @@
-"""Callbacks of a mixerlab run: throughput accounting, progress bar, checkpoint on interrupt."""
+"""Callbacks of a mixerlab run: throughput accounting, progress bar, checkpoint on interrupt,
+the divergence stop; and the checkpoint I/O every save and restore of a run goes through."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -9,10 +11,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.trainer.states import RunningStage, TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
+
+from lightning_modules.io import load_checkpoint, write_atomic
 
 # Training FLOPs per token = 3 x forward: the backward pass costs about twice the forward
 # (gradients for activations and for weights), the convention of Kaplan et al. and PaLM's MFU.
@@ -187,8 +192,9 @@ class CheckpointOnInterrupt(pl.Callback):
     """Saves ``last.ckpt`` when training is interrupted (Ctrl-C or SIGTERM, e.g. a preempted
     job), so a re-run resumes there.
 
-    Lightning catches both, calls ``on_exception`` and exits; without this the run would resume
-    from the last validation's checkpoint and redo the steps since.
+    Lightning catches both, calls ``on_exception`` and exits (``mixerlab train`` then exits 130
+    or, after SIGTERM, 143); without this the run would resume from the last validation's
+    checkpoint and redo the steps since.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
@@ -199,3 +205,103 @@ class CheckpointOnInterrupt(pl.Callback):
     ) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.global_step:
             trainer.save_checkpoint(self.path)
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite value: the metric, its value and the step are named."""
+
+    def __init__(self, metric: str, value: float, step: int) -> None:
+        super().__init__(
+            f"training diverged: {metric} is {value} at step {step}; no checkpoint was saved "
+            "after it (try a lower optim.lr, a smaller optim.grad_clip or more warmup)"
+        )
+        self.metric, self.value, self.step = metric, value, step
+
+
+class StopOnDivergence(pl.Callback):
+    """Stops a run at its first non-finite training loss or gradient norm, raising
+    :class:`Diverged`, before any checkpoint or validation sees the broken weights.
+
+    The values stay on the device and are checked together, one device sync for many steps, at
+    every logging step (``log_every_n_steps``), before every validation and every checkpoint
+    save, and when training ends; the first bad one is reported with the step it was computed
+    at (metrics.csv's step). Checking before a save is what keeps non-finite weights out of
+    ``best.ckpt`` and ``last.ckpt``. The gradient norm is the module's ``grad_norm``, taken
+    before clipping; it is not watched under fp16 mixed precision, whose loss scaler expects
+    overflowing gradients now and then and skips those steps itself.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, str, Tensor]] = []
+        self._step = 0
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._step = trainer.global_step  # the optimiser step this batch belongs to
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._pending.append((self._step, "train/loss", outputs["loss"].detach()))
+        stepped = trainer.global_step > self._step  # not a batch that only accumulated
+        if stepped and getattr(trainer.precision_plugin, "scaler", None) is None:
+            self._pending.append((self._step, "train/grad_norm", pl_module.grad_norm.detach()))
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self.check()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.check()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`Diverged` for the first non-finite value watched since the last check."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.stack([value.float() for _, _, value in pending])  # (n,)
+        for (step, metric, _), value, finite in zip(
+            pending, values.tolist(), torch.isfinite(values).tolist(), strict=True
+        ):
+            if not finite:
+                raise Diverged(metric, value, step)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, made safe both ways: restoring reads tensors only (through
+    :func:`lightning_modules.io.load_checkpoint`, never a full unpickle), and saving replaces
+    the file atomically, so a run killed while saving leaves the previous checkpoint whole.
+
+    ``preloaded`` maps paths to checkpoints the run has already loaded and checked before
+    ``fit`` (see ``experiments.run_guard``); Lightning's restore takes them from there instead
+    of reading the file again.
+    """
+
+    def __init__(self, preloaded: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.preloaded = dict(preloaded or {})
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return self.preloaded.pop(str(path), None) or load_checkpoint(path)
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), buffer.getvalue())

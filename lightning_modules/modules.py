@@ -121,6 +121,7 @@ class _SequenceModule(pl.LightningModule):
         several = len(self.val_set_names) > 1
         self.val_sets = nn.ModuleList(_ValSet(num_classes) for _ in self.val_set_names if several)
         self.val_all = _ValSet(num_classes)
+        self.grad_norm: Tensor | None = None  # of the last optimiser step, before clipping
 
     # -- to be provided by the task-specific subclasses ---------------------------------------
     def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,6 +178,23 @@ class _SequenceModule(pl.LightningModule):
         return names
 
     # -- optimisation --------------------------------------------------------------------------
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip by the global gradient norm (the Trainer's ``gradient_clip_val``; none when unset)
+        and keep that norm, taken before clipping, as :attr:`grad_norm`: logged as
+        ``train/grad_norm`` and watched by :class:`~lightning_modules.callbacks.StopOnDivergence`.
+        One norm computation serves both (Lightning's own clipping would compute it and drop it).
+        """
+        params = [
+            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val or math.inf)
+        self.log("train/grad_norm", self.grad_norm)
+
     def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         optimizer = self.optimizer_factory(parameter_groups(self.model))
         if self.scheduler_factory is None:

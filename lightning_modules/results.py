@@ -1,29 +1,37 @@
 """What a run leaves behind for ``mixerlab compare``: ``metrics.csv`` (curves) and ``results.json``.
 
 Both are rewritten atomically (tmp file + ``os.replace``), so a reader never sees half a file,
-even while the run is still writing or after it was killed. ``results.json`` also records the
+even while the run is still writing or after it was killed. ``results.json`` exists from the
+start of a run (:class:`RunRecord`): ``running``, with the process id, host and last step, until
+the run ends ``finished``, ``failed``, ``interrupted`` or ``diverged``; a run killed hard keeps
+saying ``running`` with a process that no longer exists. It also records the
 task's chance levels under the validation metrics' names (:func:`chance_levels`), so the
 comparison can draw them without importing the task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import math
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from lightning_modules.callbacks import ThroughputMonitor
 from lightning_modules.io import write_atomic
 from lightning_modules.metric_names import mode_of
 
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"
+CHECKPOINT_DIR = "checkpoints"  # last.ckpt, best.ckpt
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -205,7 +214,7 @@ def chance_levels(trainer: pl.Trainer | None) -> dict[str, dict[str, Any]]:
 class RunResults:
     """The fields of ``results.json``, the contract ``mixerlab compare`` reads."""
 
-    status: str  # finished | failed | interrupted
+    status: str  # running | finished | failed | interrupted | diverged
     mixer: str
     task: str
     seed: int
@@ -222,6 +231,11 @@ class RunResults:
     history: str = HISTORY_FILE
     # what learning nothing scores, by metric: {"value", "label", "how"} (see chance_levels)
     chance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # who wrote this and how far it got: a `running` run whose process is gone was killed
+    pid: int | None = None
+    host: str | None = None
+    last_step: int = 0
+    updated_at: str | None = None  # ISO 8601, UTC
 
     def write(self, run_dir: str | Path) -> Path:
         """Write ``<run_dir>/results.json`` atomically; returns its path."""
@@ -233,3 +247,84 @@ class RunResults:
         path = Path(run_dir) / RESULTS_FILE
         write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
         return path
+
+
+def flops_per_token(model: Any) -> float:
+    """The model's forward FLOPs per token at its full length; NaN for a plugin mixer that does
+    not count its FLOPs."""
+    try:
+        return model.flops_per_token(model.max_len)
+    except NotImplementedError:
+        return math.nan
+
+
+class RunRecord(pl.Callback):
+    """``results.json`` over a run's life, written by the global rank 0 process only.
+
+    The run writes ``running`` before any work (:meth:`results` with what is known then), this
+    callback rewrites it when training starts and after every validation (when checkpoints are
+    saved), and the run writes the final status. Each write carries the process id, the host,
+    the last optimiser step and the time, so a run that was killed without a word (``kill -9``,
+    a lost node) shows up as ``running`` with a dead process and the step it reached.
+    """
+
+    def __init__(
+        self, run_dir: Path, history: HistoryLogger, *, mixer: str, config: dict[str, Any]
+    ) -> None:
+        self.run_dir, self.history, self.mixer, self.config = run_dir, history, mixer, config
+        path = run_dir / RESULTS_FILE
+        # the run's earlier record, as it was: what a resumed run continues (its W&B run)
+        self.previous = path.read_bytes() if path.exists() else None
+        self._wandb_run_id = None
+        with contextlib.suppress(ValueError, AttributeError):  # unreadable: a new W&B run
+            self._wandb_run_id = json.loads(self.previous or "{}").get("wandb_run_id")
+
+    def results(
+        self,
+        status: str,
+        *,
+        trainer: pl.Trainer | None = None,
+        model: Any = None,
+        error: str | None = None,
+    ) -> RunResults:
+        """The run's results as they stand; ``model`` is the SequenceModel once built."""
+        callbacks = trainer.callbacks if trainer is not None else []
+        monitor = next((cb for cb in callbacks if isinstance(cb, ThroughputMonitor)), None)
+        checkpoint = trainer.checkpoint_callback if trainer is not None else None
+        last = self.run_dir / CHECKPOINT_DIR / "last.ckpt"
+        loggers = trainer.loggers if trainer is not None else []
+        return RunResults(
+            status=status,
+            mixer=self.mixer,
+            task=self.config["task"]["name"],
+            seed=self.config["seed"],
+            params=model.num_params() if model is not None else 0,
+            flops_per_token=flops_per_token(model) if model is not None else math.nan,
+            metrics=self.history.latest(),
+            best=self.history.best(),
+            tokens_per_s=monitor.tokens_per_s if monitor is not None else math.nan,
+            wall_s=round(self.history.wall_s(), 3),
+            wandb_run_id=next(
+                (lg.version for lg in loggers if isinstance(lg, WandbLogger)), self._wandb_run_id
+            ),
+            checkpoints={
+                "last": str(last) if last.exists() else None,
+                "best": (checkpoint.best_model_path or None) if checkpoint else None,
+            },
+            config=self.config,
+            error=error,
+            chance=chance_levels(trainer),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            last_step=trainer.global_step if trainer is not None else 0,
+            updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    @rank_zero_only
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.results("running", trainer=trainer, model=pl_module.model).write(self.run_dir)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.results("running", trainer=trainer, model=pl_module.model).write(self.run_dir)

@@ -96,14 +96,28 @@ class SelfAttention(TokenMixer):
         batch, _, length, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        self.check_input(x, mask)
-        q, k, v = self._qkv(x, start=0)
+    def _mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention of (B, n_heads, L, head_dim) q, k, v under the padding mask -> (B, L, d)."""
         # A mask without padding takes the fused path too (costs one host sync on GPU).
         if mask is None or bool(mask.all()):
             return self._attend(q, k, v, attn_mask=None, is_causal=self.causal)
         allowed = padded_attention_mask(mask, self.causal)
         return self._attend(q, k, v, attn_mask=allowed, is_causal=False)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        self.check_input(x, mask)
+        return self._mix(*self._qkv(x, start=0), mask)
+
+    def _cache(self, k: Tensor, v: Tensor, position: int) -> dict[str, Any]:
+        """The decoding state: every key and value so far (B, n_heads, position, head_dim).
+        Contiguous copies, so that a prefilled cache does not keep the fused qkv alive."""
+        return {"k": k.contiguous(), "v": v.contiguous(), "position": position}
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """One forward over the prompt; its keys and values are the KV cache."""
+        self.check_prefill(x)
+        q, k, v = self._qkv(x, start=0)
+        return self._mix(q, k, v, None), self._cache(k, v, x.shape[1])
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         """An empty KV cache: keys and values (B, n_heads, 0, head_dim) and the position."""
@@ -119,7 +133,7 @@ class SelfAttention(TokenMixer):
         k = torch.cat((state["k"], k), dim=2)
         v = torch.cat((state["v"], v), dim=2)
         y = self._attend(q, k, v, attn_mask=None, is_causal=False)
-        return y[:, 0], {"k": k, "v": v, "position": position + 1}
+        return y[:, 0], self._cache(k, v, position + 1)
 
     def state_size(self, seq_len: int) -> int:
         """The KV cache: a key and a value of d_model floats for every past position."""

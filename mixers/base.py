@@ -40,7 +40,9 @@ class TokenMixer(nn.Module):
     - A mixer may set ``self.aux_loss`` (a scalar tensor) during ``forward``; the model sums them.
     - Causal mixers that support incremental decoding set ``supports_step = True`` and implement
       ``init_state(batch_size)`` and ``step(x_t, state) -> (y_t, state)`` with ``x_t`` (B, d_model);
-      stepping through a sequence equals ``forward`` on it.
+      stepping through a sequence equals ``forward`` on it. ``prefill(x)`` runs a prompt x
+      (B, T, d_model) and returns forward's outputs and the state after it, equal to
+      ``init_state`` and T steps; the default steps, built-ins override it with one parallel pass.
     - ``flops_per_token(seq_len)`` gives the analytic forward FLOPs per token (a multiply-add
       counts 2) so that runs can be compared iso-FLOP.
     - ``state_size(seq_len)`` gives the floats a decoder carries per sequence after ``seq_len``
@@ -108,6 +110,28 @@ class TokenMixer(nn.Module):
     def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
         """One decoding step: ``x_t`` (B, d_model) -> ``y_t`` (B, d_model) and the next state."""
         raise NotImplementedError(f"{type(self).__name__} does not support step-by-step decoding")
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
+        """Outputs (B, T, d_model) of a prompt x (B, T, d_model) and the decoding state after it.
+
+        This default steps through the prompt, so any mixer with ``step`` can prefill; a mixer
+        whose algorithm yields its state from one parallel pass (a KV cache, a scan's last
+        state) overrides it, which is what makes a long prompt cheap to decode from.
+        """
+        self.check_prefill(x)
+        state = self.init_state(x.shape[0])
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, state = self.step(x[:, t], state)
+            outputs.append(y_t)
+        return torch.stack(outputs, dim=1), state
+
+    def check_prefill(self, x: Tensor) -> None:
+        """Raise unless x is a prompt of at least one token that this mixer can decode from."""
+        self.check_input(x)
+        if x.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__}.prefill needs a prompt of at least 1 token")
+        self.check_step(x.shape[1] - 1)
 
     def check_step(self, position: int) -> None:
         """Raise before stepping past max_len or stepping a mixer that cannot step."""

@@ -68,6 +68,13 @@ def fft_conv_flops(channels: int, seq_len: int) -> float:
     return channels * (10 * math.log2(2 * seq_len) + 6)
 
 
+def last_positions(u: Tensor, size: int) -> Tensor:
+    """The last ``size`` positions of u (B, C, L), zeros before the start when L < size: the
+    window a causal convolution's decoding state holds after u. A contiguous copy."""
+    padded = F.pad(u, (max(0, size - u.shape[-1]), 0))
+    return padded[..., padded.shape[-1] - size :].contiguous()
+
+
 @register_mixer("conv")
 class ConvMixer(TokenMixer):
     """Depthwise 1D convolution over time between two Linears, short or global, optionally gated.
@@ -161,14 +168,26 @@ class ConvMixer(TokenMixer):
         kernel = self.conv.weight[:, 0, start : start + taps].flip(-1)  # (d, taps), offset order
         return fft_conv(u, kernel, causal=self.causal) + self.conv.bias[:, None]
 
+    def _mix(self, u: Tensor, g: Tensor | None) -> Tensor:
+        """Convolve u (B, d, L), gate with g (B, L, d) and project: (B, L, d)."""
+        y = self._global_conv(u) if self.global_mixing else self.conv(F.pad(u, self.padding))
+        return self.out_proj(self._gated(y.transpose(1, 2), g))
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
         u, g = self._project(x)  # (B, L, d) each
         if mask is not None:
             u = u.masked_fill(~mask[..., None], 0.0)
-        u = u.transpose(1, 2)  # (B, d, L): the layout conv1d and fft_conv want
-        y = self._global_conv(u) if self.global_mixing else self.conv(F.pad(u, self.padding))
-        return self.out_proj(self._gated(y.transpose(1, 2), g))
+        return self._mix(u.transpose(1, 2), g)  # (B, d, L): the layout conv1d and fft_conv want
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """One forward over the prompt; the state is its last conv inputs (all, if global)."""
+        self.check_prefill(x)
+        u, g = self._project(x)
+        u = u.transpose(1, 2)  # (B, d, T)
+        held = u.shape[2] if self.global_mixing else self.span + 1
+        state = {"window": last_positions(u, held), "position": x.shape[1]}
+        return self._mix(u, g), state
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         """Short kernel: the last span + 1 conv inputs, zeros before the start, like the causal

@@ -94,13 +94,17 @@ class TinyAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * attn_dim)
         self.out = nn.Linear(attn_dim, d_out)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Output (B, L, d_out) and the keys and values (B, 1, L, attn_dim): a decoder's cache."""
         q, k, v = self.qkv(x)[:, None].chunk(3, dim=-1)  # (B, 1, L, attn_dim) each
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-            return self.out(y[:, 0])
-        allowed = padded_attention_mask(mask, self.causal)
-        return self.out(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)[:, 0])
+        else:
+            allowed = padded_attention_mask(mask, self.causal)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.out(y[:, 0]), (k, v)
 
     def step(
         self, x_t: Tensor, cache: tuple[Tensor, Tensor]
@@ -167,13 +171,26 @@ class GatedMLPMixer(TokenMixer):
         )
         self.proj_out = nn.Linear(gate_width, d_model)
 
+    def _unit(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
+        """The unit on x (B, L, d): its output and what a decoder keeps of x, the normalised gate
+        inputs (B, L, d_ffn/2) and, for aMLP, the tiny attention's keys and values."""
+        u, v = F.gelu(self.proj_in(x)).chunk(2, dim=-1)
+        history: dict[str, Any] = {"gate": self.gate_norm(v)}
+        s = self.spatial(history["gate"], mask)
+        if self.attn is not None:
+            a, history["kv"] = self.attn(x, mask)
+            s = s + a
+        return self.proj_out(u * s), history
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
-        u, v = F.gelu(self.proj_in(x)).chunk(2, dim=-1)
-        s = self.spatial(self.gate_norm(v), mask)
-        if self.attn is not None:
-            s = s + self.attn(x, mask)
-        return self.proj_out(u * s)
+        return self._unit(x, mask)[0]
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """One forward over the prompt; the gate inputs it normalised are the state."""
+        self.check_prefill(x)
+        y, history = self._unit(x, None)
+        return y, {"position": x.shape[1], **history}
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         """No past yet: empty gate history (B, 0, d_ffn/2) and, for aMLP, an empty KV cache."""

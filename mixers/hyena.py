@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixers.base import TokenMixer, register_mixer
-from mixers.conv import fft_conv, fft_conv_flops
+from mixers.conv import fft_conv, fft_conv_flops, last_positions
 
 SHORT_KERNEL = 3  # taps of the short convolution on the projections (safari's short_filter_order)
 
@@ -164,25 +164,42 @@ class HyenaMixer(TokenMixer):
         self.D = nn.Parameter(torch.randn(order, d_model))
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        self.check_input(x, mask)
+    def _operator(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The operator on x (B, L, d): its output, the short convolution's inputs (B, (N + 1) d,
+        L) and each long convolution's input z_n (B, d, L), which a decoder's state keeps."""
         length = x.shape[1]
         pad = None if mask is None else ~mask[:, None, :]  # (B, 1, L), True at padding
-        streams = self.in_proj(x).transpose(1, 2)  # (B, (N + 1) d, L): time last, like conv1d
+        projected = self.in_proj(x).transpose(1, 2)  # (B, (N + 1) d, L): time last, like conv1d
         if pad is not None:
-            streams = streams.masked_fill(pad, 0.0)
-        streams = self.short_conv(F.pad(streams, self.short_padding))  # (B, (N + 1) d, L)
+            projected = projected.masked_fill(pad, 0.0)
+        streams = self.short_conv(F.pad(projected, self.short_padding))  # (B, (N + 1) d, L)
         *gates, z = streams.split(self.d_model, dim=1)  # x_1..x_N, v: (B, d, L) each
         if self.causal:
             offsets = torch.arange(length, device=x.device)
         else:
             offsets = torch.arange(1 - length, length, device=x.device)
         filters = self.implicit_filter(offsets).split(self.d_model)  # N x (d, taps)
+        inputs = []
         for gate, h, skip in zip(gates, filters, self.D, strict=True):
             if pad is not None:
                 z = z.masked_fill(pad, 0.0)
+            inputs.append(z)
             z = gate * (fft_conv(z, h, causal=self.causal) + z * skip[:, None])  # (B, d, L)
-        return self.out_proj(z.transpose(1, 2))
+        return self.out_proj(z.transpose(1, 2)), projected, inputs
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        self.check_input(x, mask)
+        return self._operator(x, mask)[0]
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """One forward over the prompt (FFT convolutions); its stream inputs are the state."""
+        self.check_prefill(x)
+        y, projected, inputs = self._operator(x, None)
+        return y, {
+            "short": last_positions(projected, SHORT_KERNEL - 1),
+            "history": torch.stack(inputs, dim=1),  # (B, N, d, T)
+            "position": x.shape[1],
+        }
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         """The short convolution's last 2 inputs (zeros, like its left padding) and, for each of

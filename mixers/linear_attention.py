@@ -86,12 +86,14 @@ def decayed_scores(q: Tensor, k: Tensor, b: Tensor, causal: Tensor) -> Tensor:
 
 def chunked_causal(
     q: Tensor, k: Tensor, v: Tensor, log_alpha: Tensor | None, chunk_size: int
-) -> Tensor:
-    """o_t = sum_{s<=t} (q_t * prod_{r=s+1..t} alpha_r) . k_s v_s, chunk by chunk.
+) -> tuple[Tensor, Tensor]:
+    """o_t = sum_{s<=t} (q_t * prod_{r=s+1..t} alpha_r) . k_s v_s, chunk by chunk, and the state
+    S_L = sum_s (prod_{r=s+1..L} alpha_r) k_s v_s^T after the last position (a prefill's state).
 
     q, k: (..., L, Dphi) features; v: (..., L, Dv); log_alpha: None (no decay) or
-    (..., L, 1 | Dphi). Returns (..., L, Dv). L is zero-padded up to a multiple of the chunk:
-    the padding comes after every real position, so it changes nothing. With per-dimension
+    (..., L, 1 | Dphi). Returns o (..., L, Dv) and S_L (..., Dphi, Dv). L is zero-padded up to a
+    multiple of the chunk: the padding (k = 0, alpha = 1) comes after every real position, so it
+    changes nothing. With per-dimension
     decay, a chunk longer than SUB_CHUNK runs this same function over its sub-chunks (GLA's
     secondary chunking), so the pairwise decays never exceed (SUB_CHUNK x SUB_CHUNK x Dphi).
     """
@@ -108,24 +110,25 @@ def chunked_causal(
     if log_alpha is None:
         scores = (q @ k.mT).masked_fill(~causal, 0.0)  # (..., N, C, C)
         kv = k.mT @ v  # (..., N, Dphi, Dv): what each chunk adds to the state
-        entering = kv.cumsum(dim=-3) - kv  # the state before each chunk: the earlier chunks' sum
-        return (scores @ v + q @ entering).flatten(-3, -2)[..., :length, :]
+        after = kv.cumsum(dim=-3)  # the state after each chunk
+        entering = after - kv  # the state before each chunk: the earlier chunks' sum
+        return (scores @ v + q @ entering).flatten(-3, -2)[..., :length, :], after[..., -1, :, :]
     b = chunked(log_alpha).cumsum(dim=-2)  # (..., N, C, G): log decay from chunk start to t
     b_last = b[..., -1:, :]  # (..., N, 1, G): log decay across the whole chunk
     if b.shape[-1] == 1 or size <= SUB_CHUNK:
         within = decayed_scores(q, k, b, causal) @ v  # (..., N, C, Dv)
     else:
-        within = chunked_causal(q, k, v, chunked(log_alpha), SUB_CHUNK)
+        within = chunked_causal(q, k, v, chunked(log_alpha), SUB_CHUNK)[0]
     kv = (k * (b_last - b).exp()).mT @ v  # keys decayed to the chunk's end: (..., N, Dphi, Dv)
     across = b_last.exp().mT  # (..., N, G, 1): decays the state row by row over one chunk
     states = [torch.zeros_like(kv[..., 0, :, :])]
     # Over chunks, not positions: (..., Dphi, Dv) per step. unbind, not kv[..., n, :, :]: the
     # backward of indexing would write a full-size zero gradient at every step.
-    for decay_n, kv_n in zip(across.unbind(-3)[:-1], kv.unbind(-3)[:-1], strict=True):
+    for decay_n, kv_n in zip(across.unbind(-3), kv.unbind(-3), strict=True):
         states.append(decay_n * states[-1] + kv_n)
-    entering = torch.stack(states, dim=-3)  # (..., N, Dphi, Dv)
+    entering = torch.stack(states[:-1], dim=-3)  # (..., N, Dphi, Dv)
     out = within + (q * b.exp()) @ entering  # (..., N, C, Dv)
-    return out.flatten(-3, -2)[..., :length, :]
+    return out.flatten(-3, -2)[..., :length, :], states[-1]
 
 
 @register_mixer("linear_attention")
@@ -241,12 +244,12 @@ class LinearAttention(TokenMixer):
         self.check_input(x, mask)
         q, k, v, log_alpha = self._project(x, mask)
         if self.causal:
-            return self._output(chunked_causal(q, k, v, log_alpha, self.chunk_size))
+            return self._output(chunked_causal(q, k, v, log_alpha, self.chunk_size)[0])
         if log_alpha is None:  # every real key, undecayed: one global state
             return self._output(q @ (k.mT @ v))  # (B, H, L, Dphi) @ (B, H, Dphi, Dv')
-        forward = chunked_causal(q, k, v, log_alpha, self.chunk_size)
+        forward = chunked_causal(q, k, v, log_alpha, self.chunk_size)[0]
         flipped = (t.flip(2) for t in (q, k, v, log_alpha))
-        backward = chunked_causal(*flipped, self.chunk_size).flip(2)
+        backward = chunked_causal(*flipped, self.chunk_size)[0].flip(2)
         diagonal = (q * k).sum(dim=-1, keepdim=True) * v  # s = t, in both passes
         return self._output(forward + backward - diagonal)
 
@@ -255,6 +258,12 @@ class LinearAttention(TokenMixer):
         weight = self.qkv.weight
         shape = (batch_size, self.n_heads, self.phi_dim, self.value_dim)
         return {"S": weight.new_zeros(shape), "position": 0}
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """The chunked forward over the prompt, which also yields S (and z) after it."""
+        self.check_prefill(x)
+        o, S = chunked_causal(*self._project(x, None), self.chunk_size)
+        return self._output(o), {"S": S, "position": x.shape[1]}
 
     def step(self, x_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """S = diag(alpha_t) S + phi(k_t) v_t^T, o_t = phi(q_t) S: the same cost at any position."""

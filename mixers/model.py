@@ -116,19 +116,25 @@ class Block(nn.Module):
         self.ffn = ffn
         self.dropout = nn.Dropout(dropout)
 
+    def _channel(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The second half of the block, on x (B, L, d_model): the channel mixer's residual."""
+        if self.ffn is None:
+            return x
+        return x + self.dropout(self.ffn(self.ffn_norm(x), mask))
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.dropout(self.mixer(self.mixer_norm(x), mask))
-        if self.ffn is not None:
-            x = x + self.dropout(self.ffn(self.ffn_norm(x), mask))
-        return x
+        return self._channel(x, mask)
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
+        """``forward`` over a prompt x (B, T, d_model) and the mixer's decoding state after it."""
+        y, state = self.mixer.prefill(self.mixer_norm(x))
+        return self._channel(x + self.dropout(y)), state
 
     def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
         """One position of ``forward`` for incremental decoding; ``x_t`` is (B, d_model)."""
         y_t, state = self.mixer.step(self.mixer_norm(x_t), state)
-        x_t = x_t + self.dropout(y_t)
-        if self.ffn is not None:
-            x_t = x_t + self.dropout(self.ffn(self.ffn_norm(x_t)[:, None])[:, 0])
-        return x_t, state
+        return self._channel((x_t + self.dropout(y_t))[:, None])[:, 0], state
 
 
 class SequenceModel(nn.Module):
@@ -226,12 +232,15 @@ class SequenceModel(nn.Module):
                 out_weight.data.mul_(1 / math.sqrt(2 * n_layers))
 
     # -- forward ----------------------------------------------------------------------------
-    def _positions(self, start: int, length: int, device: torch.device) -> Tensor | None:
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        """Token (and absolute position) embeddings of tokens (B, L) at positions start.. on."""
+        x = self.embed(tokens)  # (B, L, d)
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         if self.pos == "learned":
-            return self.pos_embed(torch.arange(start, start + length, device=device))
+            return x + self.pos_embed(positions)
         if self.pos == "sinusoidal":
-            return self.pos_table[start : start + length]
-        return None
+            return x + self.pos_table[positions]
+        return x
 
     def _check_tokens(self, tokens: Tensor, mask: Tensor | None) -> None:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
@@ -251,11 +260,7 @@ class SequenceModel(nn.Module):
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         self._check_tokens(tokens, mask)
-        x = self.embed(tokens)
-        positions = self._positions(0, tokens.shape[1], tokens.device)
-        if positions is not None:
-            x = x + positions
-        x = self.dropout(x)
+        x = self.dropout(self._embed(tokens, 0))
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
@@ -316,15 +321,25 @@ class SequenceModel(nn.Module):
             raise ValueError(
                 f"decoding position {position + 1} exceeds the model's max_len {self.max_len}"
             )
-        x = self.embed(token_t)
-        positions = self._positions(position, 1, token_t.device)
-        if positions is not None:
-            x = x + positions[0]
+        x = self._embed(token_t[:, None], position)[:, 0]
         new_states = []
         for block, block_state in zip(self.blocks, state["blocks"], strict=True):
             x, block_state = block.step(x, block_state)
             new_states.append(block_state)
         return self.head(self.norm(x)), {"position": position + 1, "blocks": new_states}
+
+    def prefill(self, tokens: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """Logits (B, T, vocab) of a prompt (B, T) and the decoding state after it, from one
+        parallel pass per layer (each mixer's ``prefill``); equals ``init_state`` and T steps."""
+        self._check_tokens(tokens, None)
+        if not self.supports_step:
+            raise ValueError("prefill needs a causal language model whose mixers all step")
+        x = self._embed(tokens, 0)
+        states = []
+        for block in self.blocks:
+            x, block_state = block.prefill(x)
+            states.append(block_state)
+        return self.head(self.norm(x)), {"position": tokens.shape[1], "blocks": states}
 
     @torch.no_grad()
     def generate(
@@ -337,8 +352,9 @@ class SequenceModel(nn.Module):
     ) -> Tensor:
         """Sample ``max_new_tokens`` after ``prompt`` (B, T): prompt and continuation (B, T+n).
 
-        Uses the mixers' ``step`` (KV cache, RNN state, conv buffer, ...) when every mixer has one;
-        otherwise re-runs ``forward`` on the sequence so far. ``temperature=0`` is greedy.
+        When every mixer steps, the prompt is prefilled in one parallel pass and each new token
+        is one ``step`` (KV cache, RNN state, conv window, ...); otherwise ``forward`` re-runs on
+        the sequence so far. ``temperature=0`` is greedy.
         """
         if not self.causal or self.num_classes is not None:
             raise ValueError("generate needs a causal language model (causal=True, no num_classes)")
@@ -355,9 +371,8 @@ class SequenceModel(nn.Module):
             )
         tokens = prompt
         if self.supports_step:
-            state = self.init_state(prompt.shape[0])
-            for t in range(prompt.shape[1]):
-                logits, state = self.step(prompt[:, t], state)
+            logits, state = self.prefill(prompt)
+            logits = logits[:, -1]
         else:
             logits = self(prompt)[:, -1]
         for _ in range(max_new_tokens):

@@ -97,6 +97,12 @@ class RecurrentMixer(TokenMixer):
         y, hidden = self.rnn(x_t[:, None, :], state["hidden"])
         return self.drop(y[:, 0]), {"hidden": hidden, "position": state["position"] + 1}
 
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """One fused pass over the prompt; the kernel returns the last (h, c) with the outputs."""
+        self.check_prefill(x)
+        y, hidden = self.rnn(x)
+        return self.drop(y), {"hidden": hidden, "position": x.shape[1]}
+
     def state_size(self, seq_len: int) -> int:
         """Each layer's hidden state (and LSTM cell): the same at every length."""
         return (2 if self.cell == "lstm" else 1) * self.n_layers * self.d_model

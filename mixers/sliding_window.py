@@ -12,7 +12,8 @@ Cost O(L W), not O(L^2): the sequence is cut into blocks of W queries, and block
 keys of blocks i-1 and i (decoder) or i-1 .. i+1 (encoder), the only blocks its band touches,
 through one batched ``F.scaled_dot_product_attention`` call with a band mask. A sequence of at
 most W positions takes SelfAttention's path, where the band covers everything. Decoding keeps a
-rolling KV cache of the last W - 1 keys and values, the rest of the window being the new token.
+rolling KV cache of the last W - 1 keys and values, the rest of the window being the new token;
+a prompt's cache is the last W - 1 keys of one banded forward over it (``prefill``).
 """
 
 from __future__ import annotations
@@ -89,22 +90,22 @@ class SlidingWindowAttention(SelfAttention):
         span = (self.before + 1 + self.after) * w
         return padded.unfold(-2, span, w).transpose(-1, -2)  # N windows of K, W apart
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        self.check_input(x, mask)
-        batch, length, _ = x.shape
+    def _mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Banded attention of (B, H, L, hd) q, k, v -> (B, L, d); SelfAttention's when L <= W."""
+        batch, _, length, _ = q.shape
         w = self.window
         if length <= w:
-            return super().forward(x, mask)
+            return super()._mix(q, k, v, mask)
         n_blocks = -(-length // w)
         pad = n_blocks * w - length
-        real = torch.ones(batch, length, dtype=torch.bool, device=x.device)
+        real = torch.ones(batch, length, dtype=torch.bool, device=q.device)
         real = F.pad(real if mask is None else mask, (0, pad))  # (B, N W): False past the end
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in self._qkv(x, start=0))  # (B, H, N W, hd)
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))  # (B, H, N W, hd)
         q = q.unflatten(2, (n_blocks, w)).transpose(1, 2)  # (B, N, H, W, hd)
         k, v = (self._key_spans(t).transpose(1, 2) for t in (k, v))  # (B, N, H, K, hd)
         keys_real = self._key_spans(real[..., None])[..., 0]  # (B, N, K)
         queries_real = real.view(batch, n_blocks, w)  # (B, N, W)
-        allowed = self._band(x.device) & keys_real[:, :, None, :] | ~queries_real[..., None]
+        allowed = self._band(q.device) & keys_real[:, :, None, :] | ~queries_real[..., None]
         # Blocks fold into the batch: SelfAttention's SDPA, head merge and output projection.
         y = self._attend(
             q.flatten(0, 1),  # (B N, H, W, hd)
@@ -115,11 +116,10 @@ class SlidingWindowAttention(SelfAttention):
         )  # (B N, W, d)
         return y.view(batch, n_blocks * w, self.d_model)[:, :length]
 
-    def step(self, x_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-        """SelfAttention's step over the cache, then keep the last W - 1 keys and values."""
-        y_t, state = super().step(x_t, state)
-        keep = max(0, state["k"].shape[2] - (self.window - 1))
-        return y_t, {**state, "k": state["k"][:, :, keep:], "v": state["v"][:, :, keep:]}
+    def _cache(self, k: Tensor, v: Tensor, position: int) -> dict[str, Any]:
+        """Only the last W - 1 keys and values: the next query's window is them and itself."""
+        keep = max(0, k.shape[2] - (self.window - 1))
+        return super()._cache(k[:, :, keep:], v[:, :, keep:], position)
 
     def state_size(self, seq_len: int) -> int:
         """The rolling KV cache: a key and a value for each of the last min(L, W - 1) positions."""

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from mixers._scan import selective_scan
 from mixers.base import TokenMixer, register_mixer
+from mixers.conv import last_positions
 
 INITS = ("lin", "inv", "real")
 
@@ -105,30 +106,37 @@ class S4D(nn.Module):
         """y = Re(sum over modes of C h), doubled for complex modes (each is a conjugate pair)."""
         return self.scale * (C * h).sum(dim=-1).real
 
-    def kernel(self, length: int) -> Tensor:
+    def kernel(self, length: int) -> tuple[Tensor, Tensor]:
         """K[dir, h, l] = Re(sum_m C dB exp(dt A l)) (doubled if complex) for l < length:
-        (dirs, H, length); the Vandermonde matrix (H, M, L) is the largest tensor."""
+        (dirs, H, length), and dB exp(dt A l) (H, M, L), the Vandermonde matrix (the largest
+        tensor), which also carries inputs l steps back into the state."""
         dtA, dB, C = self.discretize()
         positions = torch.arange(length, device=dtA.device, dtype=torch.float32)
-        vandermonde = torch.exp(dtA[..., None] * positions)  # (H, M, L)
-        return self.scale * torch.einsum("dhm,hml->dhl", C * dB, vandermonde).real
+        powers = dB[..., None] * torch.exp(dtA[..., None] * positions)  # (H, M, L)
+        return self.scale * torch.einsum("dhm,hml->dhl", C, powers).real, powers
 
     def post(self, y: Tensor) -> Tensor:
         """The layer after the SSM: GELU, then Linear to 2 d_model and GLU (y: (..., H))."""
         return F.glu(self.out_proj(F.gelu(y)), dim=-1)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """y (B, L, H) and, for a decoder, the state after x: h_L = sum_l dB exp(dt A l) u_{L-1-l}
+        from the kernel's own Vandermonde matrix (an encoder's is empty)."""
         length = x.shape[1]
         u = x.float() if mask is None else x.float().masked_fill(~mask[..., None], 0.0)
         u = u.transpose(1, 2)  # (B, H, L)
-        kernels = self.kernel(length)  # (dirs, H, L)
+        kernels, powers = self.kernel(length)  # (dirs, H, L), (H, M, L)
         k = kernels[0]  # (H, L): offset j >= 0 at index j
         if not self.causal:  # offset -(j + 1) at index 2L - 1 - j: circularly, the past of 0
             k = F.pad(k, (0, length)) + F.pad(kernels[1].flip(-1), (length, 0))  # (H, 2L)
         n = 2 * length
         y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :length]
         y = y + u * self.D[:, None]  # (B, H, L)
-        return self.post(y.transpose(1, 2).to(x.dtype))
+        state = {}
+        if self.causal:
+            h = torch.einsum("bhl,hml->bhm", u.flip(-1).to(powers.dtype), powers)  # (B, H, M)
+            state["ssm"] = torch.view_as_real(h) if self.complex else h
+        return self.post(y.transpose(1, 2).to(x.dtype)), state
 
     def init_state(self, batch_size: int) -> dict[str, Tensor]:
         """The diagonal state (B, H, M), stored as floats (real/imag pairs for complex modes)."""
@@ -232,17 +240,20 @@ class Mamba(nn.Module):
         )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """y (B, L, d) and the state after x: the last conv inputs and the scan's last state."""
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         if mask is not None:
             x = x.masked_fill(~mask[..., None], 0.0)
-        x = F.silu(self.conv(F.pad(x.transpose(1, 2), self.padding)).transpose(1, 2))
+        x = x.transpose(1, 2)  # (B, E, L)
+        window = last_positions(x, self.conv.weight.shape[-1] - 1)
+        x = F.silu(self.conv(F.pad(x, self.padding)).transpose(1, 2))
         h = x.new_zeros(x.shape[0], x.shape[2], self.ssm[0].d_state, dtype=torch.float32)
-        y, _ = self.ssm[0](x, mask, h, self.chunk_size)
+        y, h_last = self.ssm[0](x, mask, h, self.chunk_size)
         if not self.causal:  # the reversed sequence: pads (dt = 0) come first and leave h = 0
             back = None if mask is None else mask.flip(1)
             y = y + self.ssm[1](x.flip(1), back, h, self.chunk_size)[0].flip(1)
-        return self.out_proj(y * F.silu(z))
+        return self.out_proj(y * F.silu(z)), {"conv": window, "ssm": h_last}
 
     def init_state(self, batch_size: int) -> dict[str, Tensor]:
         """The last conv_kernel - 1 conv inputs (B, E, k - 1) and the SSM state (B, E, N)."""
@@ -282,7 +293,9 @@ class StateSpaceMixer(TokenMixer):
     with init "lin", "inv" (complex modes, even d_state) or "real". dt_rank "auto" is
     ceil(d_model / 16) as in Mamba. Decoding carries a fixed-size state: S4D's diagonal state,
     or Mamba's SSM state plus the short conv's last conv_kernel - 1 inputs; a step costs the
-    same at any position. See the module docstring for the equations and the choices made.
+    same at any position, and ``prefill`` gets the state from the parallel pass (the scan's last
+    state; for S4D, the kernel's Vandermonde matrix applied to the prompt reversed). See the
+    module docstring for the equations and the choices made.
     """
 
     supports_step = True
@@ -351,7 +364,13 @@ class StateSpaceMixer(TokenMixer):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
-        return self.layer(x, mask)
+        return self.layer(x, mask)[0]
+
+    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """One parallel pass (FFT convolution or chunked scan) that also returns the state."""
+        self.check_prefill(x)
+        y, state = self.layer(x, None)
+        return y, {**state, "position": x.shape[1]}
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         return {**self.layer.init_state(batch_size), "position": 0}

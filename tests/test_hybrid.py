@@ -21,11 +21,13 @@ from mixers.hybrid import build_layers, layer_plan
 from mixers.testing import check_mixer
 from tests.configs import conf_options, run_config
 
-PRESETS = [  # the conf/mixer options that are hybrids, read without composing
-    option
-    for option in conf_options("mixer")
-    if yaml.safe_load((files("conf") / "mixer" / f"{option}.yaml").read_text())["name"] == HYBRID
-]
+
+def _preset(option: str) -> dict[str, Any]:
+    """A conf/mixer option's YAML, read without composing."""
+    return yaml.safe_load((files("conf") / "mixer" / f"{option}.yaml").read_text())
+
+
+PRESETS = [option for option in conf_options("mixer") if _preset(option)["name"] == HYBRID]
 
 
 def _stack_class(pattern: list[Any]) -> type[TokenMixer]:
@@ -53,6 +55,15 @@ def _stack_class(pattern: list[Any]) -> type[TokenMixer]:
         def init_state(self, batch_size: int) -> list[Any]:
             return [layer.init_state(batch_size) for layer in self.layers]
 
+        def prefill(self, x: Tensor) -> tuple[Tensor, list[Any]]:
+            self.check_prefill(x)
+            state = []
+            for norm, layer in zip(self.norms, self.layers, strict=True):
+                y, layer_state = layer.prefill(norm(x))
+                x = x + y
+                state.append(layer_state)
+            return x, state
+
         def step(self, x_t: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
             new_state = []
             for norm, layer, layer_state in zip(self.norms, self.layers, state, strict=True):
@@ -73,11 +84,13 @@ def _stack_class(pattern: list[Any]) -> type[TokenMixer]:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_hybrid_preset_passes_the_mixer_contract(preset: str) -> None:
-    pattern, _ = model_mixer(run_config(f"mixer={preset}")["mixer"])
+    depth = len(_preset(preset)["pattern"])  # a depth the pattern divides
+    pattern, _ = model_mixer(run_config(f"mixer={preset}", f"model.n_layers={depth}")["mixer"])
     report = check_mixer(_stack_class(pattern), d_model=16, max_len=12, perturb=0.05)
     assert not report.failures
     assert any(o.check == "state_size" and o.outcome == "passed" for o in report.outcomes)
     assert any(o.check == "step" and o.outcome == "passed" for o in report.outcomes)
+    assert any(o.check == "prefill" and o.outcome == "passed" for o in report.outcomes)
 
 
 def test_a_pattern_repeats_over_the_depth_and_each_entry_keeps_its_hyper_parameters() -> None:

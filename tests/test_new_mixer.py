@@ -15,9 +15,9 @@ import pytest
 
 from experiments.cli import main as mixerlab
 from experiments.new_mixer import class_name_for
-from mixers import available_mixers
+from mixers import available_mixers, get_mixer_class
 from mixers.base import ENTRY_POINT_GROUP
-from mixers.testing import check_mixer
+from mixers.testing import CHECKS, check_mixer
 
 NAME = "probe_mixer"
 BIN = Path(sys.executable).parent
@@ -72,7 +72,12 @@ def test_the_generated_mixer_passes_the_contract(
     finally:
         sys.modules.pop(module, None)
         sys.modules.pop(f"mixerlab_{NAME}", None)
-    assert (report.count("passed"), report.count("failed")) == (26, 0)
+    applicable = sum(
+        check.applies(get_mixer_class(NAME), mode)
+        for mode in (True, False)
+        for check in CHECKS.values()
+    )
+    assert (report.count("passed"), report.count("failed")) == (applicable, 0)
     ran = {(o.mode, o.check) for o in report.outcomes if o.outcome == "passed"}
     assert {("causal", "step"), ("encoder", "sees_future"), ("encoder", "encoder_step")} <= ran
 
@@ -144,6 +149,6 @@ def test_installed_plugin_is_found_listed_and_passes_its_own_test(tmp_path: Path
     tested = run("-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests")
     assert tested.returncode == 0, tested.stdout[-3000:]
     assert "2 passed" in tested.stdout
-    assert f"contract of {NAME}: 26 passed, 0 failed, 4 skipped" in tested.stdout
+    assert re.search(rf"contract of {NAME}: \d+ passed, 0 failed, \d+ skipped", tested.stdout)
     assert NAME not in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP).names
     assert NAME not in available_mixers()

@@ -210,12 +210,14 @@ def test_checks_are_listed_in_order() -> None:
         "gradients",
         "determinism",
         "state_dict",
-        "step",
-        "encoder_step",
         "max_len",
         "flops",
         "aux_loss",
         "no_weight_decay",
+        "step",
+        "prefill",
+        "state_size",
+        "encoder_step",
     ]
     assert all(check.description for check in CHECKS.values())
 
@@ -231,9 +233,9 @@ def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixtu
     assert len(ran) == 2 * len(CHECKS)  # both modes by default
     assert ran["causal", "step"] == ran["encoder", "sees_future"] == "passed"
     assert ran["encoder", "step"] == ran["causal", "sees_future"] == "skipped"
-    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (26, 0, 4)
+    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (28, 0, 6)
     text = str(report)
-    assert text.startswith("contract of CumulativeMean: 26 passed, 0 failed, 4 skipped\n")
+    assert text.startswith("contract of CumulativeMean: 28 passed, 0 failed, 6 skipped\n")
     assert re.search(r"^  causal +step +passed$", text, re.MULTILINE)
     assert re.search(
         r"^  encoder +step +skipped \(runs only for causal=True mixers with supports_step\)$",
@@ -252,7 +254,7 @@ def test_decoder_only_mixer_refuses_the_encoder_mode_and_the_checks_skip_it() ->
     assert {(o.outcome, o.detail) for o in encoder} == {
         ("skipped", "decoder-only mixer: supports_encoder = False")
     }
-    assert report.count("passed") == 13
+    assert report.count("passed") == 15
     with pytest.raises(ValueError, match=r"'shapes' does not apply to DecoderOnly\(causal=False\)"):
         CHECKS["shapes"](DecoderOnly, causal=False)
 
@@ -316,9 +318,9 @@ def test_finite_scalar_aux_loss_passes() -> None:
 def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ContractError) as info:
         check_mixer(LeaksFuture, verbose=True)
-    assert "contract of LeaksFuture: 24 passed, 2 failed, 4 skipped" in capsys.readouterr().out
+    assert "contract of LeaksFuture: 25 passed, 3 failed, 6 skipped" in capsys.readouterr().out
     message = str(info.value)
-    assert message.startswith("2 contract check(s) failed:")
+    assert message.startswith("3 contract check(s) failed:")
     assert "[causality] LeaksFuture(causal=True): " in message
     assert "[step] LeaksFuture(causal=True): step output at position 0" in message
 

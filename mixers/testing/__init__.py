@@ -20,6 +20,7 @@ from typing import Any
 
 from mixers.base import TokenMixer
 from mixers.testing import checks as _checks  # noqa: F401  (registers the checks in CHECKS)
+from mixers.testing import decoding as _decoding  # noqa: F401  (then the decoding checks)
 from mixers.testing.case import CHECKS, Check, ContractError, MixerCase, max_abs_diff
 from mixers.testing.report import CheckOutcome, ContractReport
 

@@ -71,7 +71,10 @@ class MixerCase:
         return mixer.train(train)
 
     def randn(self, *shape: int, scale: float = 1.0) -> Tensor:
-        return scale * torch.randn(*shape, generator=self._inputs)
+        """Drawn on the CPU from the case's generator, so every device sees the same numbers,
+        then moved to the default device (``with torch.device("cuda"):`` checks on a GPU)."""
+        x = torch.randn(*shape, generator=self._inputs, device="cpu")
+        return scale * x.to(torch.get_default_device())
 
     def mask(self, lengths: list[int], total: int) -> Tensor:
         """Right-padding mask (len(lengths), total): True at the first ``lengths[b]`` positions."""

@@ -1,8 +1,9 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
-independence, gradients, determinism, state_dict, step, max_len, FLOPs, aux_loss and the
-``no_weight_decay`` declaration. Each check builds small fp32 instances through its
-:class:`MixerCase` and raises ``ContractError`` naming what broke; ``@contract_check`` registers
-it in ``CHECKS`` in the order of this file."""
+independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss and the
+``no_weight_decay`` declaration (the decoding checks follow in :mod:`mixers.testing.decoding`).
+Each check builds small fp32 instances through its :class:`MixerCase` and raises
+``ContractError`` naming what broke; ``@contract_check`` registers it in ``CHECKS`` in the order
+of this file."""
 
 from __future__ import annotations
 
@@ -218,95 +219,6 @@ def check_state_dict(case: MixerCase) -> None:
             "{diff}: some state lives outside the state_dict (a plain tensor attribute or a "
             "non-persistent buffer set at random)",
         )
-
-
-@contract_check(
-    "step",
-    condition=lambda cls, causal: causal and cls.supports_step,
-    when="for causal=True mixers with supports_step",
-)
-def check_step(case: MixerCase) -> None:
-    """Stepping position by position equals forward (eval), and stepping past max_len raises."""
-    mixer = case.build()
-    x = case.randn(2, case.max_len, case.d_model)
-    with torch.no_grad():
-        y = case.run(mixer, x)
-        state = mixer.init_state(2)
-        for t in range(case.max_len):
-            y_t, state = mixer.step(x[:, t], state)
-            if not isinstance(y_t, Tensor) or y_t.shape != (2, case.d_model):
-                got = tuple(y_t.shape) if isinstance(y_t, Tensor) else type(y_t).__name__
-                raise case.fail(f"step must return y_t of shape (2, {case.d_model}), got {got}")
-            case.assert_close(
-                y_t,
-                y[:, t],
-                f"step output at position {t} differs from forward by {{diff}}",
-            )
-        try:
-            mixer.step(x[:, 0], state)
-        except ValueError:
-            return
-    raise case.fail(
-        f"stepping to position {case.max_len + 1} with max_len={case.max_len} did not raise "
-        "ValueError; call self.check_step(position) first in step"
-    )
-
-
-def state_floats(state: object) -> int:
-    """Every float tensor's element count in a (nested dict/list/tuple) decoding state."""
-    if isinstance(state, Tensor):
-        return state.numel() if state.is_floating_point() else 0
-    if isinstance(state, dict):
-        return sum(state_floats(value) for value in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_floats(value) for value in state)
-    return 0
-
-
-@contract_check(
-    "state_size",
-    condition=lambda cls, causal: causal and cls.supports_step,
-    when="for causal=True mixers with supports_step",
-)
-def check_state_size(case: MixerCase) -> None:
-    """state_size(t), when reported, equals the floats the step state holds per row after t
-    tokens, for t = 1, a middle length and max_len."""
-    mixer = case.build()
-    if mixer.state_size(1) is None:
-        return
-    checkpoints = {1, case.max_len // 2, case.max_len}
-    x = case.randn(2, case.max_len, case.d_model)
-    with torch.no_grad():
-        state = mixer.init_state(2)
-        for t in range(case.max_len):
-            _, state = mixer.step(x[:, t], state)
-            if t + 1 in checkpoints:
-                held = state_floats(state) / 2
-                declared = mixer.state_size(t + 1)
-                if held != declared:
-                    raise case.fail(
-                        f"state_size({t + 1}) says {declared} floats per sequence, but the step "
-                        f"state holds {held:g} per batch row after {t + 1} tokens"
-                    )
-
-
-@contract_check(
-    "encoder_step",
-    condition=lambda cls, causal: not causal and cls.supports_step,
-    when="for causal=False mixers with supports_step",
-)
-def check_encoder_step(case: MixerCase) -> None:
-    """An encoder refuses to step: a step sees only the past, which is not what it computes."""
-    mixer = case.build()
-    try:
-        with torch.no_grad():
-            mixer.step(case.randn(1, case.d_model), mixer.init_state(1))
-    except ValueError:
-        return
-    raise case.fail(
-        "step did not raise ValueError in encoder mode (causal=False); call "
-        "self.check_step(position) first in step"
-    )
 
 
 @contract_check("max_len")

@@ -1,0 +1,170 @@
+"""What a run checks before it trusts its inputs: the checkpoint it starts from and the memory
+its model needs. ``experiments.train`` calls these before any training.
+
+Checkpoints. A run starts from ``ckpt_path`` (a file or a URL) or, when its folder holds
+checkpoints, resumes from the newest one that loads. Either way the file is loaded here, tensors
+only (:func:`lightning_modules.io.load_checkpoint`; a URL is first downloaded to a temporary
+file), and handed to Lightning through :class:`~lightning_modules.callbacks.SafeCheckpointIO`,
+so it is read once and never unpickled in full. A ``ckpt_path`` that is not a usable checkpoint
+is a config error (exit 2) found before any work; a damaged ``last.ckpt`` (a run killed while an
+older mixerlab was writing it, a full disk) makes the run fall back to the newest checkpoint
+that loads, and say so, or stop with the reason for each file, before results.json is touched.
+
+Memory. A model too large for the machine fails deep inside torch with an allocation error
+after the data was built; :func:`check_model_memory` builds it on the meta device first (no
+memory, milliseconds) and refuses with the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from experiments.build import build_model
+from experiments.schema import FIT_CKPT_NAMES, ConfigError
+from lightning_modules.io import CheckpointError, download, is_url, load_checkpoint
+from lightning_modules.results import CHECKPOINT_DIR
+from lightning_modules.tasks import TaskDataModule
+
+log = logging.getLogger(__name__)
+
+# bytes per parameter of the weights, by Trainer precision (anything else keeps fp32 weights)
+PARAM_BYTES = {"16-true": 2, "bf16-true": 2, "64-true": 8, 64: 8}
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where ``Trainer.fit`` starts: ``path`` (None: from scratch) and, once loaded and checked
+    here, its ``checkpoint`` (None for a name Lightning resolves itself, e.g. ``last``)."""
+
+    path: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    source: str | None = None  # what the user gave (a URL), for messages
+
+    def preloaded(self) -> dict[str, dict[str, Any]]:
+        """For :class:`~lightning_modules.callbacks.SafeCheckpointIO`: the loaded checkpoint."""
+        return {self.path: self.checkpoint} if self.path and self.checkpoint else {}
+
+
+@contextlib.contextmanager
+def start_checkpoint(config: dict[str, Any], run_dir: Path) -> Iterator[Start]:
+    """The checkpoint the run starts from, loaded and checked; a URL's download lives in a
+    temporary folder until the ``with`` block ends. Raises ConfigError for a ``ckpt_path`` that
+    is not a usable checkpoint and for a run folder none of whose checkpoints loads."""
+    given = config["ckpt_path"]
+    if given is None:
+        yield _resume_point(run_dir)
+        return
+    if not is_url(given) and given.split(":")[0] in FIT_CKPT_NAMES:
+        yield Start(given)  # Lightning resolves the name; it loads through SafeCheckpointIO
+        return
+    with tempfile.TemporaryDirectory(prefix="mixerlab-ckpt-") as tmp:
+        try:
+            local = download(given, Path(tmp) / "start.ckpt") if is_url(given) else Path(given)
+            checkpoint = load_checkpoint(local, source=given)
+        except CheckpointError as err:
+            raise ConfigError(f"ckpt_path: {err}") from None
+        yield Start(str(local), checkpoint, given)
+
+
+def _resume_point(run_dir: Path) -> Start:
+    """The newest checkpoint in the run's folder that loads (``last.ckpt`` unless it is
+    damaged); nothing when the folder has none."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    unreadable: list[str] = []
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as err:
+            unreadable.append(str(err))
+            continue
+        if unreadable:
+            log.warning(
+                "mixerlab: %s\nmixerlab: resuming from %s instead (step %d)",
+                "\n".join(unreadable),
+                path,
+                checkpoint["global_step"],
+            )
+        return Start(str(path), checkpoint)
+    if unreadable:
+        listing = "\n".join(f"  - {problem}" for problem in unreadable)
+        raise ConfigError(
+            f"cannot resume {run_dir}: none of its checkpoints loads:\n{listing}\n"
+            "Its results.json is left as it was; to train this config afresh, move the run "
+            "folder away (or give a new hydra.run.dir)."
+        )
+    return Start()
+
+
+def check_checkpoint_fits(start: Start, module: pl.LightningModule) -> None:
+    """The checkpoint's weights have this model's names and shapes; otherwise it was saved by a
+    run with another model, mixer or task, and ``load_state_dict`` would fail with a traceback
+    after the run started."""
+    if start.checkpoint is None:
+        return
+    theirs, ours = start.checkpoint["state_dict"], module.state_dict()
+    differ = sorted(ours.keys() ^ theirs.keys())
+    differ += sorted(k for k in ours.keys() & theirs.keys() if ours[k].shape != theirs[k].shape)
+    if not differ:
+        return
+    key = differ[0]
+    shapes = [tuple(sd[key].shape) if key in sd else "absent" for sd in (theirs, ours)]
+    raise ConfigError(
+        f"checkpoint {start.source or start.path} does not fit this model: {len(differ)} "
+        f"weight(s) differ, e.g. {key}: {shapes[0]} in the checkpoint, {shapes[1]} here; it was "
+        "saved by a run with another model, mixer or task config"
+    )
+
+
+def check_model_memory(config: dict[str, Any], dm: TaskDataModule) -> None:
+    """Refuse (ConfigError) a model whose weights and gradients alone would not fit in the
+    memory of the device it trains on.
+
+    Weights and gradients are a lower bound (optimiser state and activations come on top), so
+    only a run that cannot possibly fit is refused. A plugin mixer that cannot be built on the
+    meta device is not checked.
+    """
+    try:
+        with torch.device("meta"):
+            params = build_model(config, dm).num_params()
+    except (NotImplementedError, RuntimeError) as err:
+        log.debug("mixerlab: memory not estimated, the model cannot be built on meta: %s", err)
+        return
+    trainer = config["trainer"]
+    need = 2 * params * PARAM_BYTES.get(trainer["precision"], 4)
+    have, where = _device_memory(trainer["accelerator"])
+    if need > have:
+        model = config["model"]
+        raise ConfigError(
+            f"model.d_model={model['d_model']}, model.n_layers={model['n_layers']}: the model "
+            f"would have {params:,} parameters, whose weights and gradients alone need "
+            f"{_size(need)} at precision {trainer['precision']}, more than the {_size(have)} of "
+            f"{where}; choose a smaller model"
+        )
+
+
+def _device_memory(accelerator: str) -> tuple[int, str]:
+    """Total memory of one training device (each device holds a whole replica) and its name."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return props.total_memory, f"the GPU ({props.name})"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+
+
+def _size(n_bytes: float) -> str:
+    """``n_bytes`` in binary units, up to EiB; beyond, in EiB with an exponent."""
+    exponent = min(int(math.log(max(n_bytes, 1), 1024)), 6)
+    unit = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")[exponent]
+    value = n_bytes / 1024**exponent
+    return f"{value:.3g} {unit}" if value < 1e4 else f"{value:.2e} {unit}"
