@@ -15,7 +15,7 @@ never silently loses its last entries. Everything else in a block stays the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from mixers.base import TokenMixer, build_mixer, mixer_hparams
@@ -65,9 +65,10 @@ def build_layers(
     causal: bool,
     max_len: int | None,
     rope: bool = False,
-) -> list[TokenMixer]:
-    """One built mixer per layer. ``rope`` turns on rotary positions in every mixer that takes a
-    ``rope`` hyper-parameter; it is an error when none does (the model would get no positions)."""
+) -> Iterator[TokenMixer]:
+    """One built mixer per layer, built lazily. ``rope`` turns on rotary positions in every
+    mixer that takes a ``rope`` hyper-parameter; it is an error when none does (the model would
+    get no positions)."""
     plan = layer_plan(mixer, hparams, n_layers)
     if rope:
         takes_rope = [name for name, _ in plan if "rope" in mixer_hparams(name)]
@@ -81,4 +82,6 @@ def build_layers(
             (name, {**kw, "rope": True} if "rope" in mixer_hparams(name) else kw)
             for name, kw in plan
         ]
-    return [build_mixer(name, d_model, causal=causal, max_len=max_len, **kw) for name, kw in plan]
+    # built one at a time as the caller asks, so each layer's mixer draws its init right before
+    # that layer's channel mixer, in the order the model always drew them (seeded runs repeat)
+    return (build_mixer(name, d_model, causal=causal, max_len=max_len, **kw) for name, kw in plan)
