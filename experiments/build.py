@@ -92,7 +92,7 @@ def build_loggers(
         tags=[mixer, task, *spec["tags"]],
         mode=wandb_mode(spec["mode"]),
         # W&B's own banner and end-of-run history: the run's summary names the W&B paths
-        settings=wandb.Settings(quiet=True),
+        settings=wandb.Settings(silent=True),
     )
     # Lightning passes anonymous=None, which W&B warns about on every run ("The anonymous
     # setting has no effect"); not passing it changes nothing else.

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import hydra
 import pytorch_lightning as pl
 import torch
@@ -92,10 +93,14 @@ from mixers import SequenceModel
 log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
 # Noise from Lightning on newer torch releases, printed once per process; nothing to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-# Lightning's advertisements for its cloud products, printed by every run.
+# Lightning's advertisements for its cloud products, its report of accelerators nobody here has,
+# and its note that max_steps was reached (the run's own summary says how it ended).
+LIGHTNING_NOISE = ("💡 Tip:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda record: not record.getMessage().startswith("💡 Tip:")
+    lambda record: not record.getMessage().startswith(LIGHTNING_NOISE)
 )
+# datasets' progress bar for every split it generates (a second or two each) would fill the log
+datasets.disable_progress_bars()
 # What Hydra raises when the command line or the config files cannot be composed.
 COMPOSITION_ERRORS = (ConfigCompositionException, OverrideParseException, SearchPathException)
 # What building the run from a valid-looking config raises for a value only the built object
@@ -140,7 +145,7 @@ def _train(
     record = RunRecord(run_dir, history, mixer=mixer_label(config["mixer"]), config=config)
     if rank_zero_only.rank == 0:
         record.results("running").write(run_dir)  # a run is visible from its first second
-    pl.seed_everything(config["seed"], workers=True)
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
