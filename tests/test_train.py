@@ -136,6 +136,11 @@ def test_a_runs_output_is_its_own_and_its_log_is_kept(cli_env: dict, tmp_path: P
         "Tip:",
         "anonymous setting",
         "Run history",
+        "Seed set to",
+        "Generating train split",
+        "syncing is set to `offline`",
+        "TPU available",
+        "`Trainer.fit` stopped",
     ):
         assert noise not in output, noise
     log = (run_dir / "train.log").read_text()
