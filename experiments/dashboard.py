@@ -65,7 +65,7 @@ def _section(metric: str) -> str:
 
 def plan_dashboard(runs: Sequence[Run], metric: str, by: str, title: str | None) -> DashboardPlan:
     """The report for ``runs``: every metric they logged, placed by what it measures."""
-    loggers = [run.results.get("config", {}).get("logger") or {} for run in runs]
+    loggers = [lookup(run.results, "logger") or {} for run in runs]
     if not any(loggers):
         raise ValueError(
             "these runs were not logged to W&B (logger=csv or none); train with logger=wandb "
@@ -80,7 +80,7 @@ def plan_dashboard(runs: Sequence[Run], metric: str, by: str, title: str | None)
     for name in metrics:
         sections.setdefault(_section(name), []).append(name)
     order = sorted(sections, key=lambda s: (not s.startswith("validation"), s != "training", s))
-    groups = tuple(sorted({str(lookup(run.results, "logger.group")) for run in runs}))
+    groups = tuple(sorted({str(lg.get("group")) for lg in loggers}))
     offline = sorted({p for run in runs for p in (run.dir / "wandb").glob("offline-run-*")})
     return DashboardPlan(
         title=title or f"{', '.join(groups)}: {metric} by {by}",

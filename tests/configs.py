@@ -11,6 +11,17 @@ from omegaconf import DictConfig
 
 from experiments.schema import validate_config
 
+# The smallest real training run: a few CPU steps of a one-layer model on a sliver of the corpus.
+TINY = [
+    "debug=default",
+    "model.d_model=32",
+    "model.n_layers=1",
+    "task.datamodule.seq_len=32",
+    "task.datamodule.batch_size=4",
+    "task.datamodule.max_train_tokens=4096",
+    "callbacks.progress_bar=false",
+]
+
 
 def conf_options(group: str) -> list[str]:
     """The options of a config group shipped in the ``conf`` package (none for a missing one)."""

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from configs import compose_config, run_config
+from configs import TINY, compose_config, run_config
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.run_guard import (
@@ -240,16 +240,7 @@ def test_the_first_non_finite_value_stops_training_with_its_step() -> None:
 
 
 # ------------------------------------------------------------ real runs, through the CLI
-TINY = [
-    "debug=default",
-    "model.d_model=32",
-    "model.n_layers=1",
-    "task.datamodule.seq_len=32",
-    "task.datamodule.batch_size=4",
-    "task.datamodule.max_train_tokens=4096",
-    "callbacks.progress_bar=false",
-    "logger=none",
-]
+TINY_RUN = [*TINY, "logger=none"]  # the train tests' tiny run, without W&B
 FAULTS_HELPER = """
 import os, signal
 import pytorch_lightning as pl
@@ -304,7 +295,7 @@ def test_a_checkpoint_url_that_runs_code_stops_the_run(
 ) -> None:
     marker = tmp_path / "pwned"
     write_trap(tmp_path / "www" / "trap.ckpt", marker, zipped=False)
-    proc = train_cli(runs, tmp_path / "run", *TINY, f"ckpt_path={served}/trap.ckpt")
+    proc = train_cli(runs, tmp_path / "run", *TINY_RUN, f"ckpt_path={served}/trap.ckpt")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "trap.ckpt: refused" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists() and not (tmp_path / "run").exists()
@@ -316,7 +307,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
 ) -> None:
     run_dir = tmp_path / "run"
     kill = "callbacks.extra=[{_target_:faults_helper.SignalAt,step:3,signal:SIGKILL}]"
-    first = train_cli(runs, run_dir, *TINY, kill)
+    first = train_cli(runs, run_dir, *TINY_RUN, kill)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     killed = results_of(run_dir)  # written at the start and after the validation at step 2
     assert killed["status"] == "running" and killed["last_step"] == 2
@@ -333,7 +324,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
 
     for ckpt in ckpts.glob("*.ckpt"):
         ckpt.write_bytes(b"PK\x03\x04")
-    broken = train_cli(runs, run_dir, *TINY, "trainer.max_steps=6")
+    broken = train_cli(runs, run_dir, *TINY_RUN, "trainer.max_steps=6")
     assert broken.returncode == 2 and "none of its checkpoints loads" in broken.stderr
     assert (run_dir / "results.json").read_bytes() == finished  # the finished run stands
 
@@ -342,7 +333,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
 def test_sigterm_saves_and_exits_143(runs: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     term = "callbacks.extra=[{_target_:faults_helper.SignalAt,step:3,signal:SIGTERM}]"
-    proc = train_cli(runs, run_dir, *TINY, term)
+    proc = train_cli(runs, run_dir, *TINY_RUN, term)
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert results_of(run_dir)["status"] == "interrupted"
@@ -355,7 +346,7 @@ def test_a_diverging_run_stops_with_the_step_and_keeps_no_broken_checkpoint(
 ) -> None:
     run_dir = tmp_path / "run"
     poison = "callbacks.extra=[{_target_:faults_helper.PoisonAt,step:3}]"
-    proc = train_cli(runs, run_dir, *TINY, "trainer.max_steps=6", poison)
+    proc = train_cli(runs, run_dir, *TINY_RUN, "trainer.max_steps=6", poison)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "training diverged: train/loss is nan at step 3" in proc.stderr
     assert "Traceback" not in proc.stderr

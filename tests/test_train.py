@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from configs import compose_config, conf_options
+from configs import TINY, compose_config, conf_options
 from omegaconf import OmegaConf
 
 from experiments.mixer_config import mixer_label
@@ -43,17 +43,6 @@ def test_a_monitor_the_task_never_logs_fails_before_training(
 
 
 # ------------------------------------------------------------- end to end, through the CLI
-TINY = [
-    "debug=default",
-    "model.d_model=32",
-    "model.n_layers=1",
-    "task.datamodule.seq_len=32",
-    "task.datamodule.batch_size=4",
-    "task.datamodule.max_train_tokens=4096",
-    "callbacks.progress_bar=false",
-]
-
-
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Offline W&B, a data cache shared by this module's runs, nothing written into the repo."""
