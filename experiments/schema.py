@@ -22,7 +22,7 @@ from experiments.mixer_config import check_mixer_node, mixer_names
 from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from lightning_modules.tasks.base import RUN_ARGUMENTS
 from mixers import available_mixers, get_mixer_class
-from mixers.model import FFN_KINDS, NORM_KINDS, POS_KINDS
+from mixers.model import FFN_KINDS, MIXER_INITS, NORM_KINDS, POS_KINDS
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,7 @@ class ModelConfig:
     pos: Annotated[str, Allowed(choices=POS_KINDS)]
     dropout: Annotated[float, Allowed(lo=0, hi=0.999)]
     tie_embeddings: bool
+    mixer_init: Annotated[str, Allowed(choices=MIXER_INITS)]
 
 
 @dataclass

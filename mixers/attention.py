@@ -139,6 +139,9 @@ class SelfAttention(TokenMixer):
         """The KV cache: a key and a value of d_model floats for every past position."""
         return 2 * seq_len * self.n_heads * self.head_dim
 
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.out]
+
     def flops_per_token(self, seq_len: int) -> float:
         """q, k, v and output projections (4 d^2 multiply-adds) plus scores and weighted sum.
 

@@ -154,6 +154,13 @@ class TokenMixer(nn.Module):
         """Floats of decoding state per sequence after ``seq_len`` tokens; None: not reported."""
         return None
 
+    def output_projections(self) -> list[nn.Linear]:
+        """The Linear layers whose output is the mixer's output, i.e. what writes into the
+        residual stream. ``SequenceModel`` gives them the depth-scaled init of the channel
+        mixers' last layers (``mixer_init="depth_scaled"``); none (the default, e.g. an LSTM
+        whose hidden state is its output) leaves the mixer's own init in place."""
+        return []
+
     def no_weight_decay_parameters(self) -> list[nn.Parameter]:
         """The parameters ``no_weight_decay`` names; a pattern that names none is an error (a
         typo would otherwise decay what it meant to protect)."""

@@ -218,6 +218,9 @@ class ConvMixer(TokenMixer):
         Global: every conv input so far, growing with the length like a KV cache."""
         return self.d_model * (seq_len if self.global_mixing else self.span + 1)
 
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.out_proj]
+
     def flops_per_token(self, seq_len: int) -> float:
         """in_proj, the convolution, out_proj. Short: kernel_size taps per channel, independent
         of seq_len. Global: :func:`fft_conv_flops`, O(d log L) per token."""

@@ -216,6 +216,9 @@ class GatedMLPMixer(TokenMixer):
             s = s + a
         return self.proj_out(u * s), new_state
 
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.proj_out]
+
     def flops_per_token(self, seq_len: int) -> float:
         """In/out projections, the spatial mix, and (aMLP) the tiny attention.
 

@@ -239,6 +239,9 @@ class HyenaMixer(TokenMixer):
         d = self.d_model
         return self.order * d * seq_len + (self.order + 1) * d * (SHORT_KERNEL - 1)
 
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.out_proj]
+
     def flops_per_token(self, seq_len: int) -> float:
         """in_proj 2 d (N + 1) d, short conv 2 * 3 (N + 1) d, N FFT convolutions
         (:func:`mixers.conv.fft_conv_flops`, O(d log L)) with the D skip and the gate (3 d

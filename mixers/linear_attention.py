@@ -277,6 +277,9 @@ class LinearAttention(TokenMixer):
         """S (and z): n_heads x Dphi x Dv' floats, whatever the length."""
         return self.n_heads * self.phi_dim * self.value_dim
 
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.out]
+
     def flops_per_token(self, seq_len: int) -> float:
         """Projections, feature maps and the chunk form, per token (multiply-add = 2).
 

@@ -7,11 +7,15 @@ Everything but the token mixer is fixed by the config, so an ablation swaps exac
     x = x + drop(ffn(norm(x)))              # works on each position alone (mlp, glu, moe, none)
 
 Init scheme (GPT-2 style, Radford et al. 2019): token and position embeddings and every Linear the
-model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases, and the last Linear
-of each channel mixer (every expert's, for MoE) is scaled down by 1/sqrt(2 * n_layers) so the
-residual stream's variance does not grow with depth. Token mixers keep their own initialisation,
-because some carry meaning (gMLP's spatial weights start near zero so the unit starts as a
-per-token MLP); each mixer documents it.
+model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases. Every Linear that
+writes into the residual stream is then drawn from N(0, 0.02 / sqrt(2 * n_layers)): the last
+Linear of each channel mixer (every expert's, for MoE) and, with ``mixer_init="depth_scaled"``
+(the default), each token mixer's output projections (``TokenMixer.output_projections``), so the
+residual stream's variance does not grow with depth and no mixer starts with a louder or quieter
+branch than another merely by its library's default init. The rest of a token mixer keeps its
+own initialisation, because much of it carries meaning (gMLP's spatial weights start near zero,
+S4D's and Mamba's decays follow their papers); each mixer documents it. ``mixer_init="own"``
+keeps the mixer's own init for its output projections too (mixerlab before this option).
 """
 
 from __future__ import annotations
@@ -24,117 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer, count_params
+from mixers.base import count_params
+from mixers.blocks import FFN_KINDS, NORM_KINDS, Block, check_choice, make_ffn, make_norm
 from mixers.hybrid import LayerSpec, build_layers
 from mixers.moe import MoEFeedForward
 from mixers.positions import sinusoidal_table
 
-FFN_KINDS = ("mlp", "glu", "moe", "none")
-NORM_KINDS = ("layernorm", "rmsnorm")
+__all__ = ["FFN_KINDS", "MIXER_INITS", "NORM_KINDS", "POS_KINDS", "SequenceModel"]
+
 POS_KINDS = ("none", "learned", "sinusoidal", "rope")
-
-
-def _choice(what: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
-    return value
-
-
-def make_norm(kind: str, d_model: int) -> nn.Module:
-    _choice("norm", kind, NORM_KINDS)
-    return nn.LayerNorm(d_model) if kind == "layernorm" else nn.RMSNorm(d_model)
-
-
-class MLP(nn.Module):
-    """The Transformer's position-wise feed-forward network: Linear -> GELU -> Linear."""
-
-    def __init__(self, d_model: int, d_hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.up = nn.Linear(d_model, d_hidden)
-        self.down = nn.Linear(d_hidden, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.down(self.dropout(F.gelu(self.up(x))))
-
-    def flops_per_token(self) -> float:
-        return 2.0 * 2 * self.up.in_features * self.up.out_features
-
-
-class GLU(nn.Module):
-    """SwiGLU feed-forward (Shazeer 2020): ``down(silu(gate(x)) * up(x))``.
-
-    The hidden width is 2/3 of the MLP's so that ``ffn=glu`` and ``ffn=mlp`` have the same number
-    of parameters at the same ``ffn_mult``.
-    """
-
-    def __init__(self, d_model: int, d_hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        d_hidden = max(1, round(2 * d_hidden / 3))
-        self.gate_up = nn.Linear(d_model, 2 * d_hidden)
-        self.down = nn.Linear(d_hidden, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(self.dropout(F.silu(gate) * up))
-
-    def flops_per_token(self) -> float:
-        return 2.0 * 3 * self.down.in_features * self.down.out_features
-
-
-def make_ffn(
-    kind: str, d_model: int, d_hidden: int, dropout: float, hparams: dict[str, Any]
-) -> nn.Module | None:
-    _choice("ffn", kind, FFN_KINDS)
-    if kind == "none":
-        return None
-    if kind == "moe":
-        return MoEFeedForward(d_model, d_hidden, dropout=dropout, **hparams)
-    if hparams:
-        raise ValueError(
-            f"ffn={kind!r} takes no ffn_hparams, got {', '.join(sorted(hparams))}; "
-            "ffn_hparams configure ffn=moe (n_experts, capacity_factor, aux_loss_weight)"
-        )
-    return (MLP if kind == "mlp" else GLU)(d_model, d_hidden, dropout)
-
-
-class Block(nn.Module):
-    """One pre-norm residual block: token mixer, then channel mixer."""
-
-    def __init__(
-        self,
-        mixer: TokenMixer,
-        ffn: nn.Module | None,
-        norm: str = "layernorm",
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.mixer_norm = make_norm(norm, mixer.d_model)
-        self.mixer = mixer
-        self.ffn_norm = make_norm(norm, mixer.d_model) if ffn is not None else None
-        self.ffn = ffn
-        self.dropout = nn.Dropout(dropout)
-
-    def _channel(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """The second half of the block, on x (B, L, d_model): the channel mixer's residual."""
-        if self.ffn is None:
-            return x
-        return x + self.dropout(self.ffn(self.ffn_norm(x), mask))
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.dropout(self.mixer(self.mixer_norm(x), mask))
-        return self._channel(x, mask)
-
-    def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
-        """``forward`` over a prompt x (B, T, d_model) and the mixer's decoding state after it."""
-        y, state = self.mixer.prefill(self.mixer_norm(x))
-        return self._channel(x + self.dropout(y)), state
-
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One position of ``forward`` for incremental decoding; ``x_t`` is (B, d_model)."""
-        y_t, state = self.mixer.step(self.mixer_norm(x_t), state)
-        return self._channel((x_t + self.dropout(y_t))[:, None])[:, 0], state
+MIXER_INITS = ("depth_scaled", "own")
 
 
 class SequenceModel(nn.Module):
@@ -164,13 +67,15 @@ class SequenceModel(nn.Module):
         dropout: float = 0.0,
         tie_embeddings: bool = True,
         num_classes: int | None = None,
+        mixer_init: str = "depth_scaled",
     ) -> None:
         super().__init__()
         if vocab_size <= 0 or n_layers <= 0:
             raise ValueError(
                 f"vocab_size and n_layers must be positive, got {vocab_size} and {n_layers}"
             )
-        _choice("pos", pos, POS_KINDS)
+        check_choice("pos", pos, POS_KINDS)
+        check_choice("mixer_init", mixer_init, MIXER_INITS)
         if pos in ("learned", "sinusoidal") and max_len is None:
             raise ValueError(f"pos={pos!r} needs max_len (the longest sequence); pass max_len=")
         if num_classes is not None and num_classes <= 1:
@@ -212,11 +117,11 @@ class SequenceModel(nn.Module):
             self.head = nn.Linear(d_model, vocab_size, bias=False)
         else:
             self.head = nn.Linear(d_model, num_classes)
-        self._init_weights(n_layers)
+        self._init_weights(n_layers, scale_mixer_outputs=mixer_init == "depth_scaled")
         if tie_embeddings and num_classes is None:
             self.head.weight = self.embed.weight
 
-    def _init_weights(self, n_layers: int) -> None:
+    def _init_weights(self, n_layers: int, scale_mixer_outputs: bool) -> None:
         mixer_params = {id(p) for block in self.blocks for p in block.mixer.parameters()}
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in (
@@ -225,11 +130,16 @@ class SequenceModel(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * n_layers)
         for block in self.blocks:
             if block.ffn is not None:
                 moe = isinstance(block.ffn, MoEFeedForward)
                 out_weight = block.ffn.w_out if moe else block.ffn.down.weight
                 out_weight.data.mul_(1 / math.sqrt(2 * n_layers))
+            for linear in block.mixer.output_projections() if scale_mixer_outputs else ():
+                nn.init.normal_(linear.weight, std=residual_std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
 
     # -- forward ----------------------------------------------------------------------------
     def _embed(self, tokens: Tensor, start: int) -> Tensor:

@@ -107,6 +107,10 @@ class RecurrentMixer(TokenMixer):
         """Each layer's hidden state (and LSTM cell): the same at every length."""
         return (2 if self.cell == "lstm" else 1) * self.n_layers * self.d_model
 
+    def output_projections(self) -> list[nn.Linear]:
+        """The encoder's merge of both directions; a decoder's output is the hidden state."""
+        return [] if self.merge is None else [self.merge]
+
     def flops_per_token(self, seq_len: int) -> float:
         """Gate matmuls per token: each gate reads the layer input and the previous hidden state.
 

@@ -382,6 +382,10 @@ class StateSpaceMixer(TokenMixer):
         y, layer_state = self.layer.step(x_t, state)
         return y, {**layer_state, "position": position + 1}
 
+    def output_projections(self) -> list[nn.Linear]:
+        """S4D's output Linear (halved by its GLU), or Mamba's out_proj."""
+        return [self.layer.out_proj]
+
     def state_size(self, seq_len: int) -> int:
         """Floats of the recurrent state (and Mamba's conv window): the same at every length."""
         return self.layer.state_size()

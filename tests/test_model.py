@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mixers import SequenceModel, available_mixers, get_mixer_class, register_mixer
-from mixers.model import GLU, MLP
+from mixers.blocks import GLU, MLP
 
 VOCAB, D, MAX_LEN = 50, 32, 16
 
@@ -162,7 +162,7 @@ def test_init_scales_channel_mixer_output_by_depth():
 
 
 @pytest.mark.usefixtures("scratch_registries")
-def test_model_keeps_the_mixers_own_init():
+def test_model_keeps_the_mixers_own_init_but_its_output_projection():
     class ConstantConv(get_mixer_class("conv")):
         def __init__(self, d_model, **kwargs):
             super().__init__(d_model, **kwargs)
@@ -170,9 +170,32 @@ def test_model_keeps_the_mixers_own_init():
                 nn.init.constant_(param, 0.5)
 
     register_mixer("_test_constant_conv")(ConstantConv)
-    model = small_model("_test_constant_conv")
-    assert all(torch.all(p == 0.5) for p in model.blocks[0].mixer.parameters())
-    assert model.blocks[0].ffn.up.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    own = small_model("_test_constant_conv", mixer_init="own").blocks[0]
+    assert all(torch.all(p == 0.5) for p in own.mixer.parameters())
+    assert own.ffn.up.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    scaled = small_model("_test_constant_conv").blocks[0].mixer
+    out = scaled.out_proj
+    assert out.weight.std().item() == pytest.approx(0.02 / math.sqrt(4), rel=0.1)
+    assert torch.all(out.bias == 0)
+    kept = [p for name, p in scaled.named_parameters() if not name.startswith("out_proj.")]
+    assert kept and all(torch.all(p == 0.5) for p in kept)
+
+
+@pytest.mark.parametrize("mixer", available_mixers())
+def test_depth_scaled_init_reaches_every_mixers_output_projection(mixer):
+    """Each mixer's output projection starts like the channel mixers' last Linear, so no
+    residual branch is louder at init than another; only a decoder LSTM has none."""
+    torch.manual_seed(0)
+    model = SequenceModel(VOCAB, 64, 8, mixer=mixer, max_len=MAX_LEN)
+    projections = [p for block in model.blocks for p in block.mixer.output_projections()]
+    if mixer == "rnn":
+        assert projections == []
+        return
+    assert projections, f"{mixer} names no output projection"
+    weights = torch.cat([p.weight.flatten() for p in projections])
+    assert weights.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.1)
+    with pytest.raises(ValueError, match="unknown mixer_init 'gpt3'; choose one of"):
+        SequenceModel(VOCAB, 64, 1, mixer=mixer, max_len=MAX_LEN, mixer_init="gpt3")
 
 
 @pytest.mark.usefixtures("scratch_registries")

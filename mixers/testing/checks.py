@@ -1,6 +1,7 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
-independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss and the
-``no_weight_decay`` declaration (the decoding checks follow in :mod:`mixers.testing.decoding`).
+independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss, the
+``no_weight_decay`` declaration and the output projections (the decoding checks follow in
+:mod:`mixers.testing.decoding`).
 Each check builds small fp32 instances through its :class:`MixerCase` and raises
 ``ContractError`` naming what broke; ``@contract_check`` registers it in ``CHECKS`` in the order
 of this file."""
@@ -289,3 +290,32 @@ def check_no_weight_decay(case: MixerCase) -> None:
         case.build().no_weight_decay_parameters()
     except ValueError as exc:
         raise case.fail(str(exc)) from exc
+
+
+@contract_check("output_projections")
+def check_output_projections(case: MixerCase) -> None:
+    """``output_projections`` names Linear submodules of the mixer that write its output: with
+    their weights and biases zeroed, the output is zero (so the model's depth-scaled init of
+    them scales the whole residual branch, and nothing bypasses them)."""
+    mixer = case.build()
+    projections = mixer.output_projections()
+    owned = {id(module) for module in mixer.modules()}
+    for linear in projections:
+        if not isinstance(linear, torch.nn.Linear) or id(linear) not in owned:
+            raise case.fail(
+                f"output_projections() must return Linear submodules of the mixer, got "
+                f"{type(linear).__name__}"
+            )
+    if not projections:
+        return
+    with torch.no_grad():
+        for linear in projections:
+            linear.weight.zero_()
+            if linear.bias is not None:
+                linear.bias.zero_()
+        y = case.run(mixer, case.randn(2, case.max_len, case.d_model))
+    if y.abs().max() > case.atol:
+        raise case.fail(
+            "with every output_projections() Linear zeroed the output is still "
+            f"{float(y.abs().max()):.3g} somewhere: another path writes the output"
+        )
