@@ -23,6 +23,7 @@ from lightning_modules.callbacks import (
 from lightning_modules.metric_names import mode_of
 from lightning_modules.modules import ClassificationModule, LanguageModelModule
 from lightning_modules.results import CHECKPOINT_DIR, RESULTS_FILE, HistoryLogger
+from lightning_modules.resume import ResumeState
 from lightning_modules.tasks import TaskDataModule, build_task
 from mixers import SequenceModel
 
@@ -136,6 +137,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path) -> list[pl.Callback]:
         CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR),
         ThroughputMonitor(),
         StopOnDivergence(),
+        ResumeState(),
     ]
     if settings["progress_bar"]:
         callbacks.append(ProgressBar())

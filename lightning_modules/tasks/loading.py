@@ -38,11 +38,12 @@ from datasets.exceptions import DatasetGenerationError
 from filelock import FileLock
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from lightning_modules.io import write_atomic
 from lightning_modules.tasks.base import TaskDataModule
+from lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader, epoch_shuffle_of
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +189,27 @@ def build_loader(
     collate_fn: Callable[[Any], dict[str, Tensor]],
     num_workers: int,
     shuffle_seed: int | None = None,
+    sampler: Sampler | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A task's DataLoader: shuffled by a generator seeded with ``shuffle_seed`` when one is
-    given (training; the same seed gives the same order on every machine), in order otherwise."""
-    shuffle = shuffle_seed is not None
-    return DataLoader(
+    """A task's DataLoader: in the order :class:`EpochShuffle` draws from ``shuffle_seed`` and
+    the epoch when a seed is given (training: the same order on every machine), in the order of
+    ``sampler`` when one is given (a task that draws its own order), in order otherwise. A
+    loader whose order is an EpochShuffle, or wraps one, is a :class:`ResumableLoader`: a run
+    resumed mid-epoch goes on with the batch it would have taken next."""
+    if shuffle_seed is not None:
+        if sampler is not None:
+            raise ValueError("build_loader takes shuffle_seed or sampler, not both")
+        sampler = EpochShuffle(examples, shuffle_seed)
+    shuffle = epoch_shuffle_of(sampler)
+    return (DataLoader if shuffle is None else ResumableLoader)(
         examples,
         batch_size=batch_size,
-        shuffle=shuffle,
         drop_last=drop_last,
-        generator=torch.Generator().manual_seed(shuffle_seed) if shuffle else None,
+        sampler=sampler,
+        # its own generator: a new iterator draws its workers' seed from it, not from the
+        # global generator dropout draws from
+        generator=None if shuffle is None else torch.Generator().manual_seed(shuffle.seed),
         collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
