@@ -10,6 +10,10 @@ is a config error (exit 2) found before any work; a damaged ``last.ckpt`` (a run
 older mixerlab was writing it, a full disk) makes the run fall back to the newest checkpoint
 that loads, and say so, or stop with the reason for each file, before results.json is touched.
 
+Budget. A checkpoint already past ``trainer.max_steps`` (a finished run re-run with a smaller
+budget) is refused by :func:`check_budget`: Lightning would train nothing and the run would
+report the checkpoint's metrics under a budget it never had.
+
 Memory. A model too large for the machine fails deep inside torch with an allocation error
 after the data was built; :func:`check_model_memory` builds it on the meta device first (no
 memory, milliseconds) and refuses with the numbers.
@@ -59,14 +63,17 @@ class Start:
 @contextlib.contextmanager
 def start_checkpoint(config: dict[str, Any], run_dir: Path) -> Iterator[Start]:
     """The checkpoint the run starts from, loaded and checked; a URL's download lives in a
-    temporary folder until the ``with`` block ends. Raises ConfigError for a ``ckpt_path`` that
-    is not a usable checkpoint and for a run folder none of whose checkpoints loads."""
+    temporary folder until the ``with`` block ends. A run folder that holds checkpoints resumes
+    from them, ``ckpt_path`` or not: it only says where the run began (its first launch).
+    Raises ConfigError for a ``ckpt_path`` that is not a usable checkpoint and for a run folder
+    none of whose checkpoints loads."""
     given = config["ckpt_path"]
-    if given is None:
-        yield _resume_point(run_dir)
-        return
-    if not is_url(given) and given.split(":")[0] in FIT_CKPT_NAMES:
+    if given is not None and not is_url(given) and given.split(":")[0] in FIT_CKPT_NAMES:
         yield Start(given)  # Lightning resolves the name; it loads through SafeCheckpointIO
+        return
+    resumed = _resume_point(run_dir)
+    if given is None or resumed.path:
+        yield resumed
         return
     with tempfile.TemporaryDirectory(prefix="mixerlab-ckpt-") as tmp:
         try:
@@ -75,6 +82,19 @@ def start_checkpoint(config: dict[str, Any], run_dir: Path) -> Iterator[Start]:
         except CheckpointError as err:
             raise ConfigError(f"ckpt_path: {err}") from None
         yield Start(str(local), checkpoint, given)
+
+
+def check_budget(start: Start, config: dict[str, Any]) -> None:
+    """Refuse a checkpoint already past the run's budget: Lightning would train no step and the
+    run would report the checkpoint's metrics under a budget it never had."""
+    max_steps = config["trainer"]["max_steps"]
+    step = start.checkpoint["global_step"] if start.checkpoint else 0
+    if step > max_steps:
+        raise ConfigError(
+            f"trainer.max_steps={max_steps}, but checkpoint {start.source or start.path} has "
+            f"already trained {step} steps; give trainer.max_steps >= {step} (to train a run "
+            "further), or train a shorter run afresh: a new folder, or overwrite=true"
+        )
 
 
 def _resume_point(run_dir: Path) -> Start:

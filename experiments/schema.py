@@ -121,6 +121,7 @@ class TrainConfig:
     name: str
     cache_dir: str | None
     ckpt_path: str | None
+    overwrite: bool  # discard the run folder's results and checkpoints: experiments.run_identity
     mixer: dict[str, Any]  # checked against the registry, see _check_mixer
     model: ModelConfig
     task: dict[str, Any]  # checked against the task registry, see _check_task

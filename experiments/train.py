@@ -15,6 +15,10 @@ Resuming: a run directory that holds checkpoints continues from the newest one t
 ``resume=<run dir>`` does that with the run's own overrides (from ``.hydra/overrides.yaml``)
 plus any given after it, e.g. ``resume=<dir> trainer.max_steps=2000`` to train longer;
 ``ckpt_path=<file.ckpt or URL>`` starts from any checkpoint in a new run directory instead.
+A run directory belongs to the config it was made with (``experiments.run_identity``): training
+into it with another config (anything but ``trainer.max_steps``) is refused, unless
+``overwrite=true`` discards its results and checkpoints; a run that finished with the same config
+is skipped, so a re-run sweep trains only the jobs that did not finish.
 Checkpoints load tensors only, files and URLs alike (``experiments.run_guard``).
 
 When things go wrong: results.json says ``running`` (pid, host, last step) from the start, so a
@@ -60,10 +64,12 @@ from experiments.build import (
 from experiments.mixer_config import mixer_label
 from experiments.run_guard import (
     Start,
+    check_budget,
     check_checkpoint_fits,
     check_model_memory,
     start_checkpoint,
 )
+from experiments.run_identity import claim_run_dir
 from experiments.schema import ConfigError, validate_config
 from experiments.sweep_summary import report_started_sweeps
 from experiments.train_cli import (
@@ -123,9 +129,11 @@ def train(
 ) -> float | None:
     """Train one run into ``run_dir``; returns the best value of the monitored metric.
 
-    The config and the checkpoint the run starts from (``ckpt_path``, or the newest readable
-    checkpoint in ``run_dir/checkpoints/``: a resume) are checked first (ConfigError, before
-    any work or any write). ``run_dir/results.json`` then says ``running`` and ends
+    The config, the run folder (it holds no run or one of this config: a run that finished
+    with it is not trained again, its best value is returned; ``experiments.run_identity``) and
+    the checkpoint the run starts from (the newest readable one in ``run_dir/checkpoints/``: a
+    resume, else ``ckpt_path``) are checked first (ConfigError, before any work or any write;
+    ``overwrite`` empties the folder first). ``run_dir/results.json`` then says ``running`` and ends
     ``finished``, ``failed`` (the error is re-raised), ``diverged`` (:class:`Diverged` is
     re-raised), or ``interrupted`` (KeyboardInterrupt is re-raised; SystemExit(143) after
     SIGTERM). A config error found while building leaves an earlier results.json as it was.
@@ -133,7 +141,11 @@ def train(
     """
     config = validate_config(cfg)
     run_dir = Path(run_dir).resolve()
+    finished = claim_run_dir(cfg, run_dir)  # a folder holds one config's run
+    if finished is not None:
+        return (finished.get("best") or {}).get(config["callbacks"]["checkpoint"]["monitor"])
     with start_checkpoint(config, run_dir) as start:
+        check_budget(start, config)
         run_dir.mkdir(parents=True, exist_ok=True)
         return _train(config, run_dir, start, callbacks)
 

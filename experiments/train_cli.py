@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from experiments.config_types import unknown_key
+from experiments.run_identity import check_run_dir
 from experiments.schema import ConfigError, validate_config
 from mixers import available_mixers
 
@@ -53,11 +54,16 @@ class CheckConfigBeforeRun(Callback):
     """Validates a single run's config before Hydra creates the run folder, so a bad command
     line leaves no folder behind; Hydra names the folder after ``mixer.name``, so without this
     ``mixer=plugin`` and no ``mixer.name`` fails inside Hydra with a long traceback. (Each job
-    of a sweep is validated as it starts: the jobs' configs differ.)"""
+    of a sweep is validated as it starts: the jobs' configs differ.) An existing run folder that
+    holds a run of another config is refused here too, before Hydra rewrites its ``.hydra/``
+    (which ``resume=<dir>`` reads the run's overrides from)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            validate_config(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+            job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+            validate_config(job)
+            # a run folder of another config is refused before Hydra rewrites its .hydra/
+            check_run_dir(job, Path(str(config.hydra.run.dir)).resolve())
         except ConfigError as err:  # Hydra would turn an exception into a warning and go on
             report_config_error(err)
             raise SystemExit(2) from None
@@ -234,7 +240,9 @@ def expand_resume(argv: Sequence[str]) -> list[str]:
             "`mixerlab train` (it holds .hydra/ and checkpoints/)"
         )
     merged: dict[str, str] = {}
-    for override in [*yaml.safe_load(saved.read_text()), *overrides]:
+    # overwrite=true was an instruction to that launch: resuming must not empty the folder again
+    kept = [o for o in yaml.safe_load(saved.read_text()) if not o.startswith("overwrite=")]
+    for override in [*kept, *overrides]:
         if not override.startswith("resume="):
             merged[override.split("=", 1)[0].lstrip("+~")] = override
     return [*flags, *merged.values(), f"hydra.run.dir={run_dir.resolve()}"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from configs import conf_options
+from configs import conf_options, run_config
 
 from experiments import cli, train
 from experiments.compare.plots import registered_plots
@@ -157,7 +158,8 @@ def test_a_resumed_runs_folder_is_kept_when_building_fails(
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["logger=none"]))
-    (run_dir / "results.json").write_text("{}")
+    record = {"config": run_config("logger=none", "task.datamodule.seq_len=0")}  # this config's
+    (run_dir / "results.json").write_text(json.dumps(record))
     code, err = train_in(
         capsys, tmp_path, monkeypatch, f"resume={run_dir}", "task.datamodule.seq_len=0"
     )

@@ -251,7 +251,7 @@ class SignalAt(pl.Callback):
         self.step, self.signal = step, signal
 
     def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and trainer.ckpt_path is None:  # not once resumed
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 class PoisonAt(pl.Callback):
@@ -315,7 +315,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
 
     ckpts = run_dir / "checkpoints"
     (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:1000])
-    resumed = train_cli(runs, run_dir, *TINY)
+    resumed = train_cli(runs, run_dir, *TINY, kill)  # the same run (W&B aside) goes on
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "last.ckpt: not a readable checkpoint" in resumed.stderr
     assert f"resuming from {ckpts / 'best.ckpt'} instead (step 2)" in resumed.stderr
@@ -324,7 +324,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
 
     for ckpt in ckpts.glob("*.ckpt"):
         ckpt.write_bytes(b"PK\x03\x04")
-    broken = train_cli(runs, run_dir, *TINY_RUN, "trainer.max_steps=6")
+    broken = train_cli(runs, run_dir, *TINY_RUN, kill, "trainer.max_steps=6")
     assert broken.returncode == 2 and "none of its checkpoints loads" in broken.stderr
     assert (run_dir / "results.json").read_bytes() == finished  # the finished run stands
 
