@@ -39,6 +39,7 @@ class InductionHeadsDataModule(SyntheticTaskDataModule):
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fresh_every_epoch: bool = False,
     ) -> None:
         check_positive(vocab_size=vocab_size, seq_len=seq_len)
         if vocab_size <= self.FIRST_TOKEN_ID:
@@ -61,6 +62,7 @@ class InductionHeadsDataModule(SyntheticTaskDataModule):
             seed=seed,
             num_workers=num_workers,
             cache_dir=cache_dir,
+            fresh_every_epoch=fresh_every_epoch,
         )
 
     def baselines(self) -> dict[str, Baseline]:

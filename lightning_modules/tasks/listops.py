@@ -65,6 +65,7 @@ class ListOpsDataModule(SyntheticTaskDataModule):
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fresh_every_epoch: bool = False,
     ) -> None:
         check_positive(max_depth=max_depth, max_args=max_args, max_length=max_length)
         if max_args < 2:
@@ -96,6 +97,7 @@ class ListOpsDataModule(SyntheticTaskDataModule):
             seed=seed,
             num_workers=num_workers,
             cache_dir=cache_dir,
+            fresh_every_epoch=fresh_every_epoch,
         )
 
     def baselines(self) -> dict[str, Baseline]:

@@ -53,6 +53,7 @@ class MQARDataModule(SyntheticTaskDataModule):
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fresh_every_epoch: bool = False,
     ) -> None:
         check_positive(vocab_size=vocab_size)
         if vocab_size < 6:
@@ -98,6 +99,7 @@ class MQARDataModule(SyntheticTaskDataModule):
             seed=seed,
             num_workers=num_workers,
             cache_dir=cache_dir,
+            fresh_every_epoch=fresh_every_epoch,
         )
 
     @property

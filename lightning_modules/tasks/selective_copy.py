@@ -38,6 +38,7 @@ class SelectiveCopyDataModule(SyntheticTaskDataModule):
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fresh_every_epoch: bool = False,
     ) -> None:
         check_positive(vocab_size=vocab_size, seq_len=seq_len, num_data_tokens=num_data_tokens)
         if vocab_size <= self.FIRST_TOKEN_ID:
@@ -60,6 +61,7 @@ class SelectiveCopyDataModule(SyntheticTaskDataModule):
             seed=seed,
             num_workers=num_workers,
             cache_dir=cache_dir,
+            fresh_every_epoch=fresh_every_epoch,
         )
 
     def baselines(self) -> dict[str, Baseline]:

@@ -10,6 +10,12 @@ Train and validation examples are drawn from disjoint seed streams (``SeedSequen
 input sequence also occurs in the training split is dropped: a validation accuracy never rewards
 having memorised a training sequence.
 
+With ``fresh_every_epoch`` the training examples are drawn anew for every epoch, as Mamba trains
+its synthetic tasks: epoch 0 is the cached training split, epoch e > 0 is drawn in memory from its
+own seed stream (spawn key ``(0, part, e)``), so the examples depend on (seed, epoch) alone.
+Those later epochs are not checked against the validation sets (a repeat is vanishingly rare
+at the lengths Mamba's tasks use, where fresh data matter).
+
 Token id 0 is padding; each task's own special tokens come next, then its ordinary tokens.
 """
 
@@ -31,6 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from lightning_modules.tasks._fresh import EpochKeys, FreshEpochs
 from lightning_modules.tasks.base import TaskDataModule
 from lightning_modules.tasks.loading import (
     IGNORE_INDEX,
@@ -122,7 +129,8 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
     (and bumps ``generator_version`` when its output changes). The training split is the
     concatenation of ``train_parts`` (mixed in each batch by shuffling); every entry of
     ``val_parts`` is a separate validation set, named by its ``Part.name`` (``"val"`` when there
-    is only one).
+    is only one). ``fresh_every_epoch`` draws new training examples for every epoch (see the
+    module docstring); validation sets stay fixed.
     """
 
     # Bump when a generator's output changes for the same parameters: it is in the fingerprint.
@@ -141,6 +149,7 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        fresh_every_epoch: bool = False,
     ) -> None:
         super().__init__()
         check_positive(batch_size=batch_size, vocab_size=vocab_size, max_len=max_len)
@@ -163,6 +172,7 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         self.num_workers = int(num_workers)
         self.cache_dir = str(cache_dir or default_cache_dir())
         self.val_set_names = ["val"] if len(val_parts) == 1 else names
+        self.fresh_every_epoch = bool(fresh_every_epoch)
 
         self._train_fingerprint = self._split_fingerprint("train", self.train_parts)
         self._val_fingerprints = [
@@ -179,6 +189,8 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
                 f"val@{name}": fp
                 for name, fp in zip(self.val_set_names, self._val_fingerprints, strict=True)
             },
+            # only when on: a run with fixed training data keeps the fingerprint it always had
+            **({"fresh_every_epoch": "true"} if self.fresh_every_epoch else {}),
         }
         self.train_dataset: datasets.Dataset | None = None
         self.val_datasets: dict[str, datasets.Dataset] = {}
@@ -321,8 +333,24 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
             shuffle_seed=self.seed if shuffle else None,
         )
 
+    def _draw_epoch(self, epoch: int) -> PaddedExamples:
+        """The training examples of ``epoch`` > 0, drawn in memory (``fresh_every_epoch``)."""
+        keys = tuple((TRAIN_STREAM, index, epoch) for index in range(len(self.train_parts)))
+        rows = list(self._examples(tuple(self.train_parts), keys, dedup=False))
+        return self._to_tensors(datasets.Dataset.from_list(rows, features=self._features()))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train, shuffle=True)
+        loader = self._loader(self._train, shuffle=True)
+        if not self.fresh_every_epoch:
+            return loader
+        assert self._train is not None
+        return build_loader(
+            FreshEpochs(self._train, self._draw_epoch),
+            batch_size=self.batch_size,
+            collate_fn=pad_collate,
+            num_workers=self.num_workers,
+            sampler=EpochKeys(loader.sampler),  # the fixed split's order, epoch by epoch
+        )
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         if not self._vals:
