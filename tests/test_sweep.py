@@ -25,6 +25,7 @@ from experiments.mixer_config import mixer_label
 from mixers import available_mixers
 
 GRID_SWEEPS = [name for name in conf_options("sweep") if name != "optuna"]
+OWN_EXPERIMENT = {"zoology_grid": "experiment=zoology_grid"}  # grids of one experiment's settings
 # every conf/mixer option but the two templates, plugin (needs a name) and hybrid (a pattern),
 # and based_sliding, whose 3-layer pattern fits no 2-layer experiment
 LEFT_OUT = ("plugin", "hybrid", "based_sliding")
@@ -157,13 +158,14 @@ def _wandb_overrides(parameters: dict[str, Any]) -> tuple[list[str], dict[str, l
 @pytest.mark.parametrize("preset", GRID_SWEEPS)
 def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> None:
     out = tmp_path / "sweep.yaml"
-    assert wandb_sweep.main([f"sweep={preset}", "experiment=mqar", "--out", str(out)]) == 0
+    experiment = OWN_EXPERIMENT.get(preset, "experiment=mqar")
+    assert wandb_sweep.main([f"sweep={preset}", experiment, "--out", str(out)]) == 0
     sweep = yaml.safe_load(out.read_text())
     assert sweep["command"][2:] == ["-m", "experiments.train", "${args_no_hyphens}"]
     assert sweep["project"] == run_config()["logger"]["project"]
     fixed, swept = _wandb_overrides(sweep["parameters"])
-    assert "experiment=mqar" in fixed and swept
-    assert swept == _sweep_jobs(f"sweep={preset}", "experiment=mqar")  # the multirun's grid
+    assert experiment in fixed and swept
+    assert swept == _sweep_jobs(f"sweep={preset}", experiment)  # the multirun's grid
     # An agent's run is the fixed overrides plus one value per swept key (each value is checked
     # as a run of the preset above): it is a valid run in the sweep's group.
     config = run_config(*fixed, *(values[-1] for values in swept.values()))

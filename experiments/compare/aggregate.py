@@ -18,22 +18,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from experiments.compare.chance import Chance, common_chance, group_chance
+from experiments.compare.config_diff import differing_keys
 from experiments.compare.curves import Band, group_bands
 from experiments.compare.runs import (
     RESULT_KEYS,
     RESULTS,
     Run,
     check_key,
-    flatten,
     lookup,
     value_label,
 )
 from lightning_modules.metric_names import metric_mode
+
+if TYPE_CHECKING:  # scaling imports this module
+    from experiments.compare.scaling import Scaling
 
 NUMBERS = ("params", "flops_per_token", "tokens_per_s", "wall_s")  # results.json fields averaged
 TASK_KEYS = ("task", "task.name")  # --by keys that keep tasks apart
@@ -114,7 +117,7 @@ def _grouped_by(key: str, by: Sequence[str]) -> bool:
 
 def _scope(runs: Sequence[Run], groups: Sequence[Group], by: Sequence[str]) -> Scope:
     kept = [run for group in groups for run in group.runs]
-    differing = _differing_keys(kept, {"seed"}) if len(groups) > 1 else []
+    differing = differing_keys(kept, {"seed"}) if len(groups) > 1 else []
     return Scope(
         names=_distinct(runs, "name"),
         tasks=_distinct(runs, "task"),
@@ -130,7 +133,7 @@ class Comparison:
     did not finish (running, killed, failed, interrupted, diverged), runs whose results.json
     cannot be used (each with its ``problem``), warnings, and the curves of every metric the
     kept runs logged (``curves[metric][group name]``, ``metrics`` in logging order) with their
-    ``band`` kind."""
+    ``band`` kind; ``scaling``: the metric against each --x key (``scaling.add_scaling``)."""
 
     by: tuple[str, ...]
     metric: str
@@ -144,6 +147,7 @@ class Comparison:
     warnings: tuple[str, ...]
     curves: Mapping[str, Mapping[str, Band]]
     scope: Scope
+    scaling: tuple[Scaling, ...] = ()
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -160,7 +164,7 @@ class Comparison:
 
     def group_name(self, group: Group) -> str:
         """Legend label: the value alone for one key, ``key=value`` pairs for several."""
-        return _group_name(self.by, group.label)
+        return label_name(self.by, group.label)
 
     def chance(self, metric: str) -> Chance | None:
         """The chance level of ``metric`` when every group has the same one."""
@@ -173,7 +177,7 @@ class Comparison:
         return list({(c.value, c.label): c for c in levels}.values())
 
 
-def _group_name(by: Sequence[str], label: tuple[str, ...]) -> str:
+def label_name(by: Sequence[str], label: tuple[str, ...]) -> str:
     if len(by) == 1:
         return label[0]
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(by, label, strict=True))
@@ -231,22 +235,6 @@ def select_lr(
     return best, grid
 
 
-def _differing_keys(runs: Sequence[Run], ignore: set[str]) -> list[str]:
-    """Config keys whose values differ between ``runs``; keys that vary in lockstep (a value and
-    the interpolations of it, e.g. ``optim.lr`` and ``optim.optimizer.lr``) are named once, by the
-    shortest name."""
-    configs = [dict(flatten(run.results.get("config") or {})) for run in runs]
-    keys = sorted(set().union(*configs) - ignore, key=lambda k: (len(k), k))
-    seen: set[tuple[str, ...]] = set()
-    differ = []
-    for key in keys:
-        values = tuple(value_label(c.get(key)) for c in configs)
-        if len(set(values)) > 1 and values not in seen:
-            seen.add(values)
-            differ.append(key)
-    return sorted(differ)
-
-
 def _mixed_warning(name: str, runs: Sequence[Run], ignore: set[str]) -> str | None:
     """Say when a group's runs are not seed replicates of one config (a --by key is missing)."""
     seeds = [run.results.get("seed") for run in runs]
@@ -255,7 +243,7 @@ def _mixed_warning(name: str, runs: Sequence[Run], ignore: set[str]) -> str | No
     if not repeated and len(params) <= 1:
         return None
     reason = f"seed {', '.join(repeated)} repeated" if repeated else "parameter counts differ"
-    differ = _differing_keys(runs, ignore)
+    differ = differing_keys(runs, ignore)
     if differ:
         return (
             f"group {name}: {reason}; config keys that differ: {', '.join(differ[:8])}. "
@@ -291,7 +279,7 @@ def _check_metric(finished: Sequence[Run], metric: str) -> None:
         )
 
 
-def _group(
+def summarize_group(
     label: tuple[str, ...],
     members: Sequence[Run],
     metric: str,
@@ -366,11 +354,12 @@ def build_comparison(
         buckets.setdefault(tuple(value_label(lookup(run.results, k)) for k in by), []).append(run)
     also = expand_also(finished, also)
     groups = [
-        _group(label, members, metric, mode, lr_key, also) for label, members in buckets.items()
+        summarize_group(label, members, metric, mode, lr_key, also)
+        for label, members in buckets.items()
     ]
     warnings = [task_note] if task_note else []
     for group in groups:
-        name = _group_name(by, group.label)
+        name = label_name(by, group.label)
         if warning := _mixed_warning(name, group.runs, {"seed", lr_key, *by}):
             warnings.append(warning)
     task_at = next((by.index(key) for key in TASK_KEYS if key in by), None)
@@ -381,7 +370,7 @@ def build_comparison(
             g.label,
         )
     )
-    runs_by_group = {_group_name(by, group.label): group.runs for group in groups}
+    runs_by_group = {label_name(by, group.label): group.runs for group in groups}
     curves, curve_warnings = group_bands(runs_by_group, metric, band)
     return Comparison(
         by=tuple(by),

@@ -1,6 +1,6 @@
 """Compare finished runs: tables, curves and a report, aggregated over seeds.
 
-mixerlab compare PATH... [--by KEYS] [--metric NAME] [--also METRICS] [--out DIR]
+mixerlab compare PATH... [--by KEYS] [--metric NAME] [--also METRICS] [--x KEYS] [--out DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from experiments.compare.aggregate import build_comparison
 from experiments.compare.curves import BANDS
 from experiments.compare.outputs import write_outputs
 from experiments.compare.runs import load_runs
+from experiments.compare.scaling import PROPERTIES, add_scaling, check_x
 from experiments.compare.terminal import print_report
 
 
@@ -66,7 +67,18 @@ def _parser() -> argparse.ArgumentParser:
         "(add it to --by to see every lr as its own row)",
     )
     parser.add_argument(
-        "--band", choices=BANDS, default="minmax", help="seed band on the curve plots"
+        "--x",
+        default="",
+        metavar="KEYS",
+        help="comma-separated axes to draw the metric against (metric_vs_x.png), one row of "
+        f"panels each: run properties ({', '.join(PROPERTIES)}) or numeric config keys "
+        "(model.d_model), a config key also grouping the tables (default: params)",
+    )
+    parser.add_argument(
+        "--band",
+        choices=BANDS,
+        default="minmax",
+        help="seed band on the curve plots and error bars on metric_vs_x.png",
     )
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default: <first PATH>/comparison)"
@@ -80,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         runs = load_runs(args.paths)
+        x = _split(args.x)
+        check_x(runs, x)
+        by = _split(args.by)
+        by += [key for key in x if key not in PROPERTIES and key not in by]  # a point per value
         comparison = build_comparison(
-            runs, _split(args.by), args.metric, args.mode, args.lr_key, _split(args.also), args.band
+            runs, by, args.metric, args.mode, args.lr_key, _split(args.also), args.band
         )
+        comparison = add_scaling(comparison, runs, x)
     except ValueError as err:
         print(f"mixerlab compare: error: {err}", file=sys.stderr)
         return 2

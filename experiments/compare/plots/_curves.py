@@ -4,15 +4,33 @@ chance level as a dashed line."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from experiments.compare.aggregate import Comparison
+from experiments.compare.chance import Chance
 from experiments.compare.curves import TRAIN_LOG
 from experiments.compare.plots.base import group_colors, new_figure, to_png
 
 X_LABELS = {"step": "step", "wall_s": "wall-clock time (s) from the first training step"}
+
+
+def draw_chance(ax: Axes, levels: Iterable[Chance]) -> None:
+    """Each chance level as a dashed line, named at the right edge."""
+    for chance in levels:
+        ax.axhline(chance.value, color="0.35", linestyle="--", linewidth=1)
+        ax.annotate(
+            chance.note(),
+            xy=(1, chance.value),
+            xycoords=("axes fraction", "data"),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="0.3",
+        )
 
 
 def draw_metric(ax: Axes, comparison: Comparison, metric: str, x: str) -> bool:
@@ -34,18 +52,7 @@ def draw_metric(ax: Axes, comparison: Comparison, metric: str, x: str) -> bool:
         if band.n > 1:
             ax.fill_between(grid, band.low, band.high, color=color, alpha=0.2, linewidth=0)
         drawn = True
-    for chance in comparison.chance_levels(metric):
-        ax.axhline(chance.value, color="0.35", linestyle="--", linewidth=1)
-        ax.annotate(
-            chance.note(),
-            xy=(1, chance.value),
-            xycoords=("axes fraction", "data"),
-            xytext=(-4, 3),
-            textcoords="offset points",
-            ha="right",
-            fontsize=8,
-            color="0.3",
-        )
+    draw_chance(ax, comparison.chance_levels(metric))
     if x == "step":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(X_LABELS[x])
