@@ -12,7 +12,10 @@ import hydra
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
 
-from experiments.mixer_config import mixer_label, model_mixer
+from experiments.budget import size_model
+from experiments.config_types import unknown_arguments
+from experiments.mixer_config import mixer_label
+from experiments.schema import ConfigError
 from experiments.wandb_setup import wandb_mode
 from lightning_modules.callbacks import (
     CheckpointOnInterrupt,
@@ -41,17 +44,9 @@ def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
 
 
 def build_model(config: dict[str, Any], dm: TaskDataModule) -> SequenceModel:
-    """The SequenceModel for this task: vocabulary, length, causality and head come from it."""
-    mixer, hparams = model_mixer(config["mixer"])
-    return SequenceModel(
-        dm.vocab_size,
-        mixer=mixer,
-        mixer_hparams=hparams,
-        causal=dm.causal,
-        max_len=dm.max_len,
-        num_classes=dm.num_classes,
-        **config["model"],
-    )
+    """The SequenceModel for this task: vocabulary, length, causality and head come from it, and
+    its width from ``model.budget`` when one is set (:mod:`experiments.budget`)."""
+    return SequenceModel(**size_model(config, dm).arguments)
 
 
 def build_module(
@@ -60,14 +55,24 @@ def build_module(
     """The task type's LightningModule, with the optimiser and LR schedule ``optim`` names."""
     optim = config["optim"]
     kwargs = {
-        "optimizer": hydra.utils.instantiate(optim["optimizer"]),
-        "scheduler": hydra.utils.instantiate(optim["scheduler"]),
+        "optimizer": _factory(optim, "optimizer"),
+        "scheduler": _factory(optim, "scheduler"),
         "val_set_names": dm.val_set_names,
         "compile": config["compile"],
     }
     if dm.task_type == "classification":
         return ClassificationModule(model, **kwargs)
     return LanguageModelModule(model, bytes_per_token=dm.bytes_per_token, **kwargs)
+
+
+def _factory(optim: dict[str, Any], key: str) -> Any:
+    """``optim.<key>`` instantiated (a partial); it is called only once training starts, so an
+    argument its target does not take is refused here, by name, not with a traceback then."""
+    factory = hydra.utils.instantiate(optim[key])
+    unknown = unknown_arguments(factory, f"optim.{key}")
+    if unknown:
+        raise ConfigError("; ".join(unknown))
+    return factory
 
 
 def build_loggers(

@@ -17,7 +17,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config_types import matches, type_name, unknown_key
+from experiments.config_types import matches, shown, type_name, unknown_key
 from experiments.mixer_config import check_mixer_node, mixer_names
 from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from lightning_modules.tasks.base import RUN_ARGUMENTS
@@ -41,6 +41,19 @@ class Allowed:
 NO_LIMITS = Allowed()
 
 
+BUDGET_SOLVE_FOR = ("d_model", "ffn_mult")  # what experiments.budget may solve for
+
+
+@dataclass
+class BudgetConfig:
+    """``model.budget``: size the model to a parameter or FLOP budget (experiments.budget)."""
+
+    params: Annotated[int | None, Allowed(lo=1)]
+    flops_per_token: Annotated[float | None, Allowed(lo=1)]
+    solve_for: Annotated[str, Allowed(choices=BUDGET_SOLVE_FOR)]
+    tolerance: Annotated[float, Allowed(lo=0, hi=1)]
+
+
 @dataclass
 class ModelConfig:
     d_model: Annotated[int, Allowed(lo=1)]
@@ -53,6 +66,7 @@ class ModelConfig:
     dropout: Annotated[float, Allowed(lo=0, hi=0.999)]
     tie_embeddings: bool
     mixer_init: Annotated[str, Allowed(choices=MIXER_INITS)]
+    budget: BudgetConfig
 
 
 @dataclass
@@ -134,10 +148,10 @@ class TrainConfig:
 def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Resolve ``cfg`` and check it; returns it as plain dicts/lists or raises ConfigError."""
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
-    problems = [_missing(key) for key in sorted(OmegaConf.missing_keys(cfg))]
-    if problems:
-        raise _invalid(problems)
-    try:
+    try:  # finding the missing keys resolves interpolations too: `name=${nope}` fails here
+        problems = [_missing(key) for key in sorted(OmegaConf.missing_keys(cfg))]
+        if problems:
+            raise _invalid(problems)
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"the config cannot be resolved: {err}") from None
@@ -198,11 +212,12 @@ def _check_value(value: Any, tp: Any, allowed: Allowed, key: str, problems: list
         _check(value, tp, f"{key}.", problems)
         return
     if not matches(value, tp):
-        problems.append(f"{key} must be {type_name(tp)}, got {value!r}")
+        problems.append(f"{key} must be {type_name(tp)}, got {shown(value)}")
         return
     if allowed.choices and value not in allowed.choices:
         problems.append(
-            f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed.choices))}"
+            f"{key}={shown(value)} is not allowed; "
+            f"choose one of: {', '.join(map(str, allowed.choices))}"
         )
     lo, hi = allowed.lo, allowed.hi
     numbers = value if isinstance(value, list) else [value]
@@ -211,7 +226,7 @@ def _check_value(value: Any, tp: Any, allowed: Allowed, key: str, problems: list
             continue
         if (lo is not None and number < lo) or (hi is not None and number > hi):
             bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            problems.append(f"{key} must be {bounds}, got {value!r}")
+            problems.append(f"{key} must be {bounds}, got {shown(value)}")
             break
 
 
@@ -257,7 +272,7 @@ def _check_task(node: dict[str, Any], problems: list[str]) -> None:
         ):
             problems.append(
                 f"task.datamodule.{key} must be {type_name(type(accepted[key]))} like its "
-                f"default {accepted[key]!r}, got {value!r}"
+                f"default {accepted[key]!r}, got {shown(value)}"
             )
     node.update(registered)
 
@@ -284,6 +299,12 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
             "trainer.limit_val_batches=0 turns validation off: the run would end with no val "
             "metric for results.json, best.ckpt or `mixerlab compare`; validate on a few batches "
             "instead (e.g. trainer.limit_val_batches=1) and rarely (trainer.val_check_interval)"
+        )
+    budget = cfg["model"]["budget"]
+    if budget["params"] is not None and budget["flops_per_token"] is not None:
+        problems.append(
+            "model.budget sets both params and flops_per_token; a model is sized to one "
+            "budget: set the other to null"
         )
     ckpt_path = cfg["ckpt_path"]
     local = ckpt_path is not None and "://" not in ckpt_path  # not a remote (fsspec) URL

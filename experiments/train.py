@@ -53,6 +53,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from experiments.budget import BudgetRecord, size_model
 from experiments.build import (
     build_callbacks,
     build_datamodule,
@@ -78,6 +79,7 @@ from experiments.train_cli import (
     expand_resume,
     holds_only_hydra_files,
     hydra_raising_errors,
+    is_flag_error,
     logging_restored,
     print_traceback_from,
     remove_run_dir,
@@ -169,6 +171,8 @@ def _train(
             dm = build_datamodule(config)
             check_model_memory(config, dm)
             model = build_model(config, dm)
+            budget = size_model(config, dm).budget  # how model.budget sized it (memoised)
+            record.budget = budget.as_dict() if budget else None
             module = build_module(config, model, dm)
             check_checkpoint_fits(start, module)
             val_metrics = module.val_metric_names()
@@ -189,7 +193,7 @@ def _train(
         except BUILD_ERRORS as err:
             raise ConfigError(f"building the run from the config failed: {err}") from err
         if rank_zero_only.rank == 0:
-            log.info(_describe(config, model, run_dir))
+            log.info(_describe(config, model, run_dir, budget))
         if start.path:
             log.info("mixerlab: resuming from %s", start.source or start.path)
         trainer.fit(module, datamodule=dm, ckpt_path=start.path)
@@ -229,13 +233,16 @@ def _train(
     return results.best.get(config["callbacks"]["checkpoint"]["monitor"])
 
 
-def _describe(config: dict[str, Any], model: SequenceModel, run_dir: Path) -> str:
+def _describe(
+    config: dict[str, Any], model: SequenceModel, run_dir: Path, budget: BudgetRecord | None
+) -> str:
     """The run in one line, where Lightning's model summary would stand."""
     flops = flops_per_token(model)
     counted = "not counted by the mixer" if math.isnan(flops) else f"{flops:,.0f}"
+    sized = f" ({budget.describe()})" if budget else ""
     return (
         f"mixerlab: {mixer_label(config['mixer'])} on {config['task']['name']}, "
-        f"{model.num_params():,} params, forward FLOPs per token at length {model.max_len}: "
+        f"{model.num_params():,} params{sized}, forward FLOPs per token at length {model.max_len}: "
         f"{counted}; {config['trainer']['max_steps']:,} steps into {run_dir}"
     )
 
@@ -356,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mixerlab train: {err}", file=sys.stderr)
         return DIVERGED_EXIT
     except Exception as err:  # the run, or a job of a sweep (possibly in a worker), failed
+        if is_flag_error(err):
+            print(f"mixerlab train: {err}; see `mixerlab train --help`", file=sys.stderr)
+            return 2
         print_traceback_from(err, _hydra_app.__wrapped__.__code__)
         return 1
     finally:

@@ -231,6 +231,10 @@ class RunResults:
     history: str = HISTORY_FILE
     # what learning nothing scores, by metric: {"value", "label", "how"} (see chance_levels)
     chance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the model.budget the model was sized to, as experiments.budget solved it: measure, target,
+    # reached, solved_for, value (the d_model or ffn_mult it gave), tolerance; None: no budget
+    budget: dict[str, Any] | None = None
+    state_size: int | None = None  # floats of decoding state per sequence at max_len
     # who wrote this and how far it got: a `running` run whose process is gone was killed
     pid: int | None = None
     host: str | None = None
@@ -272,6 +276,7 @@ class RunRecord(pl.Callback):
         self, run_dir: Path, history: HistoryLogger, *, mixer: str, config: dict[str, Any]
     ) -> None:
         self.run_dir, self.history, self.mixer, self.config = run_dir, history, mixer, config
+        self.budget: dict[str, Any] | None = None  # set by the run once its model is sized
         path = run_dir / RESULTS_FILE
         # the run's earlier record, as it was: what a resumed run continues (its W&B run)
         self.previous = path.read_bytes() if path.exists() else None
@@ -300,6 +305,7 @@ class RunRecord(pl.Callback):
             seed=self.config["seed"],
             params=model.num_params() if model is not None else 0,
             flops_per_token=flops_per_token(model) if model is not None else math.nan,
+            state_size=model.state_size(model.max_len) if model is not None else None,
             metrics=self.history.latest(),
             best=self.history.best(),
             tokens_per_s=monitor.tokens_per_s if monitor is not None else math.nan,
@@ -314,6 +320,7 @@ class RunRecord(pl.Callback):
             config=self.config,
             error=error,
             chance=chance_levels(trainer),
+            budget=self.budget,
             pid=os.getpid(),
             host=socket.gethostname(),
             last_step=trainer.global_step if trainer is not None else 0,

@@ -209,6 +209,15 @@ class SequenceModel(nn.Module):
                 total += block.ffn.flops_per_token()
         return total
 
+    def state_size(self, seq_len: int) -> int | None:
+        """Floats of decoding state per sequence after ``seq_len`` tokens, summed over the
+        layers' mixers (Zoology's state-size axis); None for a model that cannot decode step by
+        step (an encoder, a mixer without ``step``) or a mixer that does not report its own."""
+        if not self.supports_step:
+            return None
+        sizes = [block.mixer.state_size(seq_len) for block in self.blocks]
+        return None if None in sizes else sum(sizes)
+
     # -- incremental decoding -----------------------------------------------------------------
     @property
     def supports_step(self) -> bool:

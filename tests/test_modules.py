@@ -37,7 +37,7 @@ from mixers import SequenceModel, TokenMixer
 RESULT_FIELDS = {
     "status", "mixer", "task", "seed", "params", "flops_per_token", "metrics", "best",
     "tokens_per_s", "wall_s", "wandb_run_id", "checkpoints", "config", "error", "history",
-    "chance", "pid", "host", "last_step", "updated_at",
+    "chance", "budget", "state_size", "pid", "host", "last_step", "updated_at",
 }  # fmt: skip
 
 

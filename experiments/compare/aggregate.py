@@ -38,7 +38,8 @@ from lightning_modules.metric_names import metric_mode
 if TYPE_CHECKING:  # scaling imports this module
     from experiments.compare.scaling import Scaling
 
-NUMBERS = ("params", "flops_per_token", "tokens_per_s", "wall_s")  # results.json fields averaged
+# results.json fields averaged over a group's runs
+NUMBERS = ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s")
 TASK_KEYS = ("task", "task.name")  # --by keys that keep tasks apart
 
 
@@ -65,6 +66,7 @@ class Group:
     lr_grid: Mapping[Any, Stats]
     params: Stats | None
     flops_per_token: Stats | None
+    state_size: Stats | None  # None where no run records it (a mixer that does not report it)
     tokens_per_s: Stats | None
     wall_s: Stats | None
     also: Mapping[str, Stats | None]

@@ -35,8 +35,10 @@ FIELDS = {
         "string",
     ),
     **dict.fromkeys(("seed", "pid", "last_step"), "integer"),
-    **dict.fromkeys(("params", "flops_per_token", "tokens_per_s", "wall_s"), "number"),
-    **dict.fromkeys(("best", "metrics", "config", "chance", "checkpoints"), "object"),
+    **dict.fromkeys(
+        ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s"), "number"
+    ),
+    **dict.fromkeys(("best", "metrics", "config", "chance", "checkpoints", "budget"), "object"),
 }
 
 

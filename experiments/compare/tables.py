@@ -133,8 +133,26 @@ def chance_notes(comparison: Comparison) -> list[str]:
     return lines
 
 
+def _budget_label(budget: Any) -> str:
+    """How a run's model was sized: ``params 200k by d_model=84``; ``-`` without a budget."""
+    target = budget.get("target") if isinstance(budget, dict) else None
+    if not isinstance(target, (int, float)):
+        return "-"
+    return (
+        f"{value_label(budget.get('measure'))} {_human(target)} by "
+        f"{value_label(budget.get('solved_for'))}={value_label(budget.get('value'))}"
+    )
+
+
+def _budget_cell(group: Group) -> str:
+    return ", ".join(sorted({_budget_label(run.results.get("budget")) for run in group.runs}))
+
+
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the main table, shared by terminal, markdown and HTML."""
+    """Header and formatted cells of the main table, shared by terminal, markdown and HTML:
+    every group's metrics and what its model costs (parameters, FLOPs per token, decoding
+    state), plus how a budget sized it where any run was sized to one."""
+    budgeted = any(_budget_cell(g) != "-" for g in comparison.groups)
     header = [
         *comparison.by,
         comparison.lr_key,
@@ -143,6 +161,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         *(_metric_header(comparison, name, name == comparison.metric) for name in comparison.also),
         "params",
         "FLOPs/token",
+        "state size",
+        *(["budget"] if budgeted else []),
         "tokens/s",
         "wall (s)",
     ]
@@ -155,6 +175,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             *(_metric_cell(comparison, g, name, g.also[name]) for name in comparison.also),
             _human(g.params.mean if g.params else None),
             _human(g.flops_per_token.mean if g.flops_per_token else None),
+            _human(g.state_size.mean if g.state_size else None),
+            *([_budget_cell(g)] if budgeted else []),
             _mean_std(g.tokens_per_s, ",.0f", ",.0f"),
             _mean_std(g.wall_s, ",.0f", ",.0f"),
         ]
