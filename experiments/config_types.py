@@ -4,7 +4,10 @@ schema (:mod:`experiments.schema`) and the mixer node's checks (:mod:`experiment
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import math
+import reprlib
 import types
 from collections.abc import Mapping
 from typing import Any, Union, get_args, get_origin
@@ -38,6 +41,18 @@ def _finite(number: int | float) -> bool:
     return isinstance(number, int) or math.isfinite(number)  # a huge int is finite, not a float
 
 
+# Values as a message shows them: long strings, lists and mappings cut short (a message names a
+# value, it need not repeat 5000 digits or a whole config node).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlist, _SHORT.maxdict = 8, 6
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, shortened for a message."""
+    return _SHORT.repr(value)
+
+
 def type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -58,3 +73,25 @@ def unknown_key(key: str, allowed: list[str], where: str) -> str:
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
     return f"{key} is not a known key{hint}; {where} accepts: {', '.join(sorted(allowed))}"
+
+
+def unknown_arguments(factory: Any, key: str) -> list[str]:
+    """The keyword arguments that ``factory`` (a partial: what a ``_partial_: true`` spec at
+    ``key`` instantiates to) passes and its target does not take, one message each."""
+    if not isinstance(factory, functools.partial):
+        return []
+    try:
+        parameters = inspect.signature(factory.func).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: it will say so itself
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return []
+    accepted = [
+        n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    target = getattr(factory.func, "__qualname__", repr(factory.func))
+    return [
+        unknown_key(f"{key}.{name}", accepted, f"{key} ({target})")
+        for name in factory.keywords
+        if name not in accepted
+    ]

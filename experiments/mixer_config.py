@@ -13,7 +13,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
-from experiments.config_types import matches, type_name, unknown_key
+from experiments.config_types import matches, shown, type_name, unknown_key
 from mixers import available_mixers, get_mixer_class, mixer_hparams
 
 HYBRID = "hybrid"
@@ -103,7 +103,7 @@ def _check_entry(node: Mapping[str, Any], where: str, problems: list[str]) -> No
         if expected is not None and not matches(value, expected):
             problems.append(
                 f"{where}.{key} must be {type_name(expected)} like its default "
-                f"{accepted[key]!r}, got {value!r}"
+                f"{accepted[key]!r}, got {shown(value)}"
             )
 
 

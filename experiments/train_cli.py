@@ -30,12 +30,14 @@ from types import CodeType
 from typing import Any
 
 import yaml
-from hydra.errors import MissingConfigException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from experiments.config_types import unknown_key
+from experiments.config_types import shown, unknown_key
 from experiments.run_identity import check_run_dir
 from experiments.schema import ConfigError, validate_config
 from mixers import available_mixers
@@ -92,6 +94,11 @@ def _unknown_key(key: str, names: list[str]) -> str:
     parent = key.rpartition(".")[0]
     if not parent:  # a top-level name may also be meant as a config group: mixr=gmlp
         groups = [entry.name for entry in files("conf").iterdir() if entry.is_dir()]
+        if key in groups:  # debug={...}: a group no option of which is selected has no keys
+            return (
+                f"{key} is a config group with no option selected, so it has no keys to set; "
+                f"select one with {key}=<option> (`mixerlab train --help` lists them)"
+            )
         names = sorted(set(names) | {g for g in groups if not g.startswith("_")})
     message = unknown_key(key, names, parent or "the top level")
     if parent == "mixer":  # a hyper-parameter the mixer's conf file does not list
@@ -177,15 +184,83 @@ def logging_restored() -> Iterator[None]:
 
 
 def check_overrides(overrides: Sequence[str]) -> None:
-    """Overrides Hydra would take apart with a traceback: ``=5`` (no key) reaches Hydra as a
-    change of a config group named '' to an integer, a ValueError deep in its defaults list."""
-    for override in overrides:
-        key, sep, _ = override.partition("=")
+    """Overrides Hydra would fail on with a traceback, or with a message that does not say which
+    override it means: ``=5`` (no key: a config group named ''), a config group set to no
+    option's name (``debug=null``, ``launcher=[null]``, ``~mixer=3``, a name too long for a
+    file), a number of more digits than Python converts, and syntax Hydra cannot parse."""
+    parser = OverridesParser.create()
+    for text in overrides:
+        key, sep, _ = text.partition("=")
         if sep and not key.lstrip("+~"):
             raise ConfigError(
-                f"{override!r}: an override needs a key before '=' "
+                f"{shown(text)}: an override needs a key before '=' "
                 "(key=value, e.g. model.d_model=64 or mixer=gmlp)"
             )
+        try:
+            (override,) = parser.parse_overrides([text])
+        except (OverrideParseException, ValueError) as err:
+            raise ConfigError(
+                f"{shown(text)} is not an override Hydra can parse ({_parse_problem(err)}); "
+                "write key=value, quoting a value with spaces, brackets or other special "
+                f"characters (key='a b'); the grammar: {OVERRIDE_GRAMMAR}"
+            ) from None
+        _check_group_choice(override, text)
+
+
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+MAX_FILE_NAME_BYTES = 255  # a config group's option is a file name: <group>/<option>.yaml
+
+
+def _parse_problem(err: Exception) -> str:
+    """The line of Hydra's (or Python's) parse error that says what is wrong."""
+    for line in str(err).splitlines():
+        if line.startswith("LexerNoViableAltException"):
+            return "a character the grammar does not accept there"
+        if line.strip() and not line.startswith(("Error parsing override", "See ")):
+            return line.split("; ")[0].split(" expecting ")[0].strip()
+    return type(err).__name__
+
+
+def _check_group_choice(override: Override, text: str) -> None:
+    """A config group's value names its options (a list of them, or a sweep over them)."""
+    group = override.key_or_group
+    if "/" not in group and not (files("conf") / group).is_dir():
+        return  # a config key, not a group
+    value = override.value()
+    if override.is_sweep_override():
+        try:
+            choices = list(override.sweep_iterator())
+        except HydraException:  # a glob: Hydra matches it against the options itself
+            return
+    elif isinstance(value, dict) and not override.is_delete():
+        return  # merged into the group's node, as a config key's value
+    elif override.is_delete():
+        choices = [] if value is None else [value]
+    else:
+        choices = value if isinstance(value, list) else [value]
+    for choice in choices:
+        if not isinstance(choice, str) or len(choice.encode()) > MAX_FILE_NAME_BYTES:
+            got = "null" if choice is None else shown(choice)
+            raise ConfigError(
+                f"{shown(text)}: the config group {group} takes the name of one of its options, "
+                f"got {got}; ~{group} removes the group, and `mixerlab train --help` lists the "
+                "groups and their options"
+            )
+
+
+def is_flag_error(err: BaseException) -> bool:
+    """Whether Hydra refused its flags (``--resolve`` without ``--cfg``, ``-m`` with ``--cfg``):
+    a ValueError raised by Hydra's entry function itself, before anything ran."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame if tb is not None else None
+    return (
+        isinstance(err, ValueError)
+        and frame is not None
+        and frame.f_code.co_name == "_run_hydra"
+        and frame.f_globals.get("__name__") == "hydra._internal.utils"
+    )
 
 
 # Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
