@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import multiprocessing
 import os
 import resource
@@ -339,6 +340,22 @@ def _int_list(text: str) -> list[int]:
     return sorted(values)
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type: a finite number above zero (a negative token count or a NaN time limit
+    would run nothing, or forever)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"need a finite {kind.__name__} above 0, got {text!r}")
+        return value
+
+    return parse
+
+
 SETTINGS = ("lengths", "tokens", "time_limit", "min_time", "device", "dtype", "decode_tokens")
 
 
@@ -346,17 +363,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``scaling`` and ``peak`` on the ``mixerlab bench`` command line."""
     group = parser.add_argument_group("scaling and peak")
     group.add_argument("--lengths", type=_int_list, default=LENGTHS, help="e.g. 64,128,256")
-    group.add_argument("--tokens", type=int, default=4096, help="tokens per training batch")
-    group.add_argument("--time-limit", type=float, default=60.0, help="seconds per point")
-    group.add_argument("--min-time", type=float, default=1.0, help="timed seconds per point")
+    count, seconds = _positive(int), _positive(float)
+    group.add_argument("--tokens", type=count, default=4096, help="tokens per training batch")
+    group.add_argument("--time-limit", type=seconds, default=60.0, help="seconds per point")
+    group.add_argument("--min-time", type=seconds, default=1.0, help="timed seconds per point")
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="bf16: autocast")
-    group.add_argument("--decode-tokens", type=int, default=64, help="tokens decoded per point")
+    group.add_argument("--decode-tokens", type=count, default=64, help="tokens decoded per point")
     group.add_argument("--mixers", type=lambda s: s.split(","), help="default: every mixer")
     available = _available_bytes()
     group.add_argument(
         "--memory-gb",
-        type=float,
+        type=_positive(float),
         default=available / 2**31 if available else None,
         help="CPU: cap on each point's memory, GB (default: half of what is available)",
     )

@@ -122,6 +122,9 @@ def test_the_table_and_the_plot_show_every_mixer(tmp_path: Path) -> None:
     [
         (["scaling", "--mixers", "conv,nope"], "unknown mixer(s) nope"),
         (["peak", "--lengths", "64,0"], "need positive integers"),
+        (["scaling", "--tokens", "-5"], "--tokens: need a finite int above 0, got '-5'"),
+        (["scaling", "--time-limit", "nan"], "--time-limit: need a finite float above 0"),
+        (["scaling", "--memory-gb", "-1"], "--memory-gb: need a finite float above 0"),
     ],
 )
 def test_bad_options_are_one_clear_message_and_exit_2(argv, message, capsys) -> None:
