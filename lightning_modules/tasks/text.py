@@ -259,13 +259,19 @@ class TextLMDataModule(TaskDataModule):
                     f"lower seq_len, give {split} a larger fraction of split={list(self.split)}, "
                     "or use a larger corpus"
                 )
-            blocks[split] = _cached(
-                functools.partial(_block_rows, tokens[split], self.seq_len),
-                json_sha256(key, self.seq_len)[:16],
-                split,
-                self.cache_dir,
-            )
+            blocks[split] = self._blocks(tokens[split], key, split)
         return tokenizer, tokens, blocks
+
+    def _blocks(self, tokens: datasets.Dataset, key: str, split: str) -> datasets.Dataset:
+        """One split's second stage, the rows a loader serves, from its tokens (``key`` is the
+        tokens' cache key): blocks of ``seq_len + 1`` tokens here; a subclass may cut them
+        otherwise (``task=mlm``: one document's tokens per row)."""
+        return _cached(
+            functools.partial(_block_rows, tokens, self.seq_len),
+            json_sha256(key, self.seq_len)[:16],
+            split,
+            self.cache_dir,
+        )
 
     def prepare_data(self) -> None:
         self._build()
