@@ -26,9 +26,10 @@ precision never meet a complex tensor.
 selective SSM -> + D x -> times SiLU(z) -> out_proj. dt_t = softplus(W_up W_down x_t + bias) (rank
 ``dt_rank``), B_t and C_t (d_state each) are projections of x_t, A = -exp(A_log) is real with the
 S4D-Real init (Mamba's choice: the only init allowed here, since the scan is real), and the dt
-bias is initialised so that dt is log-uniform in [dt_min, dt_max]. Training uses the chunked
-parallel scan of :mod:`mixers._scan`. Encoder mode, as Vision Mamba's bidirectional block: a
-second set of SSM parameters (x_proj, dt_proj, A_log, D) scans the reversed sequence and the two
+bias is initialised so that dt is log-uniform in [dt_min, dt_max]. The scan is :mod:`mixers._scan`:
+the recurrence in place, chunk by chunk (``chunk_size`` positions at most), with a hand-written
+backward that recomputes each chunk. Encoder mode, as Vision Mamba's bidirectional block: a second
+set of SSM parameters (x_proj, dt_proj, A_log, D) scans the reversed sequence and the two
 outputs are summed before the gate; in_proj, out_proj and the short conv are shared, the conv
 centred (Vim gives each direction its own causal conv). Own SSM parameters let the directions
 select and forget differently; sharing the rest keeps the encoder ~15% larger, not 2x.
@@ -293,8 +294,8 @@ class StateSpaceMixer(TokenMixer):
     with init "lin", "inv" (complex modes, even d_state) or "real". dt_rank "auto" is
     ceil(d_model / 16) as in Mamba. Decoding carries a fixed-size state: S4D's diagonal state,
     or Mamba's SSM state plus the short conv's last conv_kernel - 1 inputs; a step costs the
-    same at any position, and ``prefill`` gets the state from the parallel pass (the scan's last
-    state; for S4D, the kernel's Vandermonde matrix applied to the prompt reversed). See the
+    same at any position, and ``prefill`` gets the state from one pass over the prompt (the scan's
+    last state; for S4D, the kernel's Vandermonde matrix applied to the prompt reversed). See the
     module docstring for the equations and the choices made.
     """
 
@@ -367,7 +368,7 @@ class StateSpaceMixer(TokenMixer):
         return self.layer(x, mask)[0]
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """One parallel pass (FFT convolution or chunked scan) that also returns the state."""
+        """One pass over the prompt (FFT convolution or the scan) that also returns the state."""
         self.check_prefill(x)
         y, state = self.layer(x, None)
         return y, {**state, "position": x.shape[1]}
