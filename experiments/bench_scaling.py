@@ -340,17 +340,18 @@ def _int_list(text: str) -> list[int]:
     return sorted(values)
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """An argparse type: a finite number above zero (a negative token count or a NaN time limit
-    would run nothing, or forever)."""
+def _positive(kind: type[int] | type[float], zero_ok: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number above zero (or at least zero with ``zero_ok``); a
+    negative token count or a NaN time limit would run nothing, or forever."""
+    bound = "at least 0" if zero_ok else "above 0"
 
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"need a finite {kind.__name__} above 0, got {text!r}")
+        if not (math.isfinite(value) and (value > 0 or (zero_ok and value == 0))):
+            raise argparse.ArgumentTypeError(f"need a finite {kind.__name__} {bound}, got {text!r}")
         return value
 
     return parse
@@ -366,7 +367,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     count, seconds = _positive(int), _positive(float)
     group.add_argument("--tokens", type=count, default=4096, help="tokens per training batch")
     group.add_argument("--time-limit", type=seconds, default=60.0, help="seconds per point")
-    group.add_argument("--min-time", type=seconds, default=1.0, help="timed seconds per point")
+    group.add_argument(
+        "--min-time",
+        type=_positive(float, zero_ok=True),
+        default=1.0,
+        help="timed seconds per point",
+    )
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="bf16: autocast")
     group.add_argument("--decode-tokens", type=count, default=64, help="tokens decoded per point")

@@ -169,6 +169,16 @@ class MisnamedNoDecay(CumulativeMean):
     no_weight_decay = ("value.weight", "valu.bias")
 
 
+class NamesItsInputProjection(CumulativeMean):
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.value]  # the output Linear's bias still writes the output
+
+
+class NamesAForeignLinear(CumulativeMean):
+    def output_projections(self) -> list[nn.Linear]:
+        return [nn.Linear(self.d_model, self.d_model)]
+
+
 class DecoderOnly(CumulativeMean):
     """Only ever causal, and says so: the encoder mode is skipped, not failed."""
 
@@ -214,6 +224,7 @@ def test_checks_are_listed_in_order() -> None:
         "flops",
         "aux_loss",
         "no_weight_decay",
+        "output_projections",
         "step",
         "prefill",
         "state_size",
@@ -233,9 +244,9 @@ def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixtu
     assert len(ran) == 2 * len(CHECKS)  # both modes by default
     assert ran["causal", "step"] == ran["encoder", "sees_future"] == "passed"
     assert ran["encoder", "step"] == ran["causal", "sees_future"] == "skipped"
-    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (28, 0, 6)
+    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (30, 0, 6)
     text = str(report)
-    assert text.startswith("contract of CumulativeMean: 28 passed, 0 failed, 6 skipped\n")
+    assert text.startswith("contract of CumulativeMean: 30 passed, 0 failed, 6 skipped\n")
     assert re.search(r"^  causal +step +passed$", text, re.MULTILINE)
     assert re.search(
         r"^  encoder +step +skipped \(runs only for causal=True mixers with supports_step\)$",
@@ -254,7 +265,7 @@ def test_decoder_only_mixer_refuses_the_encoder_mode_and_the_checks_skip_it() ->
     assert {(o.outcome, o.detail) for o in encoder} == {
         ("skipped", "decoder-only mixer: supports_encoder = False")
     }
-    assert report.count("passed") == 15
+    assert report.count("passed") == 16
     with pytest.raises(ValueError, match=r"'shapes' does not apply to DecoderOnly\(causal=False\)"):
         CHECKS["shapes"](DecoderOnly, causal=False)
 
@@ -288,6 +299,8 @@ BROKEN = [
         r"no_weight_decay pattern 'valu.bias' of MisnamedNoDecay matches no parameter; its "
         r"parameters are: value.weight, value.bias, out.weight, out.bias",
     ),
+    (NamesItsInputProjection, True, "output_projections", r"another path writes the output"),
+    (NamesAForeignLinear, False, "output_projections", r"must return Linear submodules"),
 ]
 
 
@@ -318,7 +331,7 @@ def test_finite_scalar_aux_loss_passes() -> None:
 def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ContractError) as info:
         check_mixer(LeaksFuture, verbose=True)
-    assert "contract of LeaksFuture: 25 passed, 3 failed, 6 skipped" in capsys.readouterr().out
+    assert "contract of LeaksFuture: 27 passed, 3 failed, 6 skipped" in capsys.readouterr().out
     message = str(info.value)
     assert message.startswith("3 contract check(s) failed:")
     assert "[causality] LeaksFuture(causal=True): " in message
