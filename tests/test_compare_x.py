@@ -112,6 +112,20 @@ def test_a_run_property_splits_each_line_into_its_configs(tmp_path):
     assert scaling.label == "training tokens/s"
 
 
+def test_the_width_a_budget_chose_is_the_x_of_its_key(tmp_path):
+    """A budget sweep records the d_model the user gave (64) and the one the budget solved."""
+    for target, width, acc in ((100_000, 40, 0.3), (200_000, 56, 0.7)):
+        run = scaled_run(tmp_path, f"b{target}", mixer="attention", d_model=64, seed=0, acc=acc)
+        results = json.loads((run / "results.json").read_text())
+        results["config"]["model"]["budget"] = {"params": target}
+        results["budget"] = {"measure": "params", "target": target, "solved_for": "d_model",
+                             "value": width}  # fmt: skip
+        (run / "results.json").write_text(json.dumps(results))
+    (scaling,) = scaling_of(tmp_path, ["mixer"], ["model.d_model"]).scaling
+    (line,) = scaling.lines
+    assert xy(line) == [(40, 0.3), (56, 0.7)]
+
+
 def test_every_validation_set_gets_a_panel(tmp_path):
     for d in (32, 64):
         sets = {"val/acc@seq_len=64,kv=4": d / 100, "val/acc@seq_len=128,kv=8": d / 200}

@@ -77,8 +77,15 @@ def _number(value: Any) -> float | None:
 
 
 def x_value(run: Run, key: str) -> float | None:
-    """The run's value of ``key`` as a number: a results.json property or a config key."""
-    return _number(run.results.get(key) if key in PROPERTIES else lookup(run.results, key))
+    """The run's value of ``key`` as a number: a results.json property or a config key. The
+    key a ``model.budget`` solved for (``model.d_model``) reads the value the budget chose,
+    since the recorded config keeps the value the user gave."""
+    if key in PROPERTIES:
+        return _number(run.results.get(key))
+    budget = run.results.get("budget")
+    if isinstance(budget, dict) and key == f"model.{budget.get('solved_for')}":
+        return _number(budget.get("value"))
+    return _number(lookup(run.results, key))
 
 
 def numeric_keys(runs: Sequence[Run]) -> list[str]:
