@@ -9,7 +9,7 @@ import inspect
 import math
 import reprlib
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Union, get_args, get_origin
 
 
@@ -95,3 +95,13 @@ def unknown_arguments(factory: Any, key: str) -> list[str]:
         for name in factory.keywords
         if name not in accepted
     ]
+
+
+def flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested config; an empty mapping below the root is
+    a leaf (its value ``{}``), so that a key set from nothing to something shows as changed."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from flatten(value, f"{prefix}{key}.")
+    elif prefix:
+        yield prefix[:-1], node

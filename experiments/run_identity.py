@@ -33,6 +33,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from experiments.config_types import flatten
 from experiments.schema import ConfigError, validate_config
 from lightning_modules.results import CHECKPOINT_DIR, HISTORY_FILE, RESULTS_FILE
 
@@ -116,7 +117,7 @@ def check_run_dir(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict[st
     if record is None:
         return None
     old = record["config"]
-    recorded = _flatten(old)
+    recorded = dict(flatten(old))
     budget = {key: recorded[key] for key in BUDGET_KEYS if key in recorded}
     differ = differences(old, _resolved(cfg, budget))  # as if given the recorded budget
     if differ:
@@ -128,7 +129,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
     """``(dotted key, old value, new value)`` for every key whose values differ, in sorted key
     order, leaving out :data:`UNRECORDED_KEYS`; a key one side lacks has the value
     :data:`ABSENT` there. Lists are values: a changed element changes the whole list."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = dict(flatten(old)), dict(flatten(new))
     return [
         (key, flat_old.get(key, ABSENT), flat_new.get(key, ABSENT))
         for key in sorted(flat_old.keys() | flat_new.keys())
@@ -195,15 +196,6 @@ def _resolved(
     for key, value in (budget or {}).items():
         OmegaConf.update(node, key, value, merge=False)
     return json.loads(json.dumps(validate_config(node), default=str))
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict) or (prefix and not node):
-        return {prefix: node}  # an empty mapping is a value, so that {} -> {"a": 1} is seen
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def _among(key: str, keys: tuple[str, ...]) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from experiments.compare.runs import Run, flatten, value_label
+from experiments.compare.runs import Run, value_label
+from experiments.config_types import flatten
 
 
 def differing_keys(runs: Sequence[Run], ignore: set[str]) -> list[str]:

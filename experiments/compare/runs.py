@@ -20,10 +20,12 @@ import json
 import math
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from experiments.config_types import flatten
 
 RESULTS = "results.json"
 RESULT_KEYS = ("mixer", "task")  # results.json fields usable with --by; the rest is config
@@ -170,15 +172,6 @@ def lookup(results: dict[str, Any], key: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf of a nested config."""
-    if isinstance(node, dict) and node:
-        for key, value in node.items():
-            yield from flatten(value, f"{prefix}{key}.")
-    elif prefix:
-        yield prefix[:-1], node
 
 
 def available_keys(runs: Sequence[Run]) -> list[str]:

@@ -28,7 +28,8 @@ from experiments.compare.aggregate import (
     summarize_group,
 )
 from experiments.compare.config_diff import differing_keys
-from experiments.compare.runs import Run, flatten, lookup, value_label
+from experiments.compare.runs import Run, lookup, value_label
+from experiments.config_types import flatten
 
 # run properties from results.json, with their axis labels
 PROPERTIES = {
