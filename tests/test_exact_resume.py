@@ -17,7 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from configs import TINY, compose_config
-from test_faults import TINY_RUN, results_of, runs, train_cli  # noqa: F401  # runs: a fixture
+from test_faults import TINY_RUN, results_of, runs, signal_at, train_cli  # noqa: F401  # runs: a fixture
 
 from experiments.train import train
 from lightning_modules.callbacks import SafeCheckpointIO
@@ -222,7 +222,7 @@ def test_a_run_killed_hard_resumes_to_the_uninterrupted_result(runs: Path, tmp_p
     run = [*TINY_RUN, "trainer.max_steps=8", "trainer.val_check_interval=3", "model.dropout=0.1"]
     straight = train_cli(runs, tmp_path / "straight", *run)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    kill = "callbacks.extra=[{_target_:faults_helper.SignalAt,step:5,signal:SIGKILL}]"
+    kill = signal_at(5, "SIGKILL")
     killed = train_cli(runs, tmp_path / "killed", *run, kill)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"

@@ -285,6 +285,12 @@ def train_cli(root: Path, run_dir: Path, *argv: str) -> subprocess.CompletedProc
     )
 
 
+def signal_at(step: int, signal_name: str) -> str:
+    """The override that makes a run send itself ``signal_name`` after optimiser step ``step``
+    (once: not again after it resumes)."""
+    return f"callbacks.extra=[{{_target_:faults_helper.SignalAt,step:{step},signal:{signal_name}}}]"
+
+
 def results_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
@@ -306,7 +312,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
     runs: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    kill = "callbacks.extra=[{_target_:faults_helper.SignalAt,step:3,signal:SIGKILL}]"
+    kill = signal_at(3, "SIGKILL")
     first = train_cli(runs, run_dir, *TINY_RUN, kill)
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     killed = results_of(run_dir)  # written at the start and after the validation at step 2
@@ -332,7 +338,7 @@ def test_a_killed_run_says_running_and_resumes_past_a_damaged_last_checkpoint(
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_143(runs: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    term = "callbacks.extra=[{_target_:faults_helper.SignalAt,step:3,signal:SIGTERM}]"
+    term = signal_at(3, "SIGTERM")
     proc = train_cli(runs, run_dir, *TINY_RUN, term)
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
