@@ -101,6 +101,8 @@ from mixers import SequenceModel
 log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
 # Noise from Lightning on newer torch releases, printed once per process; nothing to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# A run directory holds checkpoints only when this run resumes it (run identity sees to that).
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 # Lightning's advertisements for its cloud products, its report of accelerators nobody here has,
 # and its note that max_steps was reached (the run's own summary says how it ended).
 LIGHTNING_NOISE = ("💡 Tip:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:")

@@ -204,7 +204,7 @@ class CheckpointOnInterrupt(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.global_step:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
 
 
 class Diverged(RuntimeError):

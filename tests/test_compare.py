@@ -139,6 +139,32 @@ def test_aggregates_match_the_runs_results(tmp_path, capsys):
     assert "failed and unfinished" not in terminal
 
 
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_terminal_table_never_cuts_a_number(tmp_path, capsys, monkeypatch, columns):
+    """A narrow terminal splits the costs into a second table instead of cutting cells short."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(
+            root,
+            f"l{seed}",
+            mixer="linear_attention",
+            seed=seed,
+            loss=1.0 + seed / 8,
+            params=123_456,
+            tokens_per_s=20_680.0 + seed,
+            wall_s=1234.0,
+        )
+    assert main([str(root), "--out", str(tmp_path / "out")]) == 0
+    terminal = capsys.readouterr().out
+    assert "\u2026" not in terminal  # rich's ellipsis
+    for cell in ("linear_attention", "123k", "20,680", "1,234", "247k", "wall (s)"):
+        assert cell in terminal, cell
+    assert ("what each model costs" in terminal) == (columns < 200)
+    widest = max(map(len, terminal.splitlines()))
+    assert widest <= columns or columns == 60  # too narrow for either half: lines run over
+
+
 def test_lr_grid_keeps_the_best_lr_per_group_and_says_so(tmp_path, capsys):
     root = tmp_path / "runs"
     for seed in (0, 1):

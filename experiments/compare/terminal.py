@@ -4,6 +4,7 @@ unreadable), warnings."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -34,23 +35,74 @@ def _print_left_out(
     console.print(table)
 
 
-def print_report(comparison: Comparison, console: Console) -> None:
-    """The rich tables and notes in the terminal."""
-    header, rows = table_rows(comparison)
-    table = Table(
-        title=f"{title(comparison)}\n{scope_line(comparison)}",
-        caption=caption(comparison),
-        caption_justify="left",
-    )
+def _column_width(name: str, cells: list[str], wraps: bool) -> int:
+    """The narrowest a column can be without cutting a word: cells and header wrap at spaces,
+    unless the column does not wrap at all (group names)."""
+    texts = (name, *cells)
+    return max(len(part) for text in texts for part in (text.split() if wraps else [text]))
+
+
+def _table(header: list[str], rows: list[list[str]], group_columns: int, **titles: str) -> Table:
+    """A rich table whose group names never wrap and whose other cells wrap only at spaces, so
+    no number is cut to an ellipsis however narrow the terminal."""
+    table = Table(caption_justify="left", **titles)
     for index, name in enumerate(header):
-        if name in comparison.by:  # group names are never cut, the number columns wrap instead
-            width = max([len(name), *(len(row[index]) for row in rows)])
-            table.add_column(name, no_wrap=True, min_width=width)
-        else:
-            table.add_column(name, justify="right")
+        cells = [row[index] for row in rows]
+        wraps = index >= group_columns
+        width = _column_width(name, cells, wraps)
+        table.add_column(
+            name, justify="right" if wraps else "left", no_wrap=not wraps, min_width=width
+        )
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    return table
+
+
+def _width(header: list[str], rows: list[list[str]], group_columns: int) -> int:
+    """The narrowest one table of these columns can be without cutting a word (3 characters of
+    border and padding per column)."""
+    words = sum(
+        _column_width(name, [row[i] for row in rows], i >= group_columns)
+        for i, name in enumerate(header)
+    )
+    return words + 3 * len(header) + 1
+
+
+def _print(
+    console: Console, header: list[str], rows: list[list[str]], groups: int, **titles: str
+) -> None:
+    """Prints the table, wrapping cells at spaces to fit the terminal; where even that does not
+    fit, at its natural width (the terminal then wraps the lines) rather than let rich drop a
+    column or cut a cell."""
+    table = _table(header, rows, groups, **titles)
+    terminal_width = console.width
+    if _width(header, rows, groups) > terminal_width:
+        unbounded = console.options.update_width(10_000)
+        console.width = Measurement.get(console, unbounded, table).maximum
+    try:
+        console.print(table)
+    finally:
+        console.width = terminal_width
+
+
+def print_report(comparison: Comparison, console: Console) -> None:
+    """The rich tables and notes in the terminal. Where the whole table is wider than the
+    terminal, what each group costs (parameters onwards) goes into a second table below, keyed
+    by the same group columns, rather than cutting numbers short."""
+    header, rows = table_rows(comparison)
+    titles = {"title": f"{title(comparison)}\n{scope_line(comparison)}"}
+    groups = len(comparison.by)
+    split = header.index("params")
+    if _width(header, rows, groups) <= console.width:
+        _print(console, header, rows, groups, **titles, caption=caption(comparison))
+    else:
+        _print(console, header[:split], [row[:split] for row in rows], groups, **titles)
+        cost_header = [*header[:groups], *header[split:]]
+        cost_rows = [[*row[:groups], *row[split:]] for row in rows]
+        cost_title = "what each model costs"
+        _print(
+            console, cost_header, cost_rows, groups, title=cost_title, caption=caption(comparison)
+        )
     if notes := chance_notes(comparison):
         console.print("[bold]chance levels[/]")
         for note in notes:
