@@ -179,8 +179,11 @@ def _train(
             check_checkpoint_fits(start, module)
             val_metrics = module.val_metric_names()
             check_monitor(config["callbacks"]["checkpoint"]["monitor"], val_metrics)
+            # mixerlab's val_check_interval counts optimizer steps, Lightning's counts batches
+            trainer_args = dict(config["trainer"])
+            trainer_args["val_check_interval"] *= trainer_args["accumulate_grad_batches"]
             trainer = pl.Trainer(
-                **config["trainer"],
+                **trainer_args,
                 check_val_every_n_epoch=None,  # validate every val_check_interval steps
                 gradient_clip_val=config["optim"]["grad_clip"],
                 default_root_dir=run_dir,

@@ -142,9 +142,14 @@ def test_a_runs_output_is_its_own_and_its_log_is_kept(cli_env: dict, tmp_path: P
 
 
 @pytest.mark.slow
-def test_the_last_step_is_validated_even_off_the_interval(cli_env: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_last_step_is_validated_even_off_the_interval(
+    cli_env: dict, tmp_path: Path, accumulate: int
+) -> None:
+    """val_check_interval counts optimizer steps, also when each takes several batches."""
     run_dir = tmp_path / "run"
     overrides = [*TINY, "trainer.max_steps=5", "logger=none", f"hydra.run.dir={run_dir}"]
+    overrides.append(f"trainer.accumulate_grad_batches={accumulate}")
     proc = mixerlab(cli_env, tmp_path, "train", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (run_dir / "metrics.csv").open() as f:
