@@ -48,32 +48,28 @@ def test_ranks_share_one_order_padded_to_equal_parts() -> None:
     assert [i for row in zip(*parts, strict=True) for i in row] == padded
 
 
-class Keys(torch.utils.data.Sampler):
-    """A sampler that turns an EpochShuffle's indices into other keys, as fresh epochs do."""
-
-    def __init__(self, order: EpochShuffle) -> None:
-        self.order = order
-
-    def set_epoch(self, epoch: int) -> None:
-        self.order.set_epoch(epoch)
-
-    def __iter__(self) -> Any:
-        return (int(index) for index in self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-
 EXAMPLES = [(torch.tensor([i + 1, i + 2]), torch.tensor(i)) for i in range(10)]
 
 
-def loader(num_workers: int, wrapped: bool) -> ResumableLoader:
+class ByKey(torch.utils.data.Dataset):
+    """EXAMPLES looked up by ``(epoch, index)`` keys, as fresh epochs and MLM's masks are."""
+
+    def __len__(self) -> int:
+        return len(EXAMPLES)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return EXAMPLES[key[1]]
+
+
+def loader(num_workers: int, keyed: bool) -> ResumableLoader:
     """4 batches an epoch (3 + 3 + 3 + 1 examples), shuffled with seed 5."""
     kwargs: dict[str, Any] = {"shuffle_seed": 5}
-    if wrapped:
-        kwargs = {"sampler": Keys(EpochShuffle(EXAMPLES, 5))}
+    data: Any = EXAMPLES
+    if keyed:
+        data = ByKey()
+        kwargs = {"sampler": EpochShuffle(data, 5, keyed=True)}
     built = build_loader(
-        EXAMPLES, batch_size=3, collate_fn=pad_collate, num_workers=num_workers, **kwargs
+        data, batch_size=3, collate_fn=pad_collate, num_workers=num_workers, **kwargs
     )
     assert isinstance(built, ResumableLoader)
     return built
@@ -83,9 +79,9 @@ def labels(batches: Any) -> list[list[int]]:
     return [batch["target"].tolist() for batch in batches]
 
 
-@pytest.mark.parametrize(("num_workers", "wrapped"), [(0, False), (1, False), (0, True)])
-def test_a_restored_loader_goes_on_with_the_next_batch(num_workers: int, wrapped: bool) -> None:
-    first = loader(num_workers, wrapped)
+@pytest.mark.parametrize(("num_workers", "keyed"), [(0, False), (1, False), (0, True)])
+def test_a_restored_loader_goes_on_with_the_next_batch(num_workers: int, keyed: bool) -> None:
+    first = loader(num_workers, keyed)
     epoch0 = iter(first)
     seen = labels([next(epoch0), next(epoch0)])
     state = first.state_dict()
@@ -93,14 +89,14 @@ def test_a_restored_loader_goes_on_with_the_next_batch(num_workers: int, wrapped
     rest = labels(epoch0)
     assert sorted(i for batch in seen + rest for i in batch) == list(range(10))
 
-    resumed = loader(num_workers, wrapped)
+    resumed = loader(num_workers, keyed)
     resumed.load_state_dict(state)
     resumed.sampler.set_epoch(0)  # what Lightning does next, with the restored epoch
     assert labels(resumed) == rest
     assert resumed.state_dict() == first.state_dict() == {"epoch": 1, "batches": 0}
 
     first.sampler.set_epoch(1)
-    at_epoch_end = loader(num_workers, wrapped)
+    at_epoch_end = loader(num_workers, keyed)
     at_epoch_end.load_state_dict(resumed.state_dict())
     assert labels(at_epoch_end) == labels(first) != seen + rest  # epoch 1's own order
     assert loader(0, False).state_dict() == {"epoch": 0, "batches": 0}

@@ -15,13 +15,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from configs import compose_config, run_config
+from torch.utils.data import DistributedSampler
 
 from experiments.schema import ConfigError
 from experiments.train import train
 from lightning_modules.tasks import build_task
-from lightning_modules.tasks._fresh import EpochKeys, FreshEpochs
+from lightning_modules.tasks._fresh import FreshEpochs
 from lightning_modules.tasks.listops import ListOpsDataModule, listops_decode
 from lightning_modules.tasks.mqar import MQARDataModule
+from lightning_modules.tasks.resumable import EpochShuffle
 from lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
 
 RUN = ["debug=default", "logger=none", "callbacks.progress_bar=false"]
@@ -219,8 +221,22 @@ def test_fresh_epochs_hold_one_epoch() -> None:
         return [(torch.tensor([epoch, i]), torch.tensor(0)) for i in range(3)]
 
     data = FreshEpochs(first=[(torch.tensor([0, i]), torch.tensor(0)) for i in range(3)], draw=draw)
-    keys = EpochKeys(range(3))
+    keys = EpochShuffle(data, seed=0, keyed=True)
     for epoch in (0, 1, 1, 2):
         keys.set_epoch(epoch)
-        assert [data[key][0].tolist() for key in keys] == [[epoch, i] for i in range(3)]
+        assert sorted(data[key][0].tolist() for key in keys) == [[epoch, i] for i in range(3)]
     assert drawn == [1, 2]  # each epoch drawn once, the one before it dropped
+
+
+def test_fresh_examples_are_split_once_between_ddp_ranks(tmp_path: Path) -> None:
+    """The keyed order is a DistributedSampler, so Lightning keeps it under DDP rather than
+    wrapping it in a second split; each rank's keys are its share of one order, every index once."""
+    loader = fresh_copy_task(tmp_path).train_dataloader()
+    assert isinstance(loader.sampler, DistributedSampler)
+    shares = [
+        list(EpochShuffle(loader.dataset, seed=0, keyed=True, num_replicas=2, rank=rank))
+        for rank in (0, 1)
+    ]
+    assert all(epoch == 0 for share in shares for epoch, _ in share)
+    indices = [index for share in shares for _, index in share]
+    assert sorted(indices) == list(range(40)) and len(shares[0]) == len(shares[1]) == 20

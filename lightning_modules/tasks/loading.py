@@ -43,7 +43,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from lightning_modules.io import write_atomic
 from lightning_modules.tasks.base import TaskDataModule
-from lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader, epoch_shuffle_of
+from lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +195,13 @@ def build_loader(
     """A task's DataLoader: in the order :class:`EpochShuffle` draws from ``shuffle_seed`` and
     the epoch when a seed is given (training: the same order on every machine), in the order of
     ``sampler`` when one is given (a task that draws its own order), in order otherwise. A
-    loader whose order is an EpochShuffle, or wraps one, is a :class:`ResumableLoader`: a run
+    loader whose order is an EpochShuffle (keyed or not) is a :class:`ResumableLoader`: a run
     resumed mid-epoch goes on with the batch it would have taken next."""
     if shuffle_seed is not None:
         if sampler is not None:
             raise ValueError("build_loader takes shuffle_seed or sampler, not both")
         sampler = EpochShuffle(examples, shuffle_seed)
-    shuffle = epoch_shuffle_of(sampler)
+    shuffle = sampler if isinstance(sampler, EpochShuffle) else None
     return (DataLoader if shuffle is None else ResumableLoader)(
         examples,
         batch_size=batch_size,

@@ -24,10 +24,10 @@ worker that loads it (each row has its own generator):
 
 - training rows are masked afresh each epoch (RoBERTa's dynamic masking: a model sees each row
   under new masks instead of memorising one), from ``(seed, epoch, row)``; the epoch reaches the
-  workers inside each key (:class:`~lightning_modules.tasks._fresh.EpochKeys`) and the order is
-  :class:`~lightning_modules.tasks.resumable.EpochShuffle`'s, a function of ``(seed, epoch)``.
-  A run resumed mid-epoch therefore sees the same masks, but starts that epoch's order afresh
-  (this loader is not a ``ResumableLoader``, whose position assumes plain indices);
+  workers inside each key and the order is that of
+  :class:`~lightning_modules.tasks.resumable.EpochShuffle` (``keyed=True``), a function of
+  ``(seed, epoch)``. A run resumed mid-epoch therefore goes on with the same rows under the same
+  masks, as the uninterrupted run;
 - validation and test rows are masked once and for all, from ``(split, row)``: every evaluation
   of every run scores the same positions, whatever the seed, so runs differ by their models only
   and the unigram baseline is exact for all of them.
@@ -50,7 +50,6 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from lightning_modules.tasks._corpus import json_sha256
-from lightning_modules.tasks._fresh import EpochKeys
 from lightning_modules.tasks.base import Baseline, register_task
 from lightning_modules.tasks.loading import IGNORE_INDEX, PAD_ID, build_loader
 from lightning_modules.tasks.resumable import EpochShuffle
@@ -106,7 +105,7 @@ class BertMasking:
 
 class _Rows(TorchDataset):
     """A split's cached rows, a batch per Arrow ``take``, with each row's masking key
-    ``(*key_prefix, epoch, row)``: training asks by ``(epoch, row)`` (:class:`EpochKeys`),
+    ``(*key_prefix, epoch, row)``: training asks by ``(epoch, row)`` (a keyed EpochShuffle),
     evaluation by row alone, as epoch 0 of every evaluation."""
 
     def __init__(self, rows: datasets.Dataset, key_prefix: tuple[int, ...]) -> None:
@@ -196,7 +195,7 @@ class MaskedLMDataModule(TextLMDataModule):
             collate_fn=self.masking,
             num_workers=self.num_workers,
             # training: the order and the masks of an epoch follow from (seed, epoch) alone
-            sampler=EpochKeys(EpochShuffle(rows, self.seed)) if train else None,
+            sampler=EpochShuffle(rows, self.seed, keyed=True) if train else None,
             drop_last=train,  # fixed shapes in training
         )
 

@@ -37,10 +37,21 @@ class EpochShuffle(DistributedSampler):
     A DistributedSampler so that Lightning keeps it under DDP instead of swapping in its own:
     rank ``r`` of ``n`` takes every ``n``-th example of the one order from the ``r``-th, the order
     padded by its first examples to an equal count per rank, as DistributedSampler pads.
+
+    ``keyed=True`` yields ``(epoch, index)`` keys instead of indices, for datasets whose examples
+    change with the epoch (fresh examples, new masks): the epoch travels inside each key into
+    worker processes, which a dataset attribute set in the main process would not reach. Being
+    this same sampler, it keeps the DDP split and the resumable position of the plain one.
     """
 
     def __init__(
-        self, dataset: Sized, seed: int, *, num_replicas: int | None = None, rank: int | None = None
+        self,
+        dataset: Sized,
+        seed: int,
+        *,
+        keyed: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         """``num_replicas`` and ``rank`` default to the process group's, or 1 and 0 without one."""
         distributed = dist.is_available() and dist.is_initialized()
@@ -52,6 +63,7 @@ class EpochShuffle(DistributedSampler):
             seed=seed,
         )
         self.skip = 0
+        self.keyed = keyed
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -64,26 +76,22 @@ class EpochShuffle(DistributedSampler):
         generator = torch.Generator().manual_seed(int(key))
         return torch.randperm(len(self.dataset), generator=generator)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         order = self.order()
         padding = self.total_size - len(order)
         if padding > 0:
             order = torch.cat([order, order.repeat(math.ceil(padding / len(order)))[:padding]])
         skip, self.skip = self.skip, 0
-        return iter(order[self.rank : self.total_size : self.num_replicas][skip:].tolist())
-
-
-def epoch_shuffle_of(sampler: object) -> EpochShuffle | None:
-    """The :class:`EpochShuffle` that ``sampler`` is, or wraps as its ``order`` (a sampler that
-    turns an EpochShuffle's indices into other keys, e.g. ``(epoch, index)``), or None."""
-    while sampler is not None and not isinstance(sampler, EpochShuffle):
-        sampler = getattr(sampler, "order", None)
-    return sampler
+        indices = order[self.rank : self.total_size : self.num_replicas][skip:].tolist()
+        if self.keyed:
+            epoch = self.epoch
+            return ((epoch, index) for index in indices)
+        return iter(indices)
 
 
 class ResumableLoader(DataLoader):
     """A training DataLoader whose position goes into checkpoints; its sampler is an
-    :class:`EpochShuffle` or wraps one (see :func:`epoch_shuffle_of`).
+    :class:`EpochShuffle`.
 
     The state is the epoch and the number of its batches yielded so far; an epoch used up is
     saved as the next epoch's start, the batch the run takes next either way. Restoring it makes
@@ -97,10 +105,9 @@ class ResumableLoader(DataLoader):
 
     @property
     def order(self) -> EpochShuffle:
-        shuffle = epoch_shuffle_of(self.sampler)
-        if shuffle is None:
+        if not isinstance(self.sampler, EpochShuffle):
             raise TypeError(f"ResumableLoader needs an EpochShuffle order, got {self.sampler!r}")
-        return shuffle
+        return self.sampler
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         self._batches = self.order.skip // self.batch_size
@@ -116,6 +123,6 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue at ``state`` (from :meth:`state_dict`, with the same batch size)."""
-        self.sampler.set_epoch(state["epoch"])  # type: ignore[attr-defined]  # all of its layers
+        self.order.set_epoch(state["epoch"])
         self.order.skip = state["batches"] * self.batch_size
         self._batches = state["batches"]

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from lightning_modules.tasks._fresh import EpochKeys, FreshEpochs
+from lightning_modules.tasks._fresh import FreshEpochs
 from lightning_modules.tasks.base import TaskDataModule
 from lightning_modules.tasks.loading import (
     IGNORE_INDEX,
@@ -49,6 +49,7 @@ from lightning_modules.tasks.loading import (
     default_cache_dir,
     pad_collate,
 )
+from lightning_modules.tasks.resumable import EpochShuffle
 
 log = logging.getLogger(__name__)
 
@@ -340,16 +341,16 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         return self._to_tensors(datasets.Dataset.from_list(rows, features=self._features()))
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self._train, shuffle=True)
         if not self.fresh_every_epoch:
-            return loader
+            return self._loader(self._train, shuffle=True)
         assert self._train is not None
         return build_loader(
             FreshEpochs(self._train, self._draw_epoch),
             batch_size=self.batch_size,
             collate_fn=pad_collate,
             num_workers=self.num_workers,
-            sampler=EpochKeys(loader.sampler),  # the fixed split's order, epoch by epoch
+            # the fixed split's order, each index keyed by its epoch
+            sampler=EpochShuffle(self._train, self.seed, keyed=True),
         )
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
