@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments import bench_scaling
-from lightning_modules.io import write_atomic
-from mixers import SequenceModel, available_mixers, count_params
+from mixerlab.experiments import bench_scaling
+from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.mixers import SequenceModel, available_mixers, count_params
 
 VOCAB = 256  # byte-level
 
@@ -222,7 +222,7 @@ def bench_overhead(shape: Shape, args: argparse.Namespace) -> dict:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, IterableDataset
 
-    from lightning_modules.modules import LanguageModelModule
+    from mixerlab.lightning_modules.modules import LanguageModelModule
 
     class _Repeat(IterableDataset):
         def __init__(self, batch: torch.Tensor) -> None:
@@ -279,8 +279,8 @@ def bench_overhead(shape: Shape, args: argparse.Namespace) -> dict:
 def bench_loader(shape: Shape, args: argparse.Namespace) -> dict:
     """The default task's loader throughput next to the model's training throughput."""
     steps, repeats = args.steps, args.repeats
-    from lightning_modules.tasks.loading import measure_loader_throughput
-    from lightning_modules.tasks.text import TextLMDataModule
+    from mixerlab.lightning_modules.tasks.loading import measure_loader_throughput
+    from mixerlab.lightning_modules.tasks.text import TextLMDataModule
 
     dm = TextLMDataModule(seq_len=shape.seq_len, batch_size=shape.batch_size)
     dm.prepare_data()

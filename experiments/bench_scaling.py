@@ -1,4 +1,4 @@
-"""Cost against length (issue 15): ``mixerlab bench scaling`` and ``mixerlab bench peak``.
+"""Cost against length: ``mixerlab bench scaling`` and ``mixerlab bench peak``.
 
 ``scaling`` holds one model shape (d_model 128, 2 layers, MLP channel mixer, learned positions,
 byte vocabulary) and a fixed number of tokens per training batch (batch = tokens // length), and
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixers import SequenceModel, available_mixers
+from mixerlab.mixers import SequenceModel, available_mixers
 
 D_MODEL, N_LAYERS, VOCAB = 128, 2, 256
 LENGTHS = [64 * 2**i for i in range(7)]  # 64 .. 4096
@@ -186,7 +186,9 @@ def _context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "mixers", "experiments.bench_scaling"])
+    context.set_forkserver_preload(
+        ["torch", "mixerlab.mixers", "mixerlab.experiments.bench_scaling"]
+    )
     return context
 
 

@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
-from experiments.mixer_config import mixer_label, model_mixer
-from experiments.schema import ConfigError
-from lightning_modules.tasks import TaskDataModule
-from mixers import SequenceModel
+from mixerlab.experiments.mixer_config import mixer_label, model_mixer
+from mixerlab.experiments.schema import ConfigError
+from mixerlab.lightning_modules.tasks import TaskDataModule
+from mixerlab.mixers import SequenceModel
 
 MEASURES = ("params", "flops_per_token")
 MAX_WIDTH = 1 << 16  # the search gives up beyond: ~10^11 parameters at 2 layers

@@ -1,5 +1,5 @@
 """The parts of one run, each built from the validated config: the task's DataModule, the model,
-the LightningModule, loggers and callbacks. ``experiments.train`` puts them together."""
+the LightningModule, loggers and callbacks. ``mixerlab.experiments.train`` puts them together."""
 
 from __future__ import annotations
 
@@ -12,23 +12,23 @@ import hydra
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import Logger
 
-from experiments.budget import size_model
-from experiments.config_types import unknown_arguments
-from experiments.mixer_config import mixer_label
-from experiments.schema import ConfigError
-from experiments.wandb_setup import wandb_mode
-from lightning_modules.callbacks import (
+from mixerlab.experiments.budget import size_model
+from mixerlab.experiments.config_types import unknown_arguments
+from mixerlab.experiments.mixer_config import mixer_label
+from mixerlab.experiments.schema import ConfigError
+from mixerlab.experiments.wandb_setup import wandb_mode
+from mixerlab.lightning_modules.callbacks import (
     CheckpointOnInterrupt,
     ProgressBar,
     StopOnDivergence,
     ThroughputMonitor,
 )
-from lightning_modules.metric_names import mode_of
-from lightning_modules.modules import ClassificationModule, LanguageModelModule
-from lightning_modules.results import CHECKPOINT_DIR, RESULTS_FILE, HistoryLogger
-from lightning_modules.resume import ResumeState
-from lightning_modules.tasks import TaskDataModule, build_task
-from mixers import SequenceModel
+from mixerlab.lightning_modules.metric_names import mode_of
+from mixerlab.lightning_modules.modules import ClassificationModule, LanguageModelModule
+from mixerlab.lightning_modules.results import CHECKPOINT_DIR, RESULTS_FILE, HistoryLogger
+from mixerlab.lightning_modules.resume import ResumeState
+from mixerlab.lightning_modules.tasks import TaskDataModule, build_task
+from mixerlab.mixers import SequenceModel
 
 
 def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
@@ -45,7 +45,7 @@ def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
 
 def build_model(config: dict[str, Any], dm: TaskDataModule) -> SequenceModel:
     """The SequenceModel for this task: vocabulary, length, causality and head come from it, and
-    its width from ``model.budget`` when one is set (:mod:`experiments.budget`)."""
+    its width from ``model.budget`` when one is set (:mod:`mixerlab.experiments.budget`)."""
     return SequenceModel(**size_model(config, dm).arguments)
 
 

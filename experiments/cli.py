@@ -28,12 +28,12 @@ COMMANDS = {
 # Modules with main(argv) -> int, imported only when their command runs, so that `mixerlab list`
 # does not pay for Hydra, nor `mixerlab compare` for torch and Lightning.
 MODULES = {
-    "train": "experiments.train",
-    "compare": "experiments.compare",
-    "dashboard": "experiments.dashboard",
-    "bench": "experiments.bench",
-    "wandb-sweep": "experiments.wandb_sweep",
-    "new-mixer": "experiments.new_mixer",
+    "train": "mixerlab.experiments.train",
+    "compare": "mixerlab.experiments.compare",
+    "dashboard": "mixerlab.experiments.dashboard",
+    "bench": "mixerlab.experiments.bench",
+    "wandb-sweep": "mixerlab.experiments.wandb_sweep",
+    "new-mixer": "mixerlab.experiments.new_mixer",
 }
 
 
@@ -49,7 +49,7 @@ def _usage() -> str:
 
 def _conf_entries(group: str) -> list[tuple[str, str]]:
     """(name, text) of every YAML file of a config group shipped in the ``conf`` package."""
-    folder = files("conf") / group
+    folder = files("mixerlab.conf") / group
     if not folder.is_dir():
         return []
     entries = [
@@ -72,9 +72,9 @@ def _first_comment(text: str) -> str:
 def list_components() -> dict[str, list[tuple[str, str]]]:
     """What can be combined: registered mixers and tasks (plugins too), mixer presets and
     experiments shipped in conf/, and the plots `mixerlab compare` draws."""
-    from experiments.compare.plots import registered_plots
-    from lightning_modules.tasks import available_tasks, describe_task
-    from mixers import available_mixers, describe_mixer
+    from mixerlab.experiments.compare.plots import registered_plots
+    from mixerlab.lightning_modules.tasks import available_tasks, describe_task
+    from mixerlab.mixers import available_mixers, describe_mixer
 
     return {
         "mixers": [(name, describe_mixer(name)) for name in available_mixers()],

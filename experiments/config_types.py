@@ -1,5 +1,6 @@
 """How the config checks read a value against a type hint and name what is wrong: shared by the
-schema (:mod:`experiments.schema`) and the mixer node's checks (:mod:`experiments.mixer_config`)."""
+schema (:mod:`mixerlab.experiments.schema`) and the mixer node's checks
+(:mod:`mixerlab.experiments.mixer_config`)."""
 
 from __future__ import annotations
 

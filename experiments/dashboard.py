@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.compare.aggregate import build_comparison
-from experiments.compare.outputs import render_markdown
-from experiments.compare.runs import Run, load_runs, lookup
-from experiments.wandb_setup import wandb_mode
+from mixerlab.experiments.compare.aggregate import build_comparison
+from mixerlab.experiments.compare.outputs import render_markdown
+from mixerlab.experiments.compare.runs import Run, load_runs, lookup
+from mixerlab.experiments.wandb_setup import wandb_mode
 
 STEP = "trainer/global_step"  # the x axis Lightning's WandbLogger logs every metric against
 GROUP_KEY = "mixer_label"  # logged with each run's config: a mixer's name or a hybrid's label

@@ -1,12 +1,13 @@
-"""The GPU path in one go (issue 15, item 4): ``python -m experiments.gpu_check [--out DIR]``.
+"""The GPU path in one go:
+``python -m mixerlab.experiments.gpu_check [--out DIR]``.
 
 On a CUDA machine it runs each of these and prints one report of what passed and what failed:
 
 1. ``bf16 train``: every registered mixer's training step (forward, loss, backward, AdamW) under
    bf16 autocast on a small model: the loss and every gradient must be finite.
-2. ``contract``: the whole mixer contract (``mixers.testing.check_mixer``) for every mixer in fp32
-   on the GPU (``with torch.device("cuda")``), TF32 off so that fp32 means fp32; atol 1e-4, since
-   GPU kernels sum in other orders than the CPU's.
+2. ``contract``: the whole mixer contract (``mixerlab.mixers.testing.check_mixer``) for every
+   mixer in fp32 on the GPU (``with torch.device("cuda")``), TF32 off so that fp32 means fp32;
+   atol 1e-4, since GPU kernels sum in other orders than the CPU's.
 3. ``sdpa``: which kernel ``F.scaled_dot_product_attention`` runs for attention's calls: training
    without padding (``is_causal``), a padded batch (a boolean mask), one decoding step over the
    KV cache, in fp32 and bf16. Found by profiling which ``aten::_scaled_dot_product_*`` operator
@@ -37,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from mixers import SequenceModel, available_mixers, build_mixer
-from mixers.testing import check_mixer
+from mixerlab.mixers import SequenceModel, available_mixers, build_mixer
+from mixerlab.mixers.testing import check_mixer
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")  # as the aten operators name them
 SMOKE = ["experiment=smoke", "logger=csv", "trainer.max_steps=10", "trainer.val_check_interval=5"]
@@ -123,7 +124,7 @@ def contract_on_gpu(name: str) -> str:
 def train_run(out: Path, label: str, overrides: list[str], timeout: float = 900) -> str:
     """``mixerlab train`` with these overrides in ``out/label``; raises unless it finishes."""
     run_dir = out / label
-    command = [sys.executable, "-m", "experiments.cli", "train", *SMOKE, *overrides]
+    command = [sys.executable, "-m", "mixerlab.experiments.cli", "train", *SMOKE, *overrides]
     done = subprocess.run(
         [*command, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=timeout
     )
@@ -175,7 +176,9 @@ def run_checks(out: Path) -> list[Outcome]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.gpu_check", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mixerlab.experiments.gpu_check", description=__doc__
+    )
     parser.add_argument("--out", type=Path, help="run folders (default: a temporary folder)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

@@ -2,9 +2,9 @@
 
 ``mixer=gmlp`` gives ``{name: gmlp, <hparams>}``. A hybrid gives ``{name: hybrid, pattern: [...],
 label: ...}``, where each pattern entry is a mixer name or ``{name: ..., <hparams>}`` and repeats
-over ``model.n_layers`` (see :mod:`mixers.hybrid`). Either may carry a ``label``, which names
-the run in tables, W&B and folders: a preset sets it (``baseconv``, ``based``); otherwise it is
-the mixer's name, or a hybrid's names joined by ``+``.
+over ``model.n_layers`` (see :mod:`mixerlab.mixers.hybrid`). Either may carry a ``label``, which
+names the run in tables, W&B and folders: a preset sets it (``baseconv``, ``based``); otherwise it
+is the mixer's name, or a hybrid's names joined by ``+``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, get_type_hints
 
-from experiments.config_types import matches, shown, type_name, unknown_key
-from mixers import available_mixers, get_mixer_class, mixer_hparams
+from mixerlab.experiments.config_types import matches, shown, type_name, unknown_key
+from mixerlab.mixers import available_mixers, get_mixer_class, mixer_hparams
 
 HYBRID = "hybrid"
 

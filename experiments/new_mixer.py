@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
-from mixers import available_mixers, get_mixer_class
+from mixerlab.mixers import available_mixers, get_mixer_class
 
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -65,13 +65,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import mixers
 import torch.nn.functional as F
+from mixerlab import TokenMixer, register_mixer
 from torch import Tensor, nn
 
 
-@mixers.register_mixer("$name")
-class $class_name(mixers.TokenMixer):
+@register_mixer("$name")
+class $class_name(TokenMixer):
     """Gated running mean of a projection (the `$name` plugin's starting point)."""
 
     # step() decodes one token at a time; the contract checks it equals forward.
@@ -129,7 +129,7 @@ class $class_name(mixers.TokenMixer):
 TEST = '''\
 """The `$name` mixer against mixerlab's whole token-mixer contract, in both modes."""
 
-from mixers.testing import check_mixer
+from mixerlab import check_mixer
 
 
 def test_${name}_passes_the_contract() -> None:

@@ -1,14 +1,15 @@
 """What a run checks before it trusts its inputs: the checkpoint it starts from and the memory
-its model needs. ``experiments.train`` calls these before any training.
+its model needs. ``mixerlab.experiments.train`` calls these before any training.
 
 Checkpoints. A run starts from ``ckpt_path`` (a file or a URL) or, when its folder holds
 checkpoints, resumes from the newest one that loads. Either way the file is loaded here, tensors
-only (:func:`lightning_modules.io.load_checkpoint`; a URL is first downloaded to a temporary
-file), and handed to Lightning through :class:`~lightning_modules.callbacks.SafeCheckpointIO`,
-so it is read once and never unpickled in full. A ``ckpt_path`` that is not a usable checkpoint
-is a config error (exit 2) found before any work; a damaged ``last.ckpt`` (a run killed while an
-older mixerlab was writing it, a full disk) makes the run fall back to the newest checkpoint
-that loads, and say so, or stop with the reason for each file, before results.json is touched.
+only (:func:`mixerlab.lightning_modules.io.load_checkpoint`; a URL is first downloaded to a
+temporary file), and handed to Lightning through
+:class:`~mixerlab.lightning_modules.callbacks.SafeCheckpointIO`, so it is read once and never
+unpickled in full. A ``ckpt_path`` that is not a usable checkpoint is a config error (exit 2) found
+before any work; a damaged ``last.ckpt`` (a run killed while an older mixerlab was writing it, a
+full disk) makes the run fall back to the newest checkpoint that loads, and say so, or stop with the
+reason for each file, before results.json is touched.
 
 Budget. A checkpoint already past ``trainer.max_steps`` (a finished run re-run with a smaller
 budget) is refused by :func:`check_budget`: Lightning would train nothing and the run would
@@ -34,11 +35,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from experiments.build import build_model
-from experiments.schema import FIT_CKPT_NAMES, ConfigError
-from lightning_modules.io import CheckpointError, download, is_url, load_checkpoint
-from lightning_modules.results import CHECKPOINT_DIR
-from lightning_modules.tasks import TaskDataModule
+from mixerlab.experiments.build import build_model
+from mixerlab.experiments.schema import FIT_CKPT_NAMES, ConfigError
+from mixerlab.lightning_modules.io import CheckpointError, download, is_url, load_checkpoint
+from mixerlab.lightning_modules.results import CHECKPOINT_DIR
+from mixerlab.lightning_modules.tasks import TaskDataModule
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class Start:
     source: str | None = None  # what the user gave (a URL), for messages
 
     def preloaded(self) -> dict[str, dict[str, Any]]:
-        """For :class:`~lightning_modules.callbacks.SafeCheckpointIO`: the loaded checkpoint."""
+        """For :class:`~mixerlab.lightning_modules.callbacks.SafeCheckpointIO`: the loaded
+        checkpoint."""
         return {self.path: self.checkpoint} if self.path and self.checkpoint else {}
 
 

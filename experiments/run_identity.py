@@ -17,8 +17,8 @@ word. So before any work :func:`claim_run_dir` compares the config with the one 
 ``results.json`` is the record, not ``.hydra/config.yaml``: Hydra rewrites ``.hydra/`` on every
 launch, before the run can look, while ``results.json`` is written by the run itself (atomically,
 from its first second), holds the resolved and validated config, and exists for runs started
-without Hydra (``experiments.train.train``) too. ``overwrite=true`` discards the folder's results
-and checkpoints (mixerlab's own files only, :data:`RUN_FILES`) and trains afresh.
+without Hydra (``mixerlab.experiments.train.train``) too. ``overwrite=true`` discards the folder's
+results and checkpoints (mixerlab's own files only, :data:`RUN_FILES`) and trains afresh.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from experiments.config_types import flatten
-from experiments.schema import ConfigError, validate_config
-from lightning_modules.results import CHECKPOINT_DIR, HISTORY_FILE, RESULTS_FILE
+from mixerlab.experiments.config_types import flatten
+from mixerlab.experiments.schema import ConfigError, validate_config
+from mixerlab.lightning_modules.record import read_record
+from mixerlab.lightning_modules.results import CHECKPOINT_DIR, HISTORY_FILE, RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
 # Keys that only say how long to train. A resume may change them (train longer); a finished run
 # given another value is resumed, not skipped. (A budget below the step a checkpoint already
-# reached is refused where the checkpoint is loaded: experiments.run_guard.)
+# reached is refused where the checkpoint is loaded: mixerlab.experiments.run_guard.)
 BUDGET_KEYS = ("trainer.max_steps",)
 # Keys (and whole nodes) that cannot change what a run learns or measures: how it is shown
 # (progress bar) or mirrored (W&B or not, and W&B's project, tags, ...), where the dataset cache
@@ -174,7 +175,7 @@ def _record(run_dir: Path) -> dict[str, Any] | None:
             )
         return None
     try:
-        record = json.loads(path.read_bytes())
+        record = read_record(path)
     except (OSError, ValueError) as err:
         problem = f"cannot be read ({type(err).__name__}: {err})"
     else:

@@ -17,12 +17,12 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from experiments.config_types import matches, shown, type_name, unknown_key
-from experiments.mixer_config import check_mixer_node, mixer_names
-from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
-from lightning_modules.tasks.base import RUN_ARGUMENTS
-from mixers import available_mixers, get_mixer_class
-from mixers.model import FFN_KINDS, MIXER_INITS, NORM_KINDS, POS_KINDS
+from mixerlab.experiments.config_types import matches, shown, type_name, unknown_key
+from mixerlab.experiments.mixer_config import check_mixer_node, mixer_names
+from mixerlab.lightning_modules.tasks import available_tasks, get_task_class, task_arguments
+from mixerlab.lightning_modules.tasks.base import RUN_ARGUMENTS
+from mixerlab.mixers import available_mixers, get_mixer_class
+from mixerlab.mixers.model import FFN_KINDS, MIXER_INITS, NORM_KINDS, POS_KINDS
 
 
 class ConfigError(ValueError):
@@ -41,12 +41,13 @@ class Allowed:
 NO_LIMITS = Allowed()
 
 
-BUDGET_SOLVE_FOR = ("d_model", "ffn_mult")  # what experiments.budget may solve for
+BUDGET_SOLVE_FOR = ("d_model", "ffn_mult")  # what mixerlab.experiments.budget may solve for
 
 
 @dataclass
 class BudgetConfig:
-    """``model.budget``: size the model to a parameter or FLOP budget (experiments.budget)."""
+    """``model.budget``: size the model to a parameter or FLOP budget
+    (mixerlab.experiments.budget)."""
 
     params: Annotated[int | None, Allowed(lo=1)]
     flops_per_token: Annotated[float | None, Allowed(lo=1)]
@@ -135,7 +136,7 @@ class TrainConfig:
     name: str
     cache_dir: str | None
     ckpt_path: str | None
-    overwrite: bool  # discard the run folder's results and checkpoints: experiments.run_identity
+    overwrite: bool  # discard the run folder's results and checkpoints (see run_identity)
     mixer: dict[str, Any]  # checked against the registry, see _check_mixer
     model: ModelConfig
     task: dict[str, Any]  # checked against the task registry, see _check_task

@@ -18,8 +18,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from experiments.train_cli import remove_run_dir
-from lightning_modules.results import RESULTS_FILE
+from mixerlab.experiments.train_cli import remove_run_dir
+from mixerlab.lightning_modules.results import RESULTS_FILE
 
 
 @dataclass(frozen=True)

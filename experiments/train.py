@@ -15,11 +15,11 @@ Resuming: a run directory that holds checkpoints continues from the newest one t
 ``resume=<run dir>`` does that with the run's own overrides (from ``.hydra/overrides.yaml``)
 plus any given after it, e.g. ``resume=<dir> trainer.max_steps=2000`` to train longer;
 ``ckpt_path=<file.ckpt or URL>`` starts from any checkpoint in a new run directory instead.
-A run directory belongs to the config it was made with (``experiments.run_identity``): training
-into it with another config (anything but ``trainer.max_steps``) is refused, unless
-``overwrite=true`` discards its results and checkpoints; a run that finished with the same config
-is skipped, so a re-run sweep trains only the jobs that did not finish.
-Checkpoints load tensors only, files and URLs alike (``experiments.run_guard``).
+A run directory belongs to the config it was made with (``mixerlab.experiments.run_identity``):
+training into it with another config (anything but ``trainer.max_steps``) is refused, unless
+``overwrite=true`` discards its results and checkpoints; a run that finished with the same config is
+skipped, so a re-run sweep trains only the jobs that did not finish. Checkpoints load tensors only,
+files and URLs alike (``mixerlab.experiments.run_guard``).
 
 When things go wrong: results.json says ``running`` (pid, host, last step) from the start, so a
 run killed hard stays visible; a non-finite loss or gradient norm stops the run as ``diverged``
@@ -53,8 +53,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from experiments.budget import BudgetRecord, size_model
-from experiments.build import (
+from mixerlab.experiments.budget import BudgetRecord, size_model
+from mixerlab.experiments.build import (
     build_callbacks,
     build_datamodule,
     build_loggers,
@@ -62,18 +62,18 @@ from experiments.build import (
     build_module,
     check_monitor,
 )
-from experiments.mixer_config import mixer_label
-from experiments.run_guard import (
+from mixerlab.experiments.mixer_config import mixer_label
+from mixerlab.experiments.run_guard import (
     Start,
     check_budget,
     check_checkpoint_fits,
     check_model_memory,
     start_checkpoint,
 )
-from experiments.run_identity import claim_run_dir
-from experiments.schema import ConfigError, validate_config
-from experiments.sweep_summary import report_started_sweeps
-from experiments.train_cli import (
+from mixerlab.experiments.run_identity import claim_run_dir
+from mixerlab.experiments.schema import ConfigError, validate_config
+from mixerlab.experiments.sweep_summary import report_started_sweeps
+from mixerlab.experiments.train_cli import (
     check_overrides,
     composition_error_message,
     expand_resume,
@@ -86,17 +86,17 @@ from experiments.train_cli import (
     report_config_error,
     split_hydra_argv,
 )
-from lightning_modules.callbacks import Diverged, SafeCheckpointIO
-from lightning_modules.io import write_atomic
-from lightning_modules.metric_names import mode_of
-from lightning_modules.results import (
+from mixerlab.lightning_modules.callbacks import Diverged, SafeCheckpointIO
+from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.metric_names import mode_of
+from mixerlab.lightning_modules.results import (
     RESULTS_FILE,
     HistoryLogger,
     RunRecord,
     RunResults,
     flops_per_token,
 )
-from mixers import SequenceModel
+from mixerlab.mixers import SequenceModel
 
 log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
 # Noise from Lightning on newer torch releases, printed once per process; nothing to act on.
@@ -134,14 +134,14 @@ def train(
     """Train one run into ``run_dir``; returns the best value of the monitored metric.
 
     The config, the run folder (it holds no run or one of this config: a run that finished
-    with it is not trained again, its best value is returned; ``experiments.run_identity``) and
-    the checkpoint the run starts from (the newest readable one in ``run_dir/checkpoints/``: a
+    with it is not trained again, its best value is returned; ``mixerlab.experiments.run_identity``)
+    and the checkpoint the run starts from (the newest readable one in ``run_dir/checkpoints/``: a
     resume, else ``ckpt_path``) are checked first (ConfigError, before any work or any write;
     ``overwrite`` empties the folder first). ``run_dir/results.json`` then says ``running`` and ends
     ``finished``, ``failed`` (the error is re-raised), ``diverged`` (:class:`Diverged` is
-    re-raised), or ``interrupted`` (KeyboardInterrupt is re-raised; SystemExit(143) after
-    SIGTERM). A config error found while building leaves an earlier results.json as it was.
-    ``callbacks`` are added to the config's.
+    re-raised), or ``interrupted`` (KeyboardInterrupt is re-raised; SystemExit(143) after SIGTERM).
+    A config error found while building leaves an earlier results.json as it was. ``callbacks`` are
+    added to the config's.
     """
     config = validate_config(cfg)
     run_dir = Path(run_dir).resolve()
@@ -314,7 +314,7 @@ def _summary(results: RunResults, run_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ command line
-@hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://mixerlab.conf", config_name="config")
 def _hydra_app(cfg: DictConfig) -> float | None:
     """One run; returns its best monitored metric, the objective of the Optuna sweeper (None, no
     value logged, makes Optuna mark the trial failed; NaN would stop the whole study)."""

@@ -37,10 +37,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from experiments.config_types import shown, unknown_key
-from experiments.run_identity import check_run_dir
-from experiments.schema import ConfigError, validate_config
-from mixers import available_mixers
+from mixerlab.experiments.config_types import shown, unknown_key
+from mixerlab.experiments.run_identity import check_run_dir
+from mixerlab.experiments.schema import ConfigError, validate_config
+from mixerlab.mixers import available_mixers
 
 PREFIX = "mixerlab train: "
 # The loggers conf/hydra/default.yaml configures: the root and Lightning's (which it makes pass
@@ -93,7 +93,7 @@ def _unknown_key(key: str, names: list[str]) -> str:
     """A key that is not in the config (Hydra's struct mode refuses to add it)."""
     parent = key.rpartition(".")[0]
     if not parent:  # a top-level name may also be meant as a config group: mixr=gmlp
-        groups = [entry.name for entry in files("conf").iterdir() if entry.is_dir()]
+        groups = [entry.name for entry in files("mixerlab.conf").iterdir() if entry.is_dir()]
         if key in groups:  # debug={...}: a group no option of which is selected has no keys
             return (
                 f"{key} is a config group with no option selected, so it has no keys to set; "
@@ -224,7 +224,7 @@ def _parse_problem(err: Exception) -> str:
 def _check_group_choice(override: Override, text: str) -> None:
     """A config group's value names its options (a list of them, or a sweep over them)."""
     group = override.key_or_group
-    if "/" not in group and not (files("conf") / group).is_dir():
+    if "/" not in group and not (files("mixerlab.conf") / group).is_dir():
         return  # a config key, not a group
     value = override.value()
     if override.is_sweep_override():

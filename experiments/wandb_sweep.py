@@ -8,7 +8,8 @@ The grid is the preset's ``hydra.sweeper.params``, so a Hydra multirun and a W&B
 preset run the same jobs. A ``glob(*)`` over a config group becomes the group's options: the mixer
 sweeps follow ``conf/mixer/``, and a new mixer joins them by having its conf file. The other
 overrides given here are fixed in every run, and so is the composed ``name`` (the W&B group and the
-run folders' name). The agent runs ``python -m experiments.train key=value ...`` per grid point.
+run folders' name). The agent runs ``python -m mixerlab.experiments.train key=value ...`` per grid
+point.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.io import write_atomic
 
 # Each agent run is one job: what launches jobs or sweeps belongs to the agent, not the file.
 NOT_FOR_AGENTS = ("sweep", "launcher", "hydra")
@@ -75,7 +76,7 @@ def grid(overrides: Sequence[str]) -> dict[str, Any]:
             raise SweepFileError(f"{override.input_line}: W&B agents launch the runs; drop it")
         if override.key_or_group != "sweep":
             fixed[override.get_key_element()] = _plain(override.get_value_element_as_str())
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="mixerlab.conf", version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
         if not cfg.hydra.sweeper._target_.endswith("BasicSweeper"):
             raise SweepFileError(
@@ -96,7 +97,13 @@ def grid(overrides: Sequence[str]) -> dict[str, Any]:
         "project": cfg.logger.project,
         "name": cfg.name,
         "method": "grid",
-        "command": ["${env}", "${interpreter}", "-m", "experiments.train", "${args_no_hyphens}"],
+        "command": [
+            "${env}",
+            "${interpreter}",
+            "-m",
+            "mixerlab.experiments.train",
+            "${args_no_hyphens}",
+        ],
         "parameters": parameters,
     }
 

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 
-from lightning_modules.io import load_checkpoint, write_atomic
+from mixerlab.lightning_modules.io import load_checkpoint, write_atomic
 
 # Training FLOPs per token = 3 x forward: the backward pass costs about twice the forward
 # (gradients for activations and for weights), the convention of Kaplan et al. and PaLM's MFU.
@@ -281,12 +281,12 @@ class StopOnDivergence(pl.Callback):
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, made safe both ways: restoring reads tensors only (through
-    :func:`lightning_modules.io.load_checkpoint`, never a full unpickle), and saving replaces
-    the file atomically, so a run killed while saving leaves the previous checkpoint whole.
+    :func:`mixerlab.lightning_modules.io.load_checkpoint`, never a full unpickle), and saving
+    replaces the file atomically, so a run killed while saving leaves the previous checkpoint whole.
 
     ``preloaded`` maps paths to checkpoints the run has already loaded and checked before
-    ``fit`` (see ``experiments.run_guard``); Lightning's restore takes them from there instead
-    of reading the file again.
+    ``fit`` (see ``mixerlab.experiments.run_guard``); Lightning's restore takes them from there
+    instead of reading the file again.
     """
 
     def __init__(self, preloaded: dict[str, dict[str, Any]] | None = None) -> None:

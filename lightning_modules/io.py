@@ -57,11 +57,11 @@ def load_checkpoint(path: str | Path, *, source: str | None = None) -> dict[str,
     """Load a local checkpoint file, tensors and plain containers only.
 
     Every checkpoint mixerlab reads goes through here (resuming, ``ckpt_path``, Lightning's own
-    restore through :class:`lightning_modules.callbacks.SafeCheckpointIO`): ``torch.load`` with
-    ``weights_only=True`` never runs code a file carries, where a full unpickle would run
+    restore through :class:`mixerlab.lightning_modules.callbacks.SafeCheckpointIO`): ``torch.load``
+    with ``weights_only=True`` never runs code a file carries, where a full unpickle would run
     whatever the file's author put in it. A URL is first copied to a local file by the caller
-    (:func:`download`), so remote files get the same treatment; ``source`` (the URL) is then
-    what the messages name.
+    (:func:`download`), so remote files get the same treatment; ``source`` (the URL) is then what
+    the messages name.
 
     Raises CheckpointError naming the file: missing, refused (a pickle the tensors-only reader
     cannot take: Python objects, which only a full unpickle, running code, could build; or not

@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mixers import TokenMixer
+from mixerlab.mixers import TokenMixer
 
 IGNORE_INDEX = -100
 
@@ -186,8 +186,9 @@ class _SequenceModule(pl.LightningModule):
     ) -> None:
         """Clip by the global gradient norm (the Trainer's ``gradient_clip_val``; none when unset)
         and keep that norm, taken before clipping, as :attr:`grad_norm`: logged as
-        ``train/grad_norm`` and watched by :class:`~lightning_modules.callbacks.StopOnDivergence`.
-        One norm computation serves both (Lightning's own clipping would compute it and drop it).
+        ``train/grad_norm`` and watched by
+        :class:`~mixerlab.lightning_modules.callbacks.StopOnDivergence`. One norm computation serves
+        both (Lightning's own clipping would compute it and drop it).
         """
         params = [
             p for group in optimizer.param_groups for p in group["params"] if p.grad is not None

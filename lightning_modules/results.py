@@ -31,9 +31,9 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
-from lightning_modules.callbacks import ThroughputMonitor
-from lightning_modules.io import write_atomic
-from lightning_modules.metric_names import mode_of
+from mixerlab.lightning_modules.callbacks import ThroughputMonitor
+from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.metric_names import mode_of
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,9 @@ class RunResults:
     history: str = HISTORY_FILE
     # what learning nothing scores, by metric: {"value", "label", "how"} (see chance_levels)
     chance: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # the model.budget the model was sized to, as experiments.budget solved it: measure, target,
-    # reached, solved_for, value (the d_model or ffn_mult it gave), tolerance; None: no budget
+    # the model.budget the model was sized to, as mixerlab.experiments.budget solved it: measure,
+    # target, reached, solved_for, value (the d_model or ffn_mult it gave), tolerance; None: no
+    # budget
     budget: dict[str, Any] | None = None
     state_size: int | None = None  # floats of decoding state per sequence at max_len
     # who wrote this and how far it got: a `running` run whose process is gone was killed

@@ -1,6 +1,6 @@
 """mixerlab's token mixers: plain PyTorch, one contract, a registry by short name.
 
-    from mixers import build_mixer, available_mixers, SequenceModel
+    from mixerlab.mixers import build_mixer, available_mixers, SequenceModel
     mixer = build_mixer("gmlp", d_model=64, causal=True, max_len=256)
 
 Importing this package imports every public module in it, so a built-in mixer is one file whose
@@ -8,7 +8,7 @@ Importing this package imports every public module in it, so a built-in mixer is
 is written anywhere; plugins register through the entry-point group ``mixerlab.mixers``.
 """
 
-from mixers.base import (
+from mixerlab.mixers.base import (
     TokenMixer,
     available_mixers,
     build_mixer,
@@ -18,8 +18,8 @@ from mixers.base import (
     mixer_hparams,
     register_mixer,
 )
-from mixers.model import SequenceModel
-from mixers.registry import import_public_modules
+from mixerlab.mixers.model import SequenceModel
+from mixerlab.mixers.registry import import_public_modules
 
 import_public_modules(__name__, __path__)
 

@@ -1,4 +1,5 @@
-"""The selective scan of :mod:`mixers.ssm` (Mamba's recurrence), with a hand-written backward.
+"""The selective scan of :mod:`mixerlab.mixers.ssm` (Mamba's recurrence), with a hand-written
+backward.
 
 The recurrence, per channel e and state n, with a_t = exp(dt_t[e] A[e, n]) in (0, 1]::
 

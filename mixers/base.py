@@ -2,7 +2,7 @@
 
 A token mixer moves information across positions: it maps ``x`` of shape (B, L, d_model) to a
 tensor of the same shape. Everything else in a block (norms, residuals, the channel mixer) is
-fixed by :class:`mixers.model.Block`, so an ablation swaps exactly one thing.
+fixed by :class:`mixerlab.mixers.model.Block`, so an ablation swaps exactly one thing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixers.registry import Registry
+from mixerlab.mixers.registry import Registry
 
 ENTRY_POINT_GROUP = "mixerlab.mixers"
 
@@ -28,7 +28,7 @@ def count_params(module: nn.Module) -> int:
 class TokenMixer(nn.Module):
     """Base class of every token mixer.
 
-    Contract (checked for every registered mixer by :mod:`mixers.testing`):
+    Contract (checked for every registered mixer by :mod:`mixerlab.mixers.testing`):
 
     - ``forward(x, mask=None)``: ``x`` is (B, L, d_model) float, ``mask`` is (B, L) bool, True at
       real tokens (right padding). Returns (B, L, d_model).

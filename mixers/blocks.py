@@ -1,5 +1,5 @@
 """What surrounds a token mixer in each layer: the norms, the channel mixer (FFN) and the
-pre-norm residual block that joins them (see :mod:`mixers.model` for the whole model)."""
+pre-norm residual block that joins them (see :mod:`mixerlab.mixers.model` for the whole model)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer
-from mixers.moe import MoEFeedForward
+from mixerlab.mixers.base import TokenMixer
+from mixerlab.mixers.moe import MoEFeedForward
 
 FFN_KINDS = ("mlp", "glu", "moe", "none")
 NORM_KINDS = ("layernorm", "rmsnorm")

@@ -12,7 +12,7 @@ training grows the position mixing from there (the paper's init, section 2.1). a
 adds a tiny single-head attention computed from x to s before the product.
 
 :class:`SpatialMix` (the W, b part: causal mask, slicing to L, padding, decoding) is shared with
-the sparse all-MLP mixer in :mod:`mixers.smlp`.
+the sparse all-MLP mixer in :mod:`mixerlab.mixers.smlp`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.attention import padded_attention_mask
-from mixers.base import TokenMixer, register_mixer
+from mixerlab.mixers.attention import padded_attention_mask
+from mixerlab.mixers.base import TokenMixer, register_mixer
 
 
 class SpatialMix(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from mixers.base import TokenMixer, build_mixer, mixer_hparams
+from mixerlab.mixers.base import TokenMixer, build_mixer, mixer_hparams
 
 LayerSpec = str | Mapping[str, Any]
 

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer, register_mixer
+from mixerlab.mixers.base import TokenMixer, register_mixer
 
 FEATURE_MAPS = ("elu", "relu", "taylor")
 DECAYS = ("none", "fixed", "gated")

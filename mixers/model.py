@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import count_params
-from mixers.blocks import FFN_KINDS, NORM_KINDS, Block, check_choice, make_ffn, make_norm
-from mixers.hybrid import LayerSpec, build_layers
-from mixers.moe import MoEFeedForward
-from mixers.positions import sinusoidal_table
+from mixerlab.mixers.base import count_params
+from mixerlab.mixers.blocks import FFN_KINDS, NORM_KINDS, Block, check_choice, make_ffn, make_norm
+from mixerlab.mixers.hybrid import LayerSpec, build_layers
+from mixerlab.mixers.moe import MoEFeedForward
+from mixerlab.mixers.positions import sinusoidal_table
 
 __all__ = ["FFN_KINDS", "MIXER_INITS", "NORM_KINDS", "POS_KINDS", "SequenceModel"]
 
@@ -42,7 +42,7 @@ MIXER_INITS = ("depth_scaled", "own")
 
 class SequenceModel(nn.Module):
     """A stack of blocks around one registered token mixer (or a hybrid pattern of them, see
-    :mod:`mixers.hybrid`), for language modelling or classification.
+    :mod:`mixerlab.mixers.hybrid`), for language modelling or classification.
 
     ``forward(tokens, mask)`` returns per-position logits (B, L, vocab_size), or, when
     ``num_classes`` is set, logits (B, num_classes) from the mean of the final states over real

@@ -1,5 +1,5 @@
 """Named classes with plugin discovery: the one registry shape of mixerlab's extension points
-(mixers here, tasks in ``lightning_modules.tasks``).
+(mixers here, tasks in ``mixerlab.lightning_modules.tasks``).
 
 Built-ins register on import (:func:`import_public_modules` imports a package's modules, so a
 new built-in is a new file); plugins register through an entry-point group, loaded on first use,

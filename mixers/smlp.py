@@ -3,7 +3,7 @@ arXiv 2203.06850): the sMoE module with deterministic routing.
 
 Our reading of the paper. An sMLP stacks dense gMLP blocks and sparse blocks; a sparse block has
 two MoE modules: a *tMoE* that routes tokens to FFN experts (replacing the FFN; here the
-``ffn=moe`` channel mixer, :class:`mixers.moe.MoEFeedForward`), and an *sMoE* that routes
+``ffn=moe`` channel mixer, :class:`mixerlab.mixers.moe.MoEFeedForward`), and an *sMoE* that routes
 *features* to token-mixing experts (replacing self-attention, i.e. gMLP's Spatial Gating Unit;
 this module). For a hidden representation Z (T tokens x H features), in our notation:
 
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer, register_mixer
-from mixers.gmlp import GatedMLPMixer
+from mixerlab.mixers.base import TokenMixer, register_mixer
+from mixerlab.mixers.gmlp import GatedMLPMixer
 
 
 class ExpertLayerNorm(nn.Module):

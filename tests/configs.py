@@ -9,7 +9,7 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from experiments.schema import validate_config
+from mixerlab.experiments.schema import validate_config
 
 # The smallest real training run: a few CPU steps of a one-layer model on a sliver of the corpus.
 TINY = [
@@ -25,7 +25,7 @@ TINY = [
 
 def conf_options(group: str) -> list[str]:
     """The options of a config group shipped in the ``conf`` package (none for a missing one)."""
-    folder = files("conf") / group
+    folder = files("mixerlab.conf") / group
     if not folder.is_dir():
         return []
     return sorted(
@@ -35,7 +35,7 @@ def conf_options(group: str) -> list[str]:
 
 def compose_config(*overrides: str, hydra: bool = False) -> DictConfig:
     """The composed config; ``hydra=True`` keeps the ``hydra`` node (sweepers, launchers)."""
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="mixerlab.conf", version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 

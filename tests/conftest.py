@@ -14,7 +14,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mixers", "lightning_modules", "experiments", "conf")
+SOURCE_FOLDERS = ("mixers", "lightning_modules", "experiments", "conf")
 
 
 @pytest.fixture(autouse=True)
@@ -30,14 +30,15 @@ def one_thread() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ProjectCopy:
-    """A copy of mixerlab's source packages in which a test may add files (a throwaway mixer,
-    task or plot) and run Python: ``PYTHONPATH`` puts the copy in front of the installed
-    packages, so the real tree is never touched."""
+    """A copy of the ``mixerlab`` package (``root/mixerlab``) in which a test may add files (a
+    throwaway mixer, task or plot) and run Python: ``PYTHONPATH`` puts the copy in front of the
+    installed package, so the real tree is never touched."""
 
     root: Path
 
     def write(self, relative_path: str, text: str) -> Path:
-        path = self.root / relative_path
+        """Write a file at a path relative to the package, e.g. ``mixers/echo.py``."""
+        path = self.root / "mixerlab" / relative_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
@@ -65,8 +66,9 @@ class ProjectCopy:
 def project_copy(tmp_path: Path) -> ProjectCopy:
     root = tmp_path / "project"
     skip = shutil.ignore_patterns("__pycache__")
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, root / package, ignore=skip)
+    for folder in SOURCE_FOLDERS:
+        shutil.copytree(ROOT / folder, root / "mixerlab" / folder, ignore=skip)
+    shutil.copy(ROOT / "__init__.py", root / "mixerlab" / "__init__.py")
     return ProjectCopy(root)
 
 
@@ -74,8 +76,8 @@ def project_copy(tmp_path: Path) -> ProjectCopy:
 def scratch_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test may register mixers and tasks, or load test plugins: both registries are restored
     afterwards, so nothing it adds reaches the other tests."""
-    from lightning_modules.tasks.base import TASKS
-    from mixers.base import MIXERS
+    from mixerlab.lightning_modules.tasks.base import TASKS
+    from mixerlab.mixers.base import MIXERS
 
     for registry in (MIXERS, TASKS):
         monkeypatch.setattr(registry, "classes", dict(registry.classes))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "mixerlab"
 LAYERS = {"mixers": 0, "lightning_modules": 1, "experiments": 2}
 TRAINING_STACK = ("pytorch_lightning", "lightning", "hydra", "omegaconf", "wandb")
 MAX_LINES = 400
@@ -20,7 +21,7 @@ def _modules() -> dict[str, Path]:
     found = {}
     for package in LAYERS:
         for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+            parts = (PACKAGE, *path.relative_to(ROOT).with_suffix("").parts)
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
             found[name] = path
     return found
@@ -50,19 +51,34 @@ def _imports(name: str, path: Path, *, top_level_only: bool) -> Iterator[str]:
 
 
 def test_the_tree_is_found() -> None:
-    assert {"mixers.base", "lightning_modules.tasks.base", "experiments.compare.cli"} <= set(
-        MODULES
-    )
+    expected = {"mixers.base", "lightning_modules.tasks.base", "experiments.compare.cli"}
+    assert {f"{PACKAGE}.{name}" for name in expected} <= set(MODULES)
+
+
+def _layer(name: str) -> int:
+    """The layer of a module of ours (``mixerlab.<folder>...``), -1 for anything else."""
+    package, _, rest = name.partition(".")
+    return LAYERS.get(rest.split(".")[0], -1) if package == PACKAGE else -1
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_imports_go_one_way(name: str) -> None:
-    layer = LAYERS[name.split(".")[0]]
+    layer = _layer(name)
     for imported in _imports(name, MODULES[name], top_level_only=False):
-        top = imported.split(".")[0]
-        assert LAYERS.get(top, -1) <= layer, f"{name} imports {imported} from a layer above it"
+        assert _layer(imported) <= layer, f"{name} imports {imported} from a layer above it"
         if layer == 0:
+            top = imported.split(".")[0]
             assert top not in TRAINING_STACK, f"{name} imports {imported}: mixers/ is plain PyTorch"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_name_our_modules_under_mixerlab_only(name: str) -> None:
+    """``import mixers`` would load a second copy of the package beside ``mixerlab.mixers``
+    (two registries) wherever the repository root is on ``sys.path``."""
+    for imported in _imports(name, MODULES[name], top_level_only=False):
+        assert imported.split(".")[0] not in LAYERS | {"conf": -1}, (
+            f"{name} imports {imported}: write mixerlab.{imported}"
+        )
 
 
 def test_no_import_cycles() -> None:

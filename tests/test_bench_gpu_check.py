@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from experiments import gpu_check
+from mixerlab.experiments import gpu_check
 
 
 def test_the_probe_names_the_kernel_sdpa_runs() -> None:

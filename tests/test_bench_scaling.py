@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import bench_scaling
-from experiments.bench import main as bench_main
+from mixerlab.experiments import bench_scaling
+from mixerlab.experiments.bench import main as bench_main
 
 
 def settings(tmp_path: Path, **changes) -> argparse.Namespace:

@@ -13,15 +13,15 @@ import torch
 from configs import compose_config, run_config
 from test_compare import write_run
 
-from experiments import wandb_sweep
-from experiments.budget import Sizing, size_model
-from experiments.compare.aggregate import build_comparison
-from experiments.compare.runs import load_runs
-from experiments.compare.tables import table_rows
-from experiments.schema import ConfigError
-from experiments.train import train
-from lightning_modules.tasks import build_task
-from mixers import SequenceModel
+from mixerlab.experiments import wandb_sweep
+from mixerlab.experiments.budget import Sizing, size_model
+from mixerlab.experiments.compare.aggregate import build_comparison
+from mixerlab.experiments.compare.runs import load_runs
+from mixerlab.experiments.compare.tables import table_rows
+from mixerlab.experiments.schema import ConfigError
+from mixerlab.experiments.train import train
+from mixerlab.lightning_modules.tasks import build_task
+from mixerlab.mixers import SequenceModel
 
 MQAR = ("experiment=mqar",)
 # the mixers `sweep=mixers` runs, read from the preset (its glob over conf/mixer/ expanded)
@@ -118,7 +118,7 @@ def test_a_run_records_its_budget_and_state_size(
         f"task.datamodule.train_configs={tiny}", f"task.datamodule.test_configs={tiny}",
         "task.datamodule.batch_size=8",
     )  # fmt: skip
-    with caplog.at_level("INFO", logger="experiments.train"):
+    with caplog.at_level("INFO", logger="mixerlab.experiments.train"):
         train(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     budget = results["budget"]

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from configs import conf_options, run_config
 
-from experiments import cli, train
-from experiments.compare.plots import registered_plots
-from mixers import available_mixers
+from mixerlab.experiments import cli, train
+from mixerlab.experiments.compare.plots import registered_plots
+from mixerlab.mixers import available_mixers
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -180,7 +180,7 @@ def test_config_error_through_the_console_script(tmp_path: Path) -> None:
     """The real process: exit status 2, the known mixers on stderr, no Python traceback."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "train", "mixer.name=nope"],
+        [sys.executable, "-m", "mixerlab.experiments.cli", "train", "mixer.name=nope"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Fuzzing the command line (issue 14, item 8): every bad ``mixerlab train`` command line is one
+"""Fuzzing the command line: every bad ``mixerlab train`` command line is one
 clear message and exit 2, never a traceback, and valid ones compose; ``mixerlab compare`` and
 ``mixerlab bench`` parse their arguments the same way.
 
@@ -31,12 +31,12 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from test_compare import two_by_two
 
-from experiments import bench, train
-from experiments.compare import cli as compare_cli
-from experiments.compare import outputs
-from experiments.compare.plots import base
-from experiments.schema import ConfigError, validate_config
-from experiments.train_cli import PREFIX, check_overrides, composition_error_message
+from mixerlab.experiments import bench, train
+from mixerlab.experiments.compare import cli as compare_cli
+from mixerlab.experiments.compare import outputs
+from mixerlab.experiments.compare.plots import base
+from mixerlab.experiments.schema import ConfigError, validate_config
+from mixerlab.experiments.train_cli import PREFIX, check_overrides, composition_error_message
 
 
 def fuzz(max_examples: int) -> settings:
@@ -70,7 +70,7 @@ CHECKED_KEYS = sorted(key for key in DEFAULTS if not key.startswith(FREE_FORM))
 OPTIONAL_GROUPS = ("experiment", "sweep", "launcher", "debug")  # null by default
 GROUPS = {  # conf/hydra is Hydra's own settings, selected once by conf/config.yaml
     folder.name: conf_options(folder.name)
-    for folder in files("conf").iterdir()
+    for folder in files("mixerlab.conf").iterdir()
     if folder.is_dir() and folder.name not in ("hydra", "__pycache__")
 }
 
@@ -127,7 +127,7 @@ def outcome(overrides: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     ``mixerlab train *overrides``, up to the schema check; any other exception escapes."""
     try:
         check_overrides(overrides)
-        with initialize_config_module(config_module="conf", version_base="1.3"):
+        with initialize_config_module(config_module="mixerlab.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides, return_hydra_config=True)
         return validate_config(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])), None
     except ConfigError as err:
@@ -320,7 +320,7 @@ REAL_COMMAND_LINES = [
 @pytest.mark.parametrize("override", REAL_COMMAND_LINES, ids=lambda o: o[:24])
 def test_the_real_command_exits_2_with_one_message(tmp_path: Path, override: str) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "experiments.cli", "train", "debug=default", override]
+    argv = [sys.executable, "-m", "mixerlab.experiments.cli", "train", "debug=default", override]
     done = subprocess.run(
         argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
     )

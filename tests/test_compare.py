@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare import main, outputs
-from experiments.compare.aggregate import build_comparison
-from experiments.compare.plots import base
-from experiments.compare.runs import load_runs
+from mixerlab.experiments.compare import main, outputs
+from mixerlab.experiments.compare.aggregate import build_comparison
+from mixerlab.experiments.compare.plots import base
+from mixerlab.experiments.compare.runs import load_runs
 
 STEPS = (10, 20, 30)
 
@@ -386,7 +386,7 @@ def test_compare_imports_neither_torch_nor_lightning(tmp_path):
     """``mixerlab compare`` starts fast: the whole command runs without torch or Lightning."""
     two_by_two(tmp_path / "runs")
     script = (
-        "import sys; from experiments.cli import main; "
+        "import sys; from mixerlab.experiments.cli import main; "
         f"code = main(['compare', {str(tmp_path / 'runs')!r}]); "
         "heavy = [m for m in ('torch', 'pytorch_lightning', 'lightning') if m in sys.modules]; "
         "print(code, heavy)"

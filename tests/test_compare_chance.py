@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from test_compare import read_csv, write_run
 
-from experiments.compare import main, outputs
-from experiments.compare.aggregate import Stats, build_comparison
-from experiments.compare.chance import Chance, at_chance
-from experiments.compare.plots import _curves, base
-from experiments.compare.runs import load_runs
+from mixerlab.experiments.compare import main, outputs
+from mixerlab.experiments.compare.aggregate import Stats, build_comparison
+from mixerlab.experiments.compare.chance import Chance, at_chance
+from mixerlab.experiments.compare.plots import _curves, base
+from mixerlab.experiments.compare.runs import load_runs
 
 HOW = "uniform guess over the 60 values"
 

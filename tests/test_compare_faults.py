@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from test_compare import read_csv, two_by_two, write_run
 
-from experiments.compare import main, outputs
-from experiments.compare.plots import base
-from experiments.compare.runs import FIELDS, load_runs, shape_problem
+from mixerlab.experiments.compare import main, outputs
+from mixerlab.experiments.compare.plots import base
+from mixerlab.experiments.compare.runs import FIELDS, load_runs, shape_problem
 
 
 @pytest.fixture(autouse=True)

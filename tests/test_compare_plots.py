@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from test_compare import STEPS, read_csv, two_by_two, write_run
 
-from experiments.compare import main, outputs
-from experiments.compare.aggregate import build_comparison
-from experiments.compare.curves import Curve, read_history, seed_band
-from experiments.compare.plots import _curves, base, register_plot, registered_plots
-from experiments.compare.runs import Run, load_runs
+from mixerlab.experiments.compare import main, outputs
+from mixerlab.experiments.compare.aggregate import build_comparison
+from mixerlab.experiments.compare.curves import Curve, read_history, seed_band
+from mixerlab.experiments.compare.plots import _curves, base, register_plot, registered_plots
+from mixerlab.experiments.compare.runs import Run, load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,8 +101,8 @@ def test_a_new_plot_is_one_new_file(project_copy, tmp_path):
         "experiments/compare/plots/seed_count.py",
         '''"""How many seeds each group averages."""
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.plots.base import new_figure, register_plot, to_png
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.plots.base import new_figure, register_plot, to_png
 
 
 @register_plot("seed_count.png", "seeds per group")
@@ -116,7 +116,7 @@ def seed_count(comparison: Comparison) -> bytes:
     two_by_two(tmp_path / "runs")
     out = tmp_path / "out"
     done = project_copy.run(
-        "-m", "experiments.cli", "compare", str(tmp_path / "runs"), "--out", str(out)
+        "-m", "mixerlab.experiments.cli", "compare", str(tmp_path / "runs"), "--out", str(out)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "seed_count.png").read_bytes()[:8] == PNG_MAGIC
@@ -242,7 +242,7 @@ def test_real_sweep_then_compare(tmp_path, capsys):
         "OMP_NUM_THREADS": "1",
     }
     overrides = ["debug=default", "logger=none", "model.d_model=16", "model.n_layers=1"]
-    command = [sys.executable, "-m", "experiments.cli", "train", "-m", *overrides]
+    command = [sys.executable, "-m", "mixerlab.experiments.cli", "train", "-m", *overrides]
     command += ["mixer=attention,conv", "seed=0,1", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

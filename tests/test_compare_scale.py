@@ -1,6 +1,6 @@
 """``mixerlab compare`` over a hundred runs (20 groups, four validation sets, 300-row histories)
 gives the right table and a report with every metric; how long it takes is a benchmark,
-``python -m experiments.bench_compare``, not a timed test."""
+``python -m mixerlab.experiments.bench_compare``, not a timed test."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import csv
 
 import pytest
 
-from experiments.bench_compare import LRS, MIXERS, VAL_SETS, compare_sweep, fabricate_sweep
+from mixerlab.experiments.bench_compare import LRS, MIXERS, VAL_SETS, compare_sweep, fabricate_sweep
 
 
 @pytest.mark.slow  # about 15 s on 2 busy cores

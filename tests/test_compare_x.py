@@ -12,11 +12,11 @@ from configs import compose_config, run_config
 from omegaconf import OmegaConf
 from test_compare import write_run
 
-from experiments.compare import main, outputs
-from experiments.compare.aggregate import build_comparison
-from experiments.compare.plots import base, metric_vs_x
-from experiments.compare.runs import load_runs
-from experiments.compare.scaling import add_scaling
+from mixerlab.experiments.compare import main, outputs
+from mixerlab.experiments.compare.aggregate import build_comparison
+from mixerlab.experiments.compare.plots import base, metric_vs_x
+from mixerlab.experiments.compare.runs import load_runs
+from mixerlab.experiments.compare.scaling import add_scaling
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ZOOLOGY_GRID = ("experiment=zoology_grid", "sweep=zoology_grid")

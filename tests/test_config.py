@@ -6,10 +6,10 @@ import pytest
 from configs import compose_config, conf_options
 from omegaconf import OmegaConf
 
-from experiments.mixer_config import HYBRID
-from experiments.schema import ConfigError, validate_config
-from lightning_modules.tasks import available_tasks, get_task_class, task_arguments
-from mixers import available_mixers, get_mixer_class, mixer_hparams, register_mixer
+from mixerlab.experiments.mixer_config import HYBRID
+from mixerlab.experiments.schema import ConfigError, validate_config
+from mixerlab.lightning_modules.tasks import available_tasks, get_task_class, task_arguments
+from mixerlab.mixers import available_mixers, get_mixer_class, mixer_hparams, register_mixer
 
 SHIPPED_MIXERS = [name for name in conf_options("mixer") if name != "plugin"]
 

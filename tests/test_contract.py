@@ -1,7 +1,7 @@
 """The mixer contract over every registered mixer (built-ins and installed plugins), both modes.
 
 One test per (mixer, mode, check), so a failure reads like ``conv-causal-padding``. A new mixer
-is covered by being registered; ``mixers.testing`` holds the checks and their messages.
+is covered by being registered; ``mixerlab.mixers.testing`` holds the checks and their messages.
 """
 
 from __future__ import annotations
@@ -10,8 +10,14 @@ import inspect
 
 import pytest
 
-from mixers import TokenMixer, available_mixers, describe_mixer, get_mixer_class, mixer_hparams
-from mixers.testing import CHECKS
+from mixerlab.mixers import (
+    TokenMixer,
+    available_mixers,
+    describe_mixer,
+    get_mixer_class,
+    mixer_hparams,
+)
+from mixerlab.mixers.testing import CHECKS
 
 # The mixers shipped in the package (plugins live in other packages): found, not listed.
 BUILT_IN = [

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.compare.runs import load_runs
-from experiments.dashboard import STEP, build_report, main, plan_dashboard
+from mixerlab.experiments.compare.runs import load_runs
+from mixerlab.experiments.dashboard import STEP, build_report, main, plan_dashboard
 
 METRICS = {"val/loss": 2.0, "val/acc@kv4": 0.5, "train/loss": 2.1, "train/device/mfu": 0.1}
 

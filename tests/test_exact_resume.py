@@ -19,12 +19,12 @@ import torch
 from configs import TINY, compose_config
 from test_faults import TINY_RUN, results_of, runs, signal_at, train_cli  # noqa: F401  # runs: a fixture
 
-from experiments.train import train
-from lightning_modules.callbacks import SafeCheckpointIO
-from lightning_modules.io import load_checkpoint
-from lightning_modules.resume import ResumeState
-from lightning_modules.tasks.loading import build_loader, pad_collate
-from lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader
+from mixerlab.experiments.train import train
+from mixerlab.lightning_modules.callbacks import SafeCheckpointIO
+from mixerlab.lightning_modules.io import load_checkpoint
+from mixerlab.lightning_modules.resume import ResumeState
+from mixerlab.lightning_modules.tasks.loading import build_loader, pad_collate
+from mixerlab.lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader
 
 
 # ------------------------------------------------------------------------------ data order

@@ -1,4 +1,4 @@
-"""Faults injected into runs (issue 14): booby-trapped and damaged checkpoints, non-finite
+"""Faults injected into runs: booby-trapped and damaged checkpoints, non-finite
 values, bad command lines, signals and hard kills. Each test names the promise it holds the
 code to; the ones that train real runs in subprocesses are marked slow."""
 
@@ -22,16 +22,16 @@ import torch
 from configs import TINY, compose_config, run_config
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.run_guard import (
+from mixerlab.experiments.run_guard import (
     Start,
     check_checkpoint_fits,
     check_model_memory,
     start_checkpoint,
 )
-from experiments.schema import ConfigError, validate_config
-from experiments.train import main
-from lightning_modules.callbacks import Diverged, SafeCheckpointIO, StopOnDivergence
-from lightning_modules.io import CheckpointError, load_checkpoint
+from mixerlab.experiments.schema import ConfigError, validate_config
+from mixerlab.experiments.train import main
+from mixerlab.lightning_modules.callbacks import Diverged, SafeCheckpointIO, StopOnDivergence
+from mixerlab.lightning_modules.io import CheckpointError, load_checkpoint
 
 
 class Trap:
@@ -276,7 +276,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train_cli(root: Path, run_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(root), "MIXERLAB_CACHE": str(root / "cache")}
     return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "train", *argv, f"hydra.run.dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "mixerlab.experiments.cli",
+            "train",
+            *argv,
+            f"hydra.run.dir={run_dir}",
+        ],
         cwd=root,
         env={**env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
         capture_output=True,

@@ -15,16 +15,16 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from experiments.mixer_config import HYBRID, mixer_label, model_mixer
-from mixers import SequenceModel, TokenMixer
-from mixers.hybrid import build_layers, layer_plan
-from mixers.testing import check_mixer
+from mixerlab.experiments.mixer_config import HYBRID, mixer_label, model_mixer
+from mixerlab.mixers import SequenceModel, TokenMixer
+from mixerlab.mixers.hybrid import build_layers, layer_plan
+from mixerlab.mixers.testing import check_mixer
 from tests.configs import conf_options, run_config
 
 
 def _preset(option: str) -> dict[str, Any]:
     """A conf/mixer option's YAML, read without composing."""
-    return yaml.safe_load((files("conf") / "mixer" / f"{option}.yaml").read_text())
+    return yaml.safe_load((files("mixerlab.conf") / "mixer" / f"{option}.yaml").read_text())
 
 
 PRESETS = [option for option in conf_options("mixer") if _preset(option)["name"] == HYBRID]

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from mixers.attention import SelfAttention
-from mixers.base import TokenMixer, build_mixer, describe_mixer
-from mixers.conv import ConvMixer
-from mixers.rnn import RecurrentMixer
-from mixers.testing import check_mixer
+from mixerlab.mixers.attention import SelfAttention
+from mixerlab.mixers.base import TokenMixer, build_mixer, describe_mixer
+from mixerlab.mixers.conv import ConvMixer
+from mixerlab.mixers.rnn import RecurrentMixer
+from mixerlab.mixers.testing import check_mixer
 
 D = 16
 L = 10

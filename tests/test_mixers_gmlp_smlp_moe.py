@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixers import SequenceModel, build_mixer
-from mixers.gmlp import SpatialMix
-from mixers.moe import MoEFeedForward
-from mixers.smlp import ExpertLayerNorm
-from mixers.testing import check_mixer
+from mixerlab.mixers import SequenceModel, build_mixer
+from mixerlab.mixers.gmlp import SpatialMix
+from mixerlab.mixers.moe import MoEFeedForward
+from mixerlab.mixers.smlp import ExpertLayerNorm
+from mixerlab.mixers.testing import check_mixer
 
 D, MAX_LEN = 16, 12
 

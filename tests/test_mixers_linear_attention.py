@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from mixers.attention import SelfAttention
-from mixers.base import build_mixer
-from mixers.linear_attention import SUB_CHUNK, LinearAttention
-from mixers.sliding_window import SlidingWindowAttention
-from mixers.testing import check_mixer
+from mixerlab.mixers.attention import SelfAttention
+from mixerlab.mixers.base import build_mixer
+from mixerlab.mixers.linear_attention import SUB_CHUNK, LinearAttention
+from mixerlab.mixers.sliding_window import SlidingWindowAttention
+from mixerlab.mixers.testing import check_mixer
 
 D = 16
 L = 10

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixers import build_mixer
-from mixers.conv import ConvMixer, fft_conv
-from mixers.hyena import HyenaMixer
-from mixers.testing import check_mixer
+from mixerlab.mixers import build_mixer
+from mixerlab.mixers.conv import ConvMixer, fft_conv
+from mixerlab.mixers.hyena import HyenaMixer
+from mixerlab.mixers.testing import check_mixer
 
 D, MAX_LEN = 8, 12
 BASECONV = {"kernel_size": -1, "gate": "linear"}  # conf/mixer/conv.yaml's BaseConv settings

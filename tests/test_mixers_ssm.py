@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixers._scan import CACHE_FLOATS, chunk_length, selective_scan
-from mixers.base import build_mixer
-from mixers.ssm import S4D, Mamba, StateSpaceMixer
-from mixers.testing import check_mixer
+from mixerlab.mixers._scan import CACHE_FLOATS, chunk_length, selective_scan
+from mixerlab.mixers.base import build_mixer
+from mixerlab.mixers.ssm import S4D, Mamba, StateSpaceMixer
+from mixerlab.mixers.testing import check_mixer
 
 D = 8
 L = 11

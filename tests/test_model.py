@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mixers import SequenceModel, available_mixers, get_mixer_class, register_mixer
-from mixers.blocks import GLU, MLP
+from mixerlab.mixers import SequenceModel, available_mixers, get_mixer_class, register_mixer
+from mixerlab.mixers.blocks import GLU, MLP
 
 VOCAB, D, MAX_LEN = 50, 32, 16
 

@@ -22,17 +22,17 @@ from pytorch_lightning.trainer.states import RunningStage
 from torch import nn
 from torch.utils.data import DataLoader
 
-from experiments.train import _summary
-from experiments.wandb_setup import wandb_mode
-from lightning_modules.callbacks import TRAINING_FLOPS_PER_FORWARD, ThroughputMonitor
-from lightning_modules.modules import (
+from mixerlab.experiments.train import _summary
+from mixerlab.experiments.wandb_setup import wandb_mode
+from mixerlab.lightning_modules.callbacks import TRAINING_FLOPS_PER_FORWARD, ThroughputMonitor
+from mixerlab.lightning_modules.modules import (
     ClassificationModule,
     LanguageModelModule,
     WarmupCosine,
     parameter_groups,
 )
-from lightning_modules.results import HistoryLogger, RunResults
-from mixers import SequenceModel, TokenMixer
+from mixerlab.lightning_modules.results import HistoryLogger, RunResults
+from mixerlab.mixers import SequenceModel, TokenMixer
 
 RESULT_FIELDS = {
     "status", "mixer", "task", "seed", "params", "flops_per_token", "metrics", "best",

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import main as mixerlab
-from experiments.new_mixer import class_name_for
-from mixers import available_mixers, get_mixer_class
-from mixers.base import ENTRY_POINT_GROUP
-from mixers.testing import CHECKS, check_mixer
+from mixerlab.experiments.cli import main as mixerlab
+from mixerlab.experiments.new_mixer import class_name_for
+from mixerlab.mixers import available_mixers, get_mixer_class
+from mixerlab.mixers.base import ENTRY_POINT_GROUP
+from mixerlab.mixers.testing import CHECKS, check_mixer
 
 NAME = "probe_mixer"
 BIN = Path(sys.executable).parent
@@ -87,7 +87,7 @@ def test_the_generated_mixer_passes_the_contract(
     [
         ("9lives", r"mixer name '9lives' must start with a letter"),
         ("my-mixer", r"must start with a letter and hold only letters, digits and underscores"),
-        ("conv", r"a mixer named 'conv' is already registered \(by mixers.conv\)"),
+        ("conv", r"a mixer named 'conv' is already registered \(by mixerlab.mixers.conv\)"),
     ],
 )
 def test_a_bad_name_is_a_clear_error(
@@ -139,12 +139,12 @@ def test_installed_plugin_is_found_listed_and_passes_its_own_test(tmp_path: Path
 
     found = run(
         "-c",
-        "from importlib.metadata import entry_points; from mixers import available_mixers; "
+        "from importlib.metadata import entry_points; from mixerlab import available_mixers; "
         f"print(entry_points(group={ENTRY_POINT_GROUP!r})[{NAME!r}].value, "
         f"{NAME!r} in available_mixers())",
     )
     assert found.stdout.split() == [f"mixerlab_{NAME}.{NAME}", "True"], found.stderr[-3000:]
-    listed = run("-m", "experiments.cli", "list")
+    listed = run("-m", "mixerlab.experiments.cli", "list")
     assert re.search(rf"^\s+{NAME}\s+Gated running mean", listed.stdout, re.MULTILINE), listed
     tested = run("-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "tests")
     assert tested.returncode == 0, tested.stdout[-3000:]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from mixers import SequenceModel, TokenMixer, available_mixers, get_mixer_class
-from mixers.testing import CHECKS, ContractError
+from mixerlab.mixers import SequenceModel, TokenMixer, available_mixers, get_mixer_class
+from mixerlab.mixers.testing import CHECKS, ContractError
 
 BUILT_IN = [n for n in available_mixers() if get_mixer_class(n).__module__.startswith("mixers.")]
 

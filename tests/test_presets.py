@@ -17,14 +17,14 @@ import torch
 from configs import compose_config, run_config
 from torch.utils.data import DistributedSampler
 
-from experiments.schema import ConfigError
-from experiments.train import train
-from lightning_modules.tasks import build_task
-from lightning_modules.tasks._fresh import FreshEpochs
-from lightning_modules.tasks.listops import ListOpsDataModule, listops_decode
-from lightning_modules.tasks.mqar import MQARDataModule
-from lightning_modules.tasks.resumable import EpochShuffle
-from lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
+from mixerlab.experiments.schema import ConfigError
+from mixerlab.experiments.train import train
+from mixerlab.lightning_modules.tasks import build_task
+from mixerlab.lightning_modules.tasks._fresh import FreshEpochs
+from mixerlab.lightning_modules.tasks.listops import ListOpsDataModule, listops_decode
+from mixerlab.lightning_modules.tasks.mqar import MQARDataModule
+from mixerlab.lightning_modules.tasks.resumable import EpochShuffle
+from mixerlab.lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
 
 RUN = ["debug=default", "logger=none", "callbacks.progress_bar=false"]
 # Each preset at its own sizes on a sliver of data: one validation batch per set, and for the

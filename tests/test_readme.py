@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.tasks import build_task
-from mixers import build_mixer
-from mixers.testing import check_mixer
+from mixerlab.lightning_modules.tasks import build_task
+from mixerlab.mixers import build_mixer
+from mixerlab.mixers.testing import check_mixer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -66,17 +66,17 @@ def test_readme_extensions_are_one_file_each_plus_config(project_copy, tmp_path:
         project_copy.write(path, text)
     run_dir, out = tmp_path / "run", tmp_path / "comparison"
 
-    listed = project_copy.run("-m", "experiments.cli", "list")
+    listed = project_copy.run("-m", "mixerlab.experiments.cli", "list")
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"^\s+cummean\s+Causal running mean", listed.stdout, re.MULTILINE)
     assert re.search(r"^\s+reverse\s+Reverse - after the separator", listed.stdout, re.MULTILINE)
 
-    sweep = project_copy.run("-m", "experiments.cli", "wandb-sweep", "sweep=mixers")
+    sweep = project_copy.run("-m", "mixerlab.experiments.cli", "wandb-sweep", "sweep=mixers")
     assert sweep.returncode == 0, sweep.stderr
     assert "- cummean\n" in sweep.stdout  # the mixer sweeps include it
 
     trained = project_copy.run(
-        "-m", "experiments.train", "mixer=cummean", "task=reverse", "debug=default",
+        "-m", "mixerlab.experiments.train", "mixer=cummean", "task=reverse", "debug=default",
         "logger=none", "model.d_model=16", "model.n_layers=1", f"cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}", "callbacks.progress_bar=false",
     )  # fmt: skip
@@ -85,7 +85,9 @@ def test_readme_extensions_are_one_file_each_plus_config(project_copy, tmp_path:
     outcome = (results["status"], results["mixer"], results["task"])
     assert outcome == ("finished", "cummean", "reverse")
 
-    compared = project_copy.run("-m", "experiments.cli", "compare", str(run_dir), "--out", str(out))
+    compared = project_copy.run(
+        "-m", "mixerlab.experiments.cli", "compare", str(run_dir), "--out", str(out)
+    )
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert (out / "metric_vs_flops.png").read_bytes().startswith(b"\x89PNG")
     assert "metric_vs_flops.png" in (out / "comparison.md").read_text()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mixers.base import (
+from mixerlab.mixers.base import (
     ENTRY_POINT_GROUP,
     MIXERS,
     TokenMixer,
@@ -143,7 +143,7 @@ def test_only_token_mixers_register() -> None:
 PLUGIN_MODULE = '''
 from __future__ import annotations
 
-from mixers.base import TokenMixer, register_mixer
+from mixerlab.mixers.base import TokenMixer, register_mixer
 
 
 class Identity(TokenMixer):

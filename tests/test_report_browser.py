@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from test_compare import two_by_two
 
-from experiments.compare import main
+from mixerlab.experiments.compare import main
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)

@@ -1,4 +1,4 @@
-"""A run folder belongs to the config it was made with (issue 14, item 2): another config is
+"""A run folder belongs to the config it was made with: another config is
 refused with the differing keys named, ``overwrite=true`` starts afresh, a run that finished with
 the same config is skipped, an interrupted one resumes, and a larger budget trains further."""
 
@@ -17,12 +17,12 @@ import torch
 import yaml
 from configs import TINY, compose_config, run_config
 
-from experiments.run_guard import Start, check_budget, start_checkpoint
-from experiments.run_identity import ABSENT, check_run_dir, differences, discard_run
-from experiments.schema import ConfigError
-from experiments.train import main, train
-from experiments.train_cli import expand_resume
-from lightning_modules.io import load_checkpoint
+from mixerlab.experiments.run_guard import Start, check_budget, start_checkpoint
+from mixerlab.experiments.run_identity import ABSENT, check_run_dir, differences, discard_run
+from mixerlab.experiments.schema import ConfigError
+from mixerlab.experiments.train import main, train
+from mixerlab.experiments.train_cli import expand_resume
+from mixerlab.lightning_modules.io import load_checkpoint
 
 RUN = [*TINY, "logger=none"]
 
@@ -252,7 +252,7 @@ def test_a_rerun_sweep_skips_finished_jobs_and_resumes_interrupted_ones(tmp_path
     command = ["train", "-m", "seed=0,1", *RUN, interrupt, f"hydra.sweep.dir={sweep}"]
 
     def mixerlab(*extra: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "experiments.cli", *command, *extra]
+        argv = [sys.executable, "-m", "mixerlab.experiments.cli", *command, *extra]
         return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
 
     first = mixerlab()

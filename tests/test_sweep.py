@@ -19,10 +19,10 @@ from configs import compose_config, conf_options, run_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-import experiments.train  # noqa: F401  (registers the mixerlab.direction resolver)
-from experiments import compare, wandb_sweep
-from experiments.mixer_config import mixer_label
-from mixers import available_mixers
+import mixerlab.experiments.train  # noqa: F401  (registers the mixerlab.direction resolver)
+from mixerlab.experiments import compare, wandb_sweep
+from mixerlab.experiments.mixer_config import mixer_label
+from mixerlab.mixers import available_mixers
 
 GRID_SWEEPS = [name for name in conf_options("sweep") if name != "optuna"]
 OWN_EXPERIMENT = {"zoology_grid": "experiment=zoology_grid"}  # grids of one experiment's settings
@@ -161,7 +161,7 @@ def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> 
     experiment = OWN_EXPERIMENT.get(preset, "experiment=mqar")
     assert wandb_sweep.main([f"sweep={preset}", experiment, "--out", str(out)]) == 0
     sweep = yaml.safe_load(out.read_text())
-    assert sweep["command"][2:] == ["-m", "experiments.train", "${args_no_hyphens}"]
+    assert sweep["command"][2:] == ["-m", "mixerlab.experiments.train", "${args_no_hyphens}"]
     assert sweep["project"] == run_config()["logger"]["project"]
     fixed, swept = _wandb_overrides(sweep["parameters"])
     assert experiment in fixed and swept
@@ -247,7 +247,7 @@ def sweep_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def _train(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "train", "-m", *argv],
+        [sys.executable, "-m", "mixerlab.experiments.cli", "train", "-m", *argv],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.sweep_summary import Sweep, sweep_report
+from mixerlab.experiments.sweep_summary import Sweep, sweep_report
 
 
 def _job(sweep: Path, name: str, overrides: list[str], results: dict | None) -> None:

@@ -16,14 +16,14 @@ import datasets
 import pytest
 import torch
 
-from lightning_modules.tasks import loading
-from lightning_modules.tasks.loading import (
+from mixerlab.lightning_modules.tasks import loading
+from mixerlab.lightning_modules.tasks.loading import (
     CHECKSUMS,
     _cache_damage,
     _generator_folder,
     cached_dataset,
 )
-from lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
+from mixerlab.lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
 
 FEATURES = datasets.Features({"x": datasets.List(datasets.Value("int32"))})
 N_ROWS = 200
@@ -111,7 +111,7 @@ def test_damage_is_named_and_rebuilt(built, damage: str, caplog: pytest.LogCaptu
     cache, calls, folder = built
     damage_fn, named, reason = DAMAGE[damage]
     damage_fn(folder / "generator-train.arrow")
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.tasks.loading"):
+    with caplog.at_level(logging.WARNING, logger="mixerlab.lightning_modules.tasks.loading"):
         rebuilt = _load(cache, calls)
     (message,) = [r.getMessage() for r in caplog.records]
     assert str(folder / named) in message and reason in message and "rebuilding" in message
@@ -123,7 +123,7 @@ def test_damage_is_named_and_rebuilt(built, damage: str, caplog: pytest.LogCaptu
 def test_a_damaged_info_file_is_caught_too(built, caplog: pytest.LogCaptureFixture) -> None:
     cache, calls, folder = built
     (folder / "dataset_info.json").write_text("{")  # datasets itself fails on this unnamed
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.tasks.loading"):
+    with caplog.at_level(logging.WARNING, logger="mixerlab.lightning_modules.tasks.loading"):
         assert len(_load(cache, calls)) == N_ROWS
     assert str(folder / "dataset_info.json") in caplog.text
 

@@ -12,9 +12,9 @@ import pytest
 from test_task_synthetic import build
 from test_task_text import _dm, _folder
 
-from lightning_modules.results import chance_levels
-from lightning_modules.tasks.base import Baseline, TaskDataModule
-from lightning_modules.tasks.loading import IGNORE_INDEX
+from mixerlab.lightning_modules.results import chance_levels
+from mixerlab.lightning_modules.tasks.base import Baseline, TaskDataModule
+from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX
 
 UNIFORM = ("mqar", "selective_copy", "induction_heads")
 

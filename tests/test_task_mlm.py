@@ -13,11 +13,11 @@ import torch
 from configs import TINY, compose_config
 from test_task_text import _folder, offline  # noqa: F401  (offline: autouse, no Hub)
 
-from experiments.train import train
-from lightning_modules.tasks import build_task
-from lightning_modules.tasks.base import Baseline
-from lightning_modules.tasks.loading import IGNORE_INDEX, PAD_ID
-from lightning_modules.tasks.mlm import BertMasking, MaskedLMDataModule
+from mixerlab.experiments.train import train
+from mixerlab.lightning_modules.tasks import build_task
+from mixerlab.lightning_modules.tasks.base import Baseline
+from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, PAD_ID
+from mixerlab.lightning_modules.tasks.mlm import BertMasking, MaskedLMDataModule
 
 VOCAB = 1000  # large, so a random replacement rarely equals the token it replaces
 MASK_ID = VOCAB

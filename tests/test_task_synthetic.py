@@ -11,13 +11,17 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from lightning_modules.tasks import build_task
-from lightning_modules.tasks.induction_heads import InductionHeadsDataModule
-from lightning_modules.tasks.listops import LISTOPS_TOKENS, ListOpsDataModule, listops_decode
-from lightning_modules.tasks.loading import IGNORE_INDEX, PAD_ID, pad_collate
-from lightning_modules.tasks.mqar import MQARDataModule
-from lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
-from lightning_modules.tasks.synthetic import SyntheticTaskDataModule
+from mixerlab.lightning_modules.tasks import build_task
+from mixerlab.lightning_modules.tasks.induction_heads import InductionHeadsDataModule
+from mixerlab.lightning_modules.tasks.listops import (
+    LISTOPS_TOKENS,
+    ListOpsDataModule,
+    listops_decode,
+)
+from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, PAD_ID, pad_collate
+from mixerlab.lightning_modules.tasks.mqar import MQARDataModule
+from mixerlab.lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
+from mixerlab.lightning_modules.tasks.synthetic import SyntheticTaskDataModule
 
 SMALL = {
     "mqar": (MQARDataModule, {"vocab_size": 64, "seq_len": 32, "num_kv_pairs": 4}),
@@ -377,7 +381,7 @@ def test_other_tasks_reject_bad_settings(tmp_path):
 
 @pytest.mark.parametrize("name", SMALL)
 def test_shipped_task_config_builds_its_datamodule(tmp_path, name):
-    spec = yaml.safe_load((files("conf") / "task" / f"{name}.yaml").read_text())
+    spec = yaml.safe_load((files("mixerlab.conf") / "task" / f"{name}.yaml").read_text())
     dm = build_task(spec["name"], seed=0, cache_dir=str(tmp_path), **spec["datamodule"])
     assert isinstance(dm, SMALL[name][0]) and dm.name == name
     assert dm.causal is (dm.task_type == "lm")  # ListOps is the encoder task
@@ -385,7 +389,9 @@ def test_shipped_task_config_builds_its_datamodule(tmp_path, name):
 
 def test_shipped_recall_tasks_validate_beyond_the_training_length():
     def spec(name):
-        return yaml.safe_load((files("conf") / "task" / f"{name}.yaml").read_text())["datamodule"]
+        return yaml.safe_load((files("mixerlab.conf") / "task" / f"{name}.yaml").read_text())[
+            "datamodule"
+        ]
 
     mqar = spec("mqar")
     longest_train = max(c["seq_len"] for c in mqar["train_configs"])

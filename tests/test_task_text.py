@@ -11,11 +11,11 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from lightning_modules.tasks import text
-from lightning_modules.tasks._corpus import assign_split
-from lightning_modules.tasks._tokenizer import TextTokenizer
-from lightning_modules.tasks.loading import measure_loader_throughput
-from lightning_modules.tasks.text import TextLMDataModule
+from mixerlab.lightning_modules.tasks import text
+from mixerlab.lightning_modules.tasks._corpus import assign_split
+from mixerlab.lightning_modules.tasks._tokenizer import TextTokenizer
+from mixerlab.lightning_modules.tasks.loading import measure_loader_throughput
+from mixerlab.lightning_modules.tasks.text import TextLMDataModule
 
 SPLIT = (0.6, 0.2, 0.2)
 WORDS = [

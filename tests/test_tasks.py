@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_modules.tasks import (
+from mixerlab.lightning_modules.tasks import (
     TaskDataModule,
     available_tasks,
     base,
@@ -21,7 +21,7 @@ from lightning_modules.tasks import (
     register_task,
     task_arguments,
 )
-from lightning_modules.tasks.base import ENTRY_POINT_GROUP, TASKS
+from mixerlab.lightning_modules.tasks.base import ENTRY_POINT_GROUP, TASKS
 
 # A complete new task: the one file the extension test adds (and the plugin test installs).
 ECHO_TASK = '''
@@ -29,8 +29,8 @@ ECHO_TASK = '''
 
 import numpy as np
 
-from lightning_modules.tasks.base import register_task
-from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
+from mixerlab.lightning_modules.tasks.base import register_task
+from mixerlab.lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
 
 
 @register_task("echo", task_type="lm", causal=True)
@@ -59,7 +59,7 @@ ECHO_CONF = "name: echo\ndatamodule:\n  seq_len: 8\n  batch_size: 8\n"
 
 
 def _conf_files() -> dict[str, dict]:
-    folder = files("conf") / "task"
+    folder = files("mixerlab.conf") / "task"
     return {
         entry.name.removesuffix(".yaml"): yaml.safe_load(entry.read_text())
         for entry in folder.iterdir()
@@ -196,7 +196,7 @@ def test_a_new_task_is_one_file_and_one_conf(project_copy, tmp_path: Path) -> No
     run_dir = tmp_path / "run"
     trained = project_copy.run(
         "-m",
-        "experiments.train",
+        "mixerlab.experiments.train",
         "task=echo",
         "experiment=smoke",
         "debug=default",
@@ -208,6 +208,6 @@ def test_a_new_task_is_one_file_and_one_conf(project_copy, tmp_path: Path) -> No
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "finished" and results["task"] == "echo"
     assert (results["config"]["task"]["type"], results["config"]["task"]["causal"]) == ("lm", True)
-    listed = project_copy.run("-m", "experiments.cli", "list")
+    listed = project_copy.run("-m", "mixerlab.experiments.cli", "list")
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert "Echo - predict the token just read." in listed.stdout

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixers.base import TokenMixer, available_mixers, register_mixer
-from mixers.testing import CHECKS, ContractError, MixerCase, check_mixer
+from mixerlab.mixers.base import TokenMixer, available_mixers, register_mixer
+from mixerlab.mixers.testing import CHECKS, ContractError, MixerCase, check_mixer
 
 
 class CumulativeMean(TokenMixer):

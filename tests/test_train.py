@@ -17,9 +17,9 @@ import torch
 from configs import TINY, compose_config, conf_options
 from omegaconf import OmegaConf
 
-from experiments.mixer_config import mixer_label
-from experiments.schema import ConfigError
-from experiments.train import train
+from mixerlab.experiments.mixer_config import mixer_label
+from mixerlab.experiments.schema import ConfigError
+from mixerlab.experiments.train import train
 
 
 def test_bad_config_fails_before_any_work(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def mixerlab(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "experiments.cli", *argv],
+        [sys.executable, "-m", "mixerlab.experiments.cli", *argv],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -18,6 +18,6 @@ one file each) (``outputs``) and a self-contained ``report.html`` with a menu ov
 every logged metric (``report``). The command line is ``cli``.
 """
 
-from experiments.compare.cli import main
+from mixerlab.experiments.compare.cli import main
 
 __all__ = ["main"]

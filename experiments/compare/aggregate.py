@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments.compare.chance import Chance, common_chance, group_chance
-from experiments.compare.config_diff import differing_keys
-from experiments.compare.curves import Band, group_bands
-from experiments.compare.runs import (
+from mixerlab.experiments.compare.chance import Chance, common_chance, group_chance
+from mixerlab.experiments.compare.config_diff import differing_keys
+from mixerlab.experiments.compare.curves import Band, group_bands
+from mixerlab.experiments.compare.runs import (
     RESULT_KEYS,
     RESULTS,
     Run,
@@ -33,10 +33,10 @@ from experiments.compare.runs import (
     lookup,
     value_label,
 )
-from lightning_modules.metric_names import metric_mode
+from mixerlab.lightning_modules.metric_names import metric_mode
 
 if TYPE_CHECKING:  # scaling imports this module
-    from experiments.compare.scaling import Scaling
+    from mixerlab.experiments.compare.scaling import Scaling
 
 # results.json fields averaged over a group's runs
 NUMBERS = ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s")

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from experiments.compare.runs import Run
+from mixerlab.experiments.compare.runs import Run
 
 if TYPE_CHECKING:  # aggregate imports this module
-    from experiments.compare.aggregate import Stats
+    from mixerlab.experiments.compare.aggregate import Stats
 
 
 @dataclass(frozen=True)

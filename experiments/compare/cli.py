@@ -11,12 +11,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from experiments.compare.aggregate import build_comparison
-from experiments.compare.curves import BANDS
-from experiments.compare.outputs import write_outputs
-from experiments.compare.runs import load_runs
-from experiments.compare.scaling import PROPERTIES, add_scaling, check_x
-from experiments.compare.terminal import print_report
+from mixerlab.experiments.compare.aggregate import build_comparison
+from mixerlab.experiments.compare.curves import BANDS
+from mixerlab.experiments.compare.outputs import write_outputs
+from mixerlab.experiments.compare.runs import load_runs
+from mixerlab.experiments.compare.scaling import PROPERTIES, add_scaling, check_x
+from mixerlab.experiments.compare.terminal import print_report
 
 
 def _default_out(path: Path) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from experiments.compare.runs import Run, value_label
-from experiments.config_types import flatten
+from mixerlab.experiments.compare.runs import Run, value_label
+from mixerlab.experiments.config_types import flatten
 
 
 def differing_keys(runs: Sequence[Run], ignore: set[str]) -> list[str]:

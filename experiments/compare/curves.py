@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.compare.runs import Run
+from mixerlab.experiments.compare.runs import Run
 
 BANDS = ("minmax", "std")
 TRAIN_LOG = "train/loss"  # the metric every training step logs; its first row starts the clock

@@ -8,13 +8,13 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.chance import at_chance
-from experiments.compare.plots import Plot, render_plots
-from experiments.compare.plots._curves import metric_figures
-from experiments.compare.report import render_html
-from experiments.compare.runs import value_label
-from experiments.compare.tables import (
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.chance import at_chance
+from mixerlab.experiments.compare.plots import Plot, render_plots
+from mixerlab.experiments.compare.plots._curves import metric_figures
+from mixerlab.experiments.compare.report import render_html
+from mixerlab.experiments.compare.runs import value_label
+from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
     lr_notes,
@@ -25,7 +25,7 @@ from experiments.compare.tables import (
     unfinished_rows,
     unreadable_rows,
 )
-from lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.io import write_atomic
 
 STATS = ("mean", "std")
 

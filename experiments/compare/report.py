@@ -17,10 +17,10 @@ from pathlib import Path
 
 from matplotlib.colors import to_hex
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.plots import Plot
-from experiments.compare.plots.base import group_colors
-from experiments.compare.tables import (
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.plots import Plot
+from mixerlab.experiments.compare.plots.base import group_colors
+from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
     lr_notes,

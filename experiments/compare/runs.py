@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.config_types import flatten
+from mixerlab.experiments.config_types import flatten
+from mixerlab.lightning_modules.record import read_record
 
 RESULTS = "results.json"
 RESULT_KEYS = ("mixer", "task")  # results.json fields usable with --by; the rest is config
@@ -152,7 +153,7 @@ def _process_gone(results: dict[str, Any]) -> bool:
 def _read_run(file: Path) -> Run:
     """The run of one results.json; a file that cannot be used becomes a run with a problem."""
     try:
-        data = json.loads(file.read_text())
+        data = read_record(file)
     except OSError as err:
         return Run(file.parent, {}, problem=f"cannot be read ({err.strerror or err})")
     except (ValueError, RecursionError) as err:  # bad JSON or bad UTF-8; nesting too deep

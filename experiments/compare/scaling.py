@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from experiments.compare.aggregate import (
+from mixerlab.experiments.compare.aggregate import (
     Comparison,
     Group,
     Stats,
@@ -27,9 +27,9 @@ from experiments.compare.aggregate import (
     summarize,
     summarize_group,
 )
-from experiments.compare.config_diff import differing_keys
-from experiments.compare.runs import Run, lookup, value_label
-from experiments.config_types import flatten
+from mixerlab.experiments.compare.config_diff import differing_keys
+from mixerlab.experiments.compare.runs import Run, lookup, value_label
+from mixerlab.experiments.config_types import flatten
 
 # run properties from results.json, with their axis labels
 PROPERTIES = {

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments.compare.aggregate import Comparison, Group, Stats
-from experiments.compare.chance import at_chance, describe
-from experiments.compare.runs import RESULTS, Run, lookup, value_label
-from lightning_modules.metric_names import metric_mode
+from mixerlab.experiments.compare.aggregate import Comparison, Group, Stats
+from mixerlab.experiments.compare.chance import at_chance, describe
+from mixerlab.experiments.compare.runs import RESULTS, Run, lookup, value_label
+from mixerlab.lightning_modules.metric_names import metric_mode
 
 
 def _human(value: float | None) -> str:

@@ -8,9 +8,9 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.runs import RESULTS
-from experiments.compare.tables import (
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.runs import RESULTS
+from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
     lr_notes,

@@ -1,6 +1,6 @@
 """mixerlab's tasks: LightningDataModules with one contract, a registry by short name.
 
-    from lightning_modules.tasks import build_task, available_tasks
+    from mixerlab.lightning_modules.tasks import build_task, available_tasks
     dm = build_task("mqar", seed=0, cache_dir=None, vocab_size=64)
 
 Importing this package imports every public module in it, so a built-in task is one file whose
@@ -8,7 +8,7 @@ Importing this package imports every public module in it, so a built-in task is 
 is written anywhere; plugins register through the entry-point group ``mixerlab.tasks``.
 """
 
-from lightning_modules.tasks.base import (
+from mixerlab.lightning_modules.tasks.base import (
     TaskDataModule,
     available_tasks,
     build_task,
@@ -17,7 +17,7 @@ from lightning_modules.tasks.base import (
     register_task,
     task_arguments,
 )
-from mixers.registry import import_public_modules
+from mixerlab.mixers.registry import import_public_modules
 
 import_public_modules(__name__, __path__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
-from lightning_modules.tasks.loading import default_cache_dir
+from mixerlab.lightning_modules.tasks.loading import default_cache_dir
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = (0.9, 0.05, 0.05)

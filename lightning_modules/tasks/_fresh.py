@@ -1,6 +1,6 @@
 """Fresh training examples every epoch (``fresh_every_epoch``), as Mamba trains its synthetic
 tasks: a dataset keyed by ``(epoch, index)``, the keys of a keyed
-:class:`~lightning_modules.tasks.resumable.EpochShuffle`."""
+:class:`~mixerlab.lightning_modules.tasks.resumable.EpochShuffle`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset as TorchDataset
 
 if TYPE_CHECKING:
-    from lightning_modules.tasks.synthetic import PaddedExamples
+    from mixerlab.lightning_modules.tasks.synthetic import PaddedExamples
 
 
 class FreshEpochs(TorchDataset):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lightning_modules.io import write_atomic
-from lightning_modules.tasks._corpus import Corpus, as_document
+from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.tasks._corpus import Corpus, as_document
 
 TOKENIZERS = ("bytes", "bpe")
 MAX_VOCAB = 2**16  # token ids are stored as uint16

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytorch_lightning as pl
 
-from mixers.registry import Registry
+from mixerlab.mixers.registry import Registry
 
 ENTRY_POINT_GROUP = "mixerlab.tasks"
 TASK_TYPES = ("lm", "classification")

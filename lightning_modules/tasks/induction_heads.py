@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lightning_modules.tasks.base import Baseline, register_task
-from lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
-from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
+from mixerlab.lightning_modules.tasks.base import Baseline, register_task
+from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
+from mixerlab.lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
 
 
 @register_task("induction_heads", task_type="lm", causal=True)

@@ -41,9 +41,9 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from lightning_modules.io import write_atomic
-from lightning_modules.tasks.base import TaskDataModule
-from lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader
+from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.tasks.base import TaskDataModule
+from mixerlab.lightning_modules.tasks.resumable import EpochShuffle, ResumableLoader
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_modules.tasks.base import Baseline, register_task
-from lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
-from lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule, sample_distinct
+from mixerlab.lightning_modules.tasks.base import Baseline, register_task
+from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
+from mixerlab.lightning_modules.tasks.synthetic import (
+    Part,
+    SyntheticTaskDataModule,
+    sample_distinct,
+)
 
 
 @register_task("selective_copy", task_type="lm", causal=True)

@@ -37,9 +37,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from lightning_modules.tasks._fresh import FreshEpochs
-from lightning_modules.tasks.base import TaskDataModule
-from lightning_modules.tasks.loading import (
+from mixerlab.lightning_modules.tasks._fresh import FreshEpochs
+from mixerlab.lightning_modules.tasks.base import TaskDataModule
+from mixerlab.lightning_modules.tasks.loading import (
     IGNORE_INDEX,
     PAD_ID,
     build_loader,
@@ -49,7 +49,7 @@ from lightning_modules.tasks.loading import (
     default_cache_dir,
     pad_collate,
 )
-from lightning_modules.tasks.resumable import EpochShuffle
+from mixerlab.lightning_modules.tasks.resumable import EpochShuffle
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Text language modelling: a corpus, a tokenizer and fixed-length blocks, all cached.
 
-Sources (``source=``, see :mod:`lightning_modules.tasks._corpus`):
+Sources (``source=``, see :mod:`mixerlab.lightning_modules.tasks._corpus`):
 
 - ``"stdlib"`` (default): the ``.py`` files of the running interpreter's standard library, tests
   and ``site-packages`` excluded. Every machine with the same Python build gets the same corpus,
@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from lightning_modules.tasks._corpus import (
+from mixerlab.lightning_modules.tasks._corpus import (
     DEFAULT_FILE_GLOB,
     DEFAULT_SPLIT,
     Corpus,
@@ -52,9 +52,14 @@ from lightning_modules.tasks._corpus import (
     json_sha256,
     load_corpus,
 )
-from lightning_modules.tasks._tokenizer import MAX_VOCAB, TOKENIZERS, TextTokenizer, load_tokenizer
-from lightning_modules.tasks.base import Baseline, TaskDataModule, register_task
-from lightning_modules.tasks.loading import (
+from mixerlab.lightning_modules.tasks._tokenizer import (
+    MAX_VOCAB,
+    TOKENIZERS,
+    TextTokenizer,
+    load_tokenizer,
+)
+from mixerlab.lightning_modules.tasks.base import Baseline, TaskDataModule, register_task
+from mixerlab.lightning_modules.tasks.loading import (
     build_loader,
     cached_dataset,
     check_non_negative,

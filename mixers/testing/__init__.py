@@ -2,7 +2,7 @@
 
 A plugin author proves a new mixer in one line::
 
-    from mixers.testing import check_mixer
+    from mixerlab.mixers.testing import check_mixer
     check_mixer(MyMixer)            # or check_mixer("my_mixer", hparams={"width": 4})
 
 It returns a :class:`ContractReport`: each check in each mode, passed or skipped and why
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mixers.base import TokenMixer
-from mixers.testing import checks as _checks  # noqa: F401  (registers the checks in CHECKS)
-from mixers.testing import decoding as _decoding  # noqa: F401  (then the decoding checks)
-from mixers.testing.case import CHECKS, Check, ContractError, MixerCase, max_abs_diff
-from mixers.testing.report import CheckOutcome, ContractReport
+from mixerlab.mixers.base import TokenMixer
+from mixerlab.mixers.testing import checks as _checks  # noqa: F401  (registers the checks in CHECKS)
+from mixerlab.mixers.testing import decoding as _decoding  # noqa: F401  (then the decoding checks)
+from mixerlab.mixers.testing.case import CHECKS, Check, ContractError, MixerCase, max_abs_diff
+from mixerlab.mixers.testing.report import CheckOutcome, ContractReport
 
 __all__ = [
     "CHECKS",

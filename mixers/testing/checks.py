@@ -1,7 +1,7 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
 independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss, the
 ``no_weight_decay`` declaration and the output projections (the decoding checks follow in
-:mod:`mixers.testing.decoding`).
+:mod:`mixerlab.mixers.testing.decoding`).
 Each check builds small fp32 instances through its :class:`MixerCase` and raises
 ``ContractError`` naming what broke; ``@contract_check`` registers it in ``CHECKS`` in the order
 of this file."""
@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from mixers.testing.case import MixerCase, contract_check, max_abs_diff
+from mixerlab.mixers.testing.case import MixerCase, contract_check, max_abs_diff
 
 
 @contract_check("shapes")

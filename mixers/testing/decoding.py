@@ -1,6 +1,7 @@
 """The decoding part of the contract: ``step`` equals ``forward``, ``prefill`` equals ``forward``
 and hands ``step`` the state it would have reached, ``state_size`` counts what that state holds,
-and an encoder refuses to decode. Registered in ``CHECKS`` after :mod:`mixers.testing.checks`."""
+and an encoder refuses to decode. Registered in ``CHECKS`` after
+:mod:`mixerlab.mixers.testing.checks`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mixers.base import TokenMixer
-from mixers.testing.case import MixerCase, contract_check
+from mixerlab.mixers.base import TokenMixer
+from mixerlab.mixers.testing.case import MixerCase, contract_check
 
 DECODERS = {
     "condition": lambda cls, causal: causal and cls.supports_step,

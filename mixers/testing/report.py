@@ -1,5 +1,5 @@
-"""What :func:`mixers.testing.check_mixer` ran: one outcome per (mode, check), and why a check
-was skipped, so a passing run says what it proved and what it did not look at."""
+"""What :func:`mixerlab.mixers.testing.check_mixer` ran: one outcome per (mode, check), and why a
+check was skipped, so a passing run says what it proved and what it did not look at."""
 
 from __future__ import annotations
 

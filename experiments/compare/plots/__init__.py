@@ -8,7 +8,12 @@ no list of plots is written anywhere; helpers shared by several plots live in pr
 import importlib
 import pkgutil
 
-from experiments.compare.plots.base import Plot, register_plot, registered_plots, render_plots
+from mixerlab.experiments.compare.plots.base import (
+    Plot,
+    register_plot,
+    registered_plots,
+    render_plots,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):

@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.chance import Chance
-from experiments.compare.curves import TRAIN_LOG
-from experiments.compare.plots.base import group_colors, new_figure, to_png
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.chance import Chance
+from mixerlab.experiments.compare.curves import TRAIN_LOG
+from mixerlab.experiments.compare.plots.base import group_colors, new_figure, to_png
 
 X_LABELS = {"step": "step", "wall_s": "wall-clock time (s) from the first training step"}
 

@@ -4,9 +4,9 @@ mixer that learns the training set but fails the longer test sets shows where.""
 
 from __future__ import annotations
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.plots._curves import draw_panels
-from experiments.compare.plots.base import register_plot
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.plots._curves import draw_panels
+from mixerlab.experiments.compare.plots.base import register_plot
 
 
 @register_plot("curve_panels.png", "training loss and the metric per validation set")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.plots._curves import draw_curves
-from experiments.compare.plots.base import register_plot
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.plots._curves import draw_curves
+from mixerlab.experiments.compare.plots.base import register_plot
 
 
 @register_plot("curve_step.png", "validation metric vs step")

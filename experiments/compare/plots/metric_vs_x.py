@@ -1,6 +1,6 @@
 """The metric against a scaling axis (``mixerlab compare --x KEY``, parameters by default): a
 mixer's result next to what it costs, or how it grows with width, as Zoology's and Mamba's
-figures read. The points and lines come from ``experiments.compare.scaling``."""
+figures read. The points and lines come from ``mixerlab.experiments.compare.scaling``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
-from experiments.compare.aggregate import Comparison, Stats
-from experiments.compare.plots._curves import draw_chance
-from experiments.compare.plots.base import new_figure, register_plot, to_png
-from experiments.compare.scaling import PROPERTIES, Scaling
+from mixerlab.experiments.compare.aggregate import Comparison, Stats
+from mixerlab.experiments.compare.plots._curves import draw_chance
+from mixerlab.experiments.compare.plots.base import new_figure, register_plot, to_png
+from mixerlab.experiments.compare.scaling import PROPERTIES, Scaling
 
 COLUMNS = 3  # panels per row; a scaling with more panels wraps onto further rows
 MAX_TICKS = 8  # a config key's values as the ticks of a log axis, up to this many

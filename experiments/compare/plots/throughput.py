@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from experiments.compare.aggregate import Comparison
-from experiments.compare.plots.base import group_colors, new_figure, register_plot, to_png
+from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.plots.base import group_colors, new_figure, register_plot, to_png
 
 
 @register_plot("throughput.png", "training throughput")
