@@ -18,6 +18,8 @@ compare`` never loads torch, and only ``register_task`` loads Lightning.
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 # public name -> the package that exports it (importing a package registers its built-ins)
@@ -53,3 +55,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_PUBLIC])
+
+
+def import_public_modules(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` whose name has no leading underscore, so that the
+    registrations they hold run (private modules are helpers): the one discovery of the
+    extension points' built-ins (mixers, tasks, plots). It lives here, beside no heavy import,
+    because ``mixerlab compare`` discovers its plots without loading torch."""
+    for module in pkgutil.iter_modules(path):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")

@@ -1,4 +1,5 @@
-"""LightningModules around a :class:`mixers.SequenceModel`: language modelling and classification.
+"""LightningModules around a :class:`~mixerlab.mixers.SequenceModel`: language modelling and
+classification.
 
 Both take the optimiser and LR scheduler as factories (what ``hydra.utils.instantiate`` makes
 of a ``_partial_: true`` node, see ``conf/optim/``): the optimiser is called with
@@ -23,9 +24,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab.lightning_modules.tasks import IGNORE_INDEX
 from mixerlab.mixers import TokenMixer
-
-IGNORE_INDEX = -100
 
 
 class WarmupCosine:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixerlab.mixers.base import TokenMixer, register_mixer
-from mixerlab.mixers.positions import Rotary
+from mixerlab.mixers._contract import TokenMixer, register_mixer
+from mixerlab.mixers.model.positions import Rotary
 
 
 def padded_attention_mask(mask: Tensor, causal: bool) -> Tensor:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.attention import padded_attention_mask
-from mixerlab.mixers.base import TokenMixer, register_mixer
 
 
 class SpatialMix(nn.Module):

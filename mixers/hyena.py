@@ -16,9 +16,10 @@ skip (the filter's bias). The long filters are implicit (section 3.3):
     FFN = Linear -> Sin -> Linear -> Sin -> Linear -> Sin -> Linear     (filter_order wide)
     window(s) = exp(-alpha_c |s| / max_len)                ("modulate"; alpha_c per channel)
 
-and are applied by :func:`mixerlab.mixers.conv.fft_conv` in O(L log L). ``filter_emb_dim`` = 2K + 1
-is the width of PE (safari's ``emb_dim``). Sin's frequencies are trainable, one per hidden unit,
-shared by the three activations and initialised at ``filter_sine_freq`` (safari's ``w``).
+and are applied by :func:`mixerlab.mixers.kernels.fft_conv.fft_conv` in O(L log L).
+``filter_emb_dim`` = 2K + 1 is the width of PE (safari's ``emb_dim``). Sin's frequencies are
+trainable, one per hidden unit, shared by the three activations and initialised at
+``filter_sine_freq`` (safari's ``w``).
 
 What the paper leaves open, and what this file picks:
 
@@ -54,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixerlab.mixers.base import TokenMixer, register_mixer
-from mixerlab.mixers.conv import fft_conv, fft_conv_flops, last_positions
+from mixerlab.mixers._contract import TokenMixer, register_mixer
+from mixerlab.mixers.conv import last_positions
+from mixerlab.mixers.kernels.fft_conv import fft_conv, fft_conv_flops
 
 SHORT_KERNEL = 3  # taps of the short convolution on the projections (safari's short_filter_order)
 
@@ -244,9 +246,10 @@ class HyenaMixer(TokenMixer):
 
     def flops_per_token(self, seq_len: int) -> float:
         """in_proj 2 d (N + 1) d, short conv 2 * 3 (N + 1) d, N FFT convolutions
-        (:func:`mixerlab.mixers.conv.fft_conv_flops`, O(d log L)) with the D skip and the gate (3 d
-        each), out_proj 2 d^2. The filter MLP runs once per forward for the whole batch (its
-        cost depends on L and the parameters, not on the tokens), so it is not counted."""
+        (:func:`~mixerlab.mixers.kernels.fft_conv.fft_conv_flops`, O(d log L)) with the D skip
+        and the gate (3 d each), out_proj 2 d^2. The filter MLP runs once per forward for the
+        whole batch (its cost depends on L and the parameters, not on the tokens), so it is not
+        counted."""
         d, n = self.d_model, self.order
         width = (n + 1) * d
         long_convs = n * (fft_conv_flops(d, seq_len) + 3 * d)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixerlab.mixers._contract import register_mixer
 from mixerlab.mixers.attention import SelfAttention
-from mixerlab.mixers.base import register_mixer
 
 
 @register_mixer("sliding_window")

@@ -3,9 +3,9 @@ arXiv 2203.06850): the sMoE module with deterministic routing.
 
 Our reading of the paper. An sMLP stacks dense gMLP blocks and sparse blocks; a sparse block has
 two MoE modules: a *tMoE* that routes tokens to FFN experts (replacing the FFN; here the
-``ffn=moe`` channel mixer, :class:`mixerlab.mixers.moe.MoEFeedForward`), and an *sMoE* that routes
-*features* to token-mixing experts (replacing self-attention, i.e. gMLP's Spatial Gating Unit;
-this module). For a hidden representation Z (T tokens x H features), in our notation:
+``ffn=moe`` channel mixer, :class:`mixerlab.mixers.model.moe.MoEFeedForward`), and an *sMoE*
+that routes *features* to token-mixing experts (replacing self-attention, i.e. gMLP's Spatial
+Gating Unit; this module). For a hidden representation Z (T tokens x H features), in our notation:
 
     Z = [Z_1 | ... | Z_E]                  chunk along the feature dimension into E chunks
     Expert_i(Z_i) = W_i Z_i + b_i          W_i is (T x T): expert i mixes its chunk over tokens
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixerlab.mixers.base import TokenMixer, register_mixer
+from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.gmlp import GatedMLPMixer
 
 

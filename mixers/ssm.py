@@ -27,12 +27,13 @@ selective SSM -> + D x -> times SiLU(z) -> out_proj. dt_t = softplus(W_up W_down
 ``dt_rank``), B_t and C_t (d_state each) are projections of x_t, A = -exp(A_log) is real with the
 S4D-Real init (Mamba's choice: the only init allowed here, since the scan is real), and the dt
 bias is initialised so that dt is log-uniform in [dt_min, dt_max]. The scan is
-:mod:`mixerlab.mixers._scan`: the recurrence in place, chunk by chunk (``chunk_size`` positions at
-most), with a hand-written backward that recomputes each chunk. Encoder mode, as Vision Mamba's
-bidirectional block: a second set of SSM parameters (x_proj, dt_proj, A_log, D) scans the reversed
-sequence and the two outputs are summed before the gate; in_proj, out_proj and the short conv are
-shared, the conv centred (Vim gives each direction its own causal conv). Own SSM parameters let the
-directions select and forget differently; sharing the rest keeps the encoder ~15% larger, not 2x.
+:mod:`mixerlab.mixers.kernels.selective_scan`: the recurrence in place, chunk by chunk
+(``chunk_size`` positions at most), with a hand-written backward that recomputes each chunk.
+Encoder mode, as Vision Mamba's bidirectional block: a second set of SSM parameters (x_proj,
+dt_proj, A_log, D) scans the reversed sequence and the two outputs are summed before the gate;
+in_proj, out_proj and the short conv are shared, the conv centred (Vim gives each direction its
+own causal conv). Own SSM parameters let the directions select and forget differently; sharing
+the rest keeps the encoder ~15% larger, not 2x.
 
 Padding: padded inputs are zeroed before the convolutions (FFT or short conv), exactly like the
 zero padding past a sequence's end; the selective scan also gets dt = 0 at pads, so a pad neither
@@ -53,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixerlab.mixers._scan import selective_scan
-from mixerlab.mixers.base import TokenMixer, register_mixer
+from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.conv import last_positions
+from mixerlab.mixers.kernels.selective_scan import selective_scan
 
 INITS = ("lin", "inv", "real")
 

@@ -9,7 +9,7 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from mixerlab.experiments.schema import validate_config
+from mixerlab.experiments.run.schema import validate_config
 
 # The smallest real training run: a few CPU steps of a one-layer model on a sliver of the corpus.
 TINY = [

@@ -76,8 +76,8 @@ def project_copy(tmp_path: Path) -> ProjectCopy:
 def scratch_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test may register mixers and tasks, or load test plugins: both registries are restored
     afterwards, so nothing it adds reaches the other tests."""
-    from mixerlab.lightning_modules.tasks.base import TASKS
-    from mixerlab.mixers.base import MIXERS
+    from mixerlab.lightning_modules.tasks._base import TASKS
+    from mixerlab.mixers._contract import MIXERS
 
     for registry in (MIXERS, TASKS):
         monkeypatch.setattr(registry, "classes", dict(registry.classes))

@@ -1,6 +1,9 @@
-"""The layout the README draws: imports go one way (experiments -> lightning_modules -> mixers),
-no module-level import cycles, mixers free of Lightning/Hydra/W&B, and no source file past ~400
-lines. Read from the source with ``ast``, so a lazy import inside a function counts too."""
+"""The layout docs/architecture.md draws: imports go one way (experiments -> lightning_modules ->
+mixers), every module is named under ``mixerlab``, no import cycle among the imports that run when
+a module loads (those under ``if TYPE_CHECKING:`` included, since a circle hidden there is still a
+circle in the design), and mixers free of Lightning/Hydra/W&B. Read from the source with ``ast``,
+so a lazy import inside a function counts for the direction too. File size is no rule here: a long
+file is a smell to look at, and the before-stop hook lists them."""
 
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "mixerlab"
 LAYERS = {"mixers": 0, "lightning_modules": 1, "experiments": 2}
 TRAINING_STACK = ("pytorch_lightning", "lightning", "hydra", "omegaconf", "wandb")
-MAX_LINES = 400
 
 
 def _modules() -> dict[str, Path]:
@@ -30,11 +32,22 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(name: str, path: Path, *, top_level_only: bool) -> Iterator[str]:
+def _load_time_nodes(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every node that runs (or, under ``TYPE_CHECKING``, is declared to run) when the module
+    loads: all of it but the bodies of functions."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _imports(name: str, path: Path, *, load_time_only: bool) -> Iterator[str]:
     """Absolute names of what the module imports; ``from pkg import sub`` yields ``pkg.sub``
     when ``sub`` is a module of ours."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    nodes = tree.body if top_level_only else ast.walk(tree)
+    nodes = _load_time_nodes(tree) if load_time_only else ast.walk(tree)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -51,7 +64,7 @@ def _imports(name: str, path: Path, *, top_level_only: bool) -> Iterator[str]:
 
 
 def test_the_tree_is_found() -> None:
-    expected = {"mixers.base", "lightning_modules.tasks.base", "experiments.compare.cli"}
+    expected = {"mixers._contract", "lightning_modules.tasks._base", "experiments.cli.compare"}
     assert {f"{PACKAGE}.{name}" for name in expected} <= set(MODULES)
 
 
@@ -64,7 +77,7 @@ def _layer(name: str) -> int:
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_imports_go_one_way(name: str) -> None:
     layer = _layer(name)
-    for imported in _imports(name, MODULES[name], top_level_only=False):
+    for imported in _imports(name, MODULES[name], load_time_only=False):
         assert _layer(imported) <= layer, f"{name} imports {imported} from a layer above it"
         if layer == 0:
             top = imported.split(".")[0]
@@ -75,7 +88,7 @@ def test_imports_go_one_way(name: str) -> None:
 def test_imports_name_our_modules_under_mixerlab_only(name: str) -> None:
     """``import mixers`` would load a second copy of the package beside ``mixerlab.mixers``
     (two registries) wherever the repository root is on ``sys.path``."""
-    for imported in _imports(name, MODULES[name], top_level_only=False):
+    for imported in _imports(name, MODULES[name], load_time_only=False):
         assert imported.split(".")[0] not in LAYERS | {"conf": -1}, (
             f"{name} imports {imported}: write mixerlab.{imported}"
         )
@@ -83,7 +96,7 @@ def test_imports_name_our_modules_under_mixerlab_only(name: str) -> None:
 
 def test_no_import_cycles() -> None:
     graph = {
-        name: {m for m in _imports(name, path, top_level_only=True) if m in MODULES and m != name}
+        name: {m for m in _imports(name, path, load_time_only=True) if m in MODULES and m != name}
         for name, path in MODULES.items()
     }
     done: set[str] = set()
@@ -103,9 +116,3 @@ def test_no_import_cycles() -> None:
 
     for name in sorted(graph):
         visit(name, [])
-
-
-@pytest.mark.parametrize("name", sorted(MODULES))
-def test_source_files_stay_readable_in_one_sitting(name: str) -> None:
-    lines = len(MODULES[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines; split it by responsibility"

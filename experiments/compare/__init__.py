@@ -8,16 +8,13 @@ pick is printed and written with every table. Failed and unfinished runs are lis
 their error, so a crashed seed never silently shrinks a mean. ``--also`` adds columns for further
 metrics (``val/acc@*`` for every validation set of a task), taken at the end of training from the
 same runs. Each group's curve of every logged metric is the seeds' mean with a band, from the
-runs' ``metrics.csv`` (``curves``). The chance levels the runs recorded (what learning nothing
+runs' ``metrics.csv`` (``history``). The chance levels the runs recorded (what learning nothing
 scores) are named in the tables, drawn as dashed lines, and groups that do not beat them are
 flagged "at chance" (``chance``).
 
 Outputs in ``--out`` (default ``<first PATH>/comparison``): a table in the terminal
 (``terminal``), ``comparison.csv``, ``comparison.md``, one PNG per registered plot (``plots/``,
 one file each) (``outputs``) and a self-contained ``report.html`` with a menu over the curves of
-every logged metric (``report``). The command line is ``cli``.
+every logged metric (``report``). What they all read is in ``comparison``, the data types; the
+command line is ``mixerlab.experiments.cli.compare``.
 """
-
-from mixerlab.experiments.compare.cli import main
-
-__all__ = ["main"]

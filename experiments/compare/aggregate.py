@@ -6,92 +6,43 @@ refusing, because a sweep over tasks writes one folder and its per-task rows are
 wants; refusing would only make them retype --by. Groups of one task stay together, best first
 within each task, as ranks across tasks compare numbers of different things.
 
-The result, :class:`Comparison`, is built once and never changed: frozen dataclasses, tuples and
-read-only mappings, curves included, so renderers and plots may read it in any order.
+The result is a :class:`~mixerlab.experiments.compare.comparison.Comparison`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from mixerlab.experiments.compare.chance import Chance, common_chance, group_chance
+from mixerlab.experiments.compare.chance import group_chance
+from mixerlab.experiments.compare.comparison import (
+    Comparison,
+    Group,
+    Scope,
+    Stats,
+    label_name,
+)
 from mixerlab.experiments.compare.config_diff import differing_keys
-from mixerlab.experiments.compare.curves import Band, group_bands
+from mixerlab.experiments.compare.history import group_bands
 from mixerlab.experiments.compare.runs import (
     RESULT_KEYS,
-    RESULTS,
     Run,
     check_key,
     lookup,
     value_label,
 )
 from mixerlab.lightning_modules.metric_names import metric_mode
-
-if TYPE_CHECKING:  # scaling imports this module
-    from mixerlab.experiments.compare.scaling import Scaling
+from mixerlab.lightning_modules.record import RESULTS_FILE
 
 # results.json fields averaged over a group's runs
 NUMBERS = ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s")
 TASK_KEYS = ("task", "task.name")  # --by keys that keep tasks apart
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Mean, sample std (ddof=1; None for one value), count and range of one quantity."""
-
-    mean: float
-    std: float | None
-    n: int
-    min: float
-    max: float
-
-
-@dataclass(frozen=True)
-class Group:
-    """Finished runs sharing the --by values; ``runs`` are those at the kept learning rate,
-    ``chance`` the chance levels they all record (by metric)."""
-
-    label: tuple[str, ...]
-    runs: tuple[Run, ...]
-    metric: Stats
-    lr: Any
-    lr_grid: Mapping[Any, Stats]
-    params: Stats | None
-    flops_per_token: Stats | None
-    state_size: Stats | None  # None where no run records it (a mixer that does not report it)
-    tokens_per_s: Stats | None
-    wall_s: Stats | None
-    also: Mapping[str, Stats | None]
-    chance: Mapping[str, Chance]
-
-    @property
-    def lr_picked(self) -> bool:
-        return len(self.lr_grid) > 1
-
-    @property
-    def seeds(self) -> list[Any]:
-        return [run.results.get("seed") for run in self.runs]
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What was compared, for the report's header: the experiment names, tasks and step budgets
-    of the runs (config ``name``, ``task``, ``trainer.max_steps``), the days they were written,
-    and the config keys that differ between the kept runs of different groups."""
-
-    names: tuple[str, ...]
-    tasks: tuple[str, ...]
-    budgets: tuple[str, ...]
-    dates: tuple[str, ...]
-    differing: tuple[str, ...]
 
 
 def _distinct(runs: Sequence[Run], key: str) -> tuple[str, ...]:
@@ -101,7 +52,7 @@ def _distinct(runs: Sequence[Run], key: str) -> tuple[str, ...]:
 def _run_date(run: Run) -> str:
     """The day the run wrote its results.json; ``-`` when it cannot be read."""
     try:
-        mtime = (run.dir / RESULTS).stat().st_mtime
+        mtime = (run.dir / RESULTS_FILE).stat().st_mtime
     except OSError:
         return "-"
     return datetime.fromtimestamp(mtime).date().isoformat()
@@ -127,62 +78,6 @@ def _scope(runs: Sequence[Run], groups: Sequence[Group], by: Sequence[str]) -> S
         dates=tuple(sorted({_run_date(run) for run in runs})),
         differing=tuple(key for key in differing if not _grouped_by(key, by)),
     )
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Everything the renderers and plots read: groups best first (within each task), runs that
-    did not finish (running, killed, failed, interrupted, diverged), runs whose results.json
-    cannot be used (each with its ``problem``), warnings, and the curves of every metric the
-    kept runs logged (``curves[metric][group name]``, ``metrics`` in logging order) with their
-    ``band`` kind; ``scaling``: the metric against each --x key (``scaling.add_scaling``)."""
-
-    by: tuple[str, ...]
-    metric: str
-    mode: str
-    lr_key: str
-    band: str
-    groups: tuple[Group, ...]
-    unfinished: tuple[Run, ...]
-    unreadable: tuple[Run, ...]
-    also: tuple[str, ...]
-    warnings: tuple[str, ...]
-    curves: Mapping[str, Mapping[str, Band]]
-    scope: Scope
-    scaling: tuple[Scaling, ...] = ()
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """Every metric some kept run logged a curve of, in logging order; a value logged once
-        (a run's parameter count at step 0) is no curve."""
-        return tuple(
-            m for m, bands in self.curves.items() if any(len(b.step) > 1 for b in bands.values())
-        )
-
-    @property
-    def one_seed_each(self) -> bool:
-        """Every group has a single run: no spread to show, so legends say "1 seed"."""
-        return all(group.metric.n == 1 for group in self.groups)
-
-    def group_name(self, group: Group) -> str:
-        """Legend label: the value alone for one key, ``key=value`` pairs for several."""
-        return label_name(self.by, group.label)
-
-    def chance(self, metric: str) -> Chance | None:
-        """The chance level of ``metric`` when every group has the same one."""
-        return common_chance([group.chance for group in self.groups], metric)
-
-    def chance_levels(self, metric: str) -> list[Chance]:
-        """The distinct chance levels of ``metric`` over the groups (several when the groups
-        differ in task or vocabulary), for the plots' dashed lines."""
-        levels = [group.chance[metric] for group in self.groups if metric in group.chance]
-        return list({(c.value, c.label): c for c in levels}.values())
-
-
-def label_name(by: Sequence[str], label: tuple[str, ...]) -> str:
-    if len(by) == 1:
-        return label[0]
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(by, label, strict=True))
 
 
 def summarize(values: Sequence[float]) -> Stats:
@@ -338,8 +233,8 @@ def build_comparison(
     unreadable = tuple(run for run in runs if run.problem is not None)
     runs = [run for run in runs if run.problem is None]
     if not runs:
-        listed = "; ".join(f"{run.dir / RESULTS} {run.problem}" for run in unreadable[:5])
-        raise ValueError(f"none of the {len(unreadable)} {RESULTS} can be used: {listed}")
+        listed = "; ".join(f"{run.dir / RESULTS_FILE} {run.problem}" for run in unreadable[:5])
+        raise ValueError(f"none of the {len(unreadable)} {RESULTS_FILE} can be used: {listed}")
     for key in by:
         check_key(runs, key, "--by")
     check_key(runs, lr_key, "--lr-key")

@@ -12,27 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from mixerlab.experiments.compare.comparison import Chance, Stats
 from mixerlab.experiments.compare.runs import Run
-
-if TYPE_CHECKING:  # aggregate imports this module
-    from mixerlab.experiments.compare.aggregate import Stats
-
-
-@dataclass(frozen=True)
-class Chance:
-    """One metric's chance level: its value, a short name for plots ("chance", "unigram") and
-    how the task derived it."""
-
-    value: float
-    label: str
-    how: str
-
-    def note(self) -> str:
-        """As the tables and plots print it: ``chance 0.0167``."""
-        return f"{self.label} {self.value:.4g}"
 
 
 def run_chance(run: Run) -> dict[str, Chance]:
@@ -70,15 +52,6 @@ def at_chance(stats: Stats, chance: Chance, mode: str) -> bool:
         return True
     gain = chance.value - stats.mean if mode == "min" else stats.mean - chance.value
     return gain <= max(stats.std or 0.0, _one_point(chance.value))
-
-
-def common_chance(per_group: Sequence[Mapping[str, Chance]], metric: str) -> Chance | None:
-    """The chance level of ``metric`` when every group has the same one, else None."""
-    levels = [groups.get(metric) for groups in per_group]
-    first = levels[0] if levels else None
-    if first is None or any(c is None or not math.isclose(c.value, first.value) for c in levels):
-        return None
-    return first
 
 
 def describe(chance: Mapping[str, Chance], metrics: Sequence[str]) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mixerlab.experiments.compare.runs import Run, value_label
-from mixerlab.experiments.config_types import flatten
+from mixerlab.experiments.run.config_values import flatten
 
 
 def differing_keys(runs: Sequence[Run], ignore: set[str]) -> list[str]:

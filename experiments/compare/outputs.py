@@ -8,10 +8,10 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from mixerlab.experiments.compare.aggregate import Comparison
 from mixerlab.experiments.compare.chance import at_chance
+from mixerlab.experiments.compare.comparison import Comparison
 from mixerlab.experiments.compare.plots import Plot, render_plots
-from mixerlab.experiments.compare.plots._curves import metric_figures
+from mixerlab.experiments.compare.plots._draw_curves import metric_figures
 from mixerlab.experiments.compare.report import render_html
 from mixerlab.experiments.compare.runs import value_label
 from mixerlab.experiments.compare.tables import (
@@ -25,7 +25,7 @@ from mixerlab.experiments.compare.tables import (
     unfinished_rows,
     unreadable_rows,
 )
-from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.record import write_atomic
 
 STATS = ("mean", "std")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from matplotlib.colors import to_hex
 
-from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.comparison import Comparison
 from mixerlab.experiments.compare.plots import Plot
 from mixerlab.experiments.compare.plots.base import group_colors
 from mixerlab.experiments.compare.tables import (

@@ -5,12 +5,12 @@ run's status (``running`` until it ends ``finished``, ``failed``, ``interrupted`
 ``diverged``), mixer, task, seed, numbers, best and final metrics, its config, the name of its
 history file (``metrics.csv``) and who is writing it (process id, host, last step).
 
-A file that cannot be read, is not JSON, or holds a field of the wrong type (:data:`FIELDS`)
-never stops the comparison: its run is kept with the reason (``Run.problem``) and reported by
-path. A ``running`` run whose process is gone from this machine was killed without a word
-(``kill -9``, the out-of-memory killer): its status reads ``killed``. A run on another host, or
-one whose process id was reused, cannot be told apart from a live run; its last update time is
-shown instead.
+A file that cannot be read, is not JSON, or holds a field of the wrong type (``FIELDS`` of
+:mod:`mixerlab.lightning_modules.record`) never stops the comparison: its run is kept with the
+reason (``Run.problem``) and reported by path. A ``running`` run whose process is gone from
+this machine was killed without a word (``kill -9``, the out-of-memory killer): its status reads
+``killed``. A run on another host, or one whose process id was reused, cannot be told apart from
+a live run; its last update time is shown instead.
 """
 
 from __future__ import annotations
@@ -25,24 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixerlab.experiments.config_types import flatten
-from mixerlab.lightning_modules.record import read_record
+from mixerlab.experiments.run.config_values import flatten
+from mixerlab.lightning_modules.record import RESULTS_FILE, read_record, shape_problem
 
-RESULTS = "results.json"
 RESULT_KEYS = ("mixer", "task")  # results.json fields usable with --by; the rest is config
-# The JSON type of each results.json field compare reads; null is allowed everywhere (not known
-# yet), and ``best``/``metrics`` map metric names to numbers.
-FIELDS = {
-    **dict.fromkeys(
-        ("status", "mixer", "task", "history", "error", "host", "updated_at", "wandb_run_id"),
-        "string",
-    ),
-    **dict.fromkeys(("seed", "pid", "last_step"), "integer"),
-    **dict.fromkeys(
-        ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s"), "number"
-    ),
-    **dict.fromkeys(("best", "metrics", "config", "chance", "checkpoints", "budget"), "object"),
-}
 
 
 @dataclass(frozen=True)
@@ -90,47 +76,20 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
         raise ValueError(f"no such path: {', '.join(missing)}")
     files: dict[Path, Path] = {}
     for path in paths:
-        if path.is_file() and path.name != RESULTS:
-            raise ValueError(f"{path} is not a {RESULTS}: pass run folders or their {RESULTS}")
-        for found in [path] if path.is_file() else sorted(path.rglob(RESULTS)):
+        if path.is_file() and path.name != RESULTS_FILE:
+            raise ValueError(
+                f"{path} is not a {RESULTS_FILE}: pass run folders or their {RESULTS_FILE}"
+            )
+        for found in [path] if path.is_file() else sorted(path.rglob(RESULTS_FILE)):
             files.setdefault(found.resolve(), found)
     if not files:
         raise ValueError(
-            f"no {RESULTS} found below {', '.join(map(str, paths))}. Every run writes one when it "
-            "finishes or fails: make runs with `mixerlab train mixer=attention` or a sweep like "
-            "`mixerlab train -m mixer=attention,gmlp seed=0,1`, then pass their output folder "
-            "(runs/, or runs/multirun/ for sweeps)"
+            f"no {RESULTS_FILE} found below {', '.join(map(str, paths))}. Every run writes one "
+            "when it finishes or fails: make runs with `mixerlab train mixer=attention` or a "
+            "sweep like `mixerlab train -m mixer=attention,gmlp seed=0,1`, then pass their output "
+            "folder (runs/, or runs/multirun/ for sweeps)"
         )
     return [_read_run(file) for file in files.values()]
-
-
-def _json_type(value: Any) -> str:
-    """The JSON type of a decoded value, as :data:`FIELDS` names it."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    names = {float: "number", str: "string", list: "array", dict: "object"}
-    return next((name for kind, name in names.items() if isinstance(value, kind)), "null")
-
-
-def _is(value: Any, expected: str) -> bool:
-    found = _json_type(value)
-    return found in (expected, "null") or (expected, found) == ("number", "integer")
-
-
-def shape_problem(data: Any) -> str | None:
-    """Why decoded results.json ``data`` is not a results object compare can read, or None."""
-    if not isinstance(data, dict):
-        return f"holds a JSON {_json_type(data)}, not the results object"
-    for name, expected in FIELDS.items():
-        if not _is(data.get(name), expected):
-            return f"has a JSON {_json_type(data[name])} for {name!r}, where {expected}s belong"
-    for name in ("best", "metrics"):
-        for metric, value in (data.get(name) or {}).items():
-            if not _is(value, "number"):
-                return f"has a JSON {_json_type(value)} for {name}[{metric!r}], not a number"
-    return None
 
 
 def _process_gone(results: dict[str, Any]) -> bool:

@@ -14,62 +14,26 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from mixerlab.experiments.compare.aggregate import (
+from mixerlab.experiments.compare.aggregate import summarize, summarize_group
+from mixerlab.experiments.compare.comparison import (
+    PROPERTIES,
     Comparison,
-    Group,
+    Line,
+    Point,
+    Scaling,
     Stats,
     label_name,
-    summarize,
-    summarize_group,
 )
 from mixerlab.experiments.compare.config_diff import differing_keys
 from mixerlab.experiments.compare.runs import Run, lookup, value_label
-from mixerlab.experiments.config_types import flatten
+from mixerlab.experiments.run.config_values import flatten
 
-# run properties from results.json, with their axis labels
-PROPERTIES = {
-    "params": "parameters",
-    "flops_per_token": "forward FLOPs per token",
-    "state_size": "state size (numbers per sequence)",
-    "tokens_per_s": "training tokens/s",
-    "wall_s": "wall time (s)",
-}
 DEFAULT_X = "params"  # the axis drawn when --x is not given
-
-
-@dataclass(frozen=True)
-class Point:
-    """One config on a line: where it sits (``x``, over the kept runs), its runs at their best
-    learning rate (``group``), and the best value of each panel's metric (``y``)."""
-
-    x: Stats
-    group: Group
-    y: Mapping[str, Stats | None]
-
-
-@dataclass(frozen=True)
-class Line:
-    name: str
-    points: tuple[Point, ...]  # by x
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """The metric against one x key: a panel per metric (the selection metric, then one per
-    validation set when the runs log several), a line per --by group."""
-
-    key: str
-    panels: tuple[str, ...]
-    lines: tuple[Line, ...]
-
-    @property
-    def label(self) -> str:
-        return PROPERTIES.get(self.key, self.key)
 
 
 def _number(value: Any) -> float | None:

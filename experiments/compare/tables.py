@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mixerlab.experiments.compare.aggregate import Comparison, Group, Stats
 from mixerlab.experiments.compare.chance import at_chance, describe
-from mixerlab.experiments.compare.runs import RESULTS, Run, lookup, value_label
+from mixerlab.experiments.compare.comparison import Comparison, Group, Stats
+from mixerlab.experiments.compare.runs import Run, lookup, value_label
 from mixerlab.lightning_modules.metric_names import metric_mode
+from mixerlab.lightning_modules.record import RESULTS_FILE
 
 
 def _human(value: float | None) -> str:
@@ -262,8 +263,8 @@ def unfinished_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
 
 def unreadable_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Run folders left out because their results.json cannot be used, and why."""
-    header = [RESULTS, "problem"]
-    rows = [[str(Path(run.name) / RESULTS), str(run.problem)] for run in comparison.unreadable]
+    header = [RESULTS_FILE, "problem"]
+    rows = [[str(Path(run.name) / RESULTS_FILE), str(run.problem)] for run in comparison.unreadable]
     return header, rows
 
 

@@ -8,8 +8,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from mixerlab.experiments.compare.aggregate import Comparison
-from mixerlab.experiments.compare.runs import RESULTS
+from mixerlab.experiments.compare.comparison import Comparison
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
@@ -20,6 +19,7 @@ from mixerlab.experiments.compare.tables import (
     unfinished_rows,
     unreadable_rows,
 )
+from mixerlab.lightning_modules.record import RESULTS_FILE
 
 
 def _print_left_out(
@@ -113,7 +113,7 @@ def print_report(comparison: Comparison, console: Console) -> None:
         heading = "failed and unfinished runs (not in the table above)"
         _print_left_out(console, heading, *unfinished_rows(comparison))
     if comparison.unreadable:
-        heading = f"unreadable runs (left out: fix or delete their {RESULTS})"
+        heading = f"unreadable runs (left out: fix or delete their {RESULTS_FILE})"
         _print_left_out(console, heading, *unreadable_rows(comparison))
     for warning in comparison.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -26,7 +26,8 @@ from typing import Any
 import datasets
 import pyarrow.compute as pc
 
-from mixerlab.lightning_modules.tasks.loading import default_cache_dir
+from mixerlab.lightning_modules.tasks._datasets_adapter import dataset_fingerprint
+from mixerlab.lightning_modules.tasks._loading import default_cache_dir
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SPLIT = (0.9, 0.05, 0.05)
@@ -307,7 +308,9 @@ def _hf_corpus(spec: str, fractions: Sequence[float], text_column: str, cache_di
     )
     fingerprint = {
         "corpus": f"hf:{spec}",
-        "sha256": json_sha256({name: loaded[name]._fingerprint for name in used}, text_column),
+        "sha256": json_sha256(
+            {name: dataset_fingerprint(loaded[name]) for name in used}, text_column
+        ),
         "rows": sum(len(loaded[name]) for name in used),
         "bytes": n_bytes,
         "split": split_label,

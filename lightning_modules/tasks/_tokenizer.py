@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mixerlab.lightning_modules.io import write_atomic
+from mixerlab.lightning_modules.record import write_atomic
 from mixerlab.lightning_modules.tasks._corpus import Corpus, as_document
 
 TOKENIZERS = ("bytes", "bpe")

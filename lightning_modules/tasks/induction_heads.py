@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mixerlab.lightning_modules.tasks.base import Baseline, register_task
-from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
-from mixerlab.lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
+from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, Baseline, register_task
+from mixerlab.lightning_modules.tasks._loading import check_positive
+from mixerlab.lightning_modules.tasks._synthetic import Part, SyntheticTaskDataModule
 
 
 @register_task("induction_heads", task_type="lm", causal=True)
@@ -19,8 +19,9 @@ class InductionHeadsDataModule(SyntheticTaskDataModule):
 
     A random sequence holds a trigger token once, followed by a target token, and ends with the
     trigger again: at the last position the model must recall the token that followed the first
-    trigger. Only the last position is scored. ``test_seq_lens`` adds validation sets at other
-    lengths (named ``seq_len=L``) to measure length extrapolation.
+    trigger. Only the last position is scored. ``test_seq_lens`` are the validation sets'
+    lengths (named ``seq_len=L``), to measure length extrapolation; None validates at
+    ``seq_len`` alone.
     Ids: 0 pad, 1 trigger, ordinary tokens from [2, vocab_size).
     """
 
@@ -32,9 +33,9 @@ class InductionHeadsDataModule(SyntheticTaskDataModule):
         *,
         vocab_size: int = 16,
         seq_len: int = 64,
-        test_seq_lens: Sequence[int] | None = None,
-        num_train: int = 10_000,
-        num_val: int = 1_000,
+        test_seq_lens: Sequence[int] | None = (64, 128, 256),
+        num_train: int = 20_000,
+        num_val: int = 500,
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mixerlab.lightning_modules.tasks.base import Baseline, register_task
-from mixerlab.lightning_modules.tasks.loading import PAD_ID, check_positive
-from mixerlab.lightning_modules.tasks.synthetic import Part, SyntheticTaskDataModule
+from mixerlab.lightning_modules.tasks._base import PAD_ID, Baseline, register_task
+from mixerlab.lightning_modules.tasks._loading import check_positive
+from mixerlab.lightning_modules.tasks._synthetic import Part, SyntheticTaskDataModule
 
 LISTOPS_TOKENS = ("<pad>", *"0123456789", "[MAX", "[MIN", "[MED", "[SM", "]")
 _DIGIT_ID = LISTOPS_TOKENS.index("0")

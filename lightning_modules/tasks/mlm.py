@@ -25,7 +25,7 @@ worker that loads it (each row has its own generator):
 - training rows are masked afresh each epoch (RoBERTa's dynamic masking: a model sees each row
   under new masks instead of memorising one), from ``(seed, epoch, row)``; the epoch reaches the
   workers inside each key and the order is that of
-  :class:`~mixerlab.lightning_modules.tasks.resumable.EpochShuffle` (``keyed=True``), a function of
+  :class:`~mixerlab.lightning_modules.tasks._resumable.EpochShuffle` (``keyed=True``), a function of
   ``(seed, epoch)``. A run resumed mid-epoch therefore goes on with the same rows under the same
   masks, as the uninterrupted run;
 - validation and test rows are masked once and for all, from ``(split, row)``: every evaluation
@@ -49,10 +49,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, PAD_ID, Baseline, register_task
 from mixerlab.lightning_modules.tasks._corpus import json_sha256
-from mixerlab.lightning_modules.tasks.base import Baseline, register_task
-from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, PAD_ID, build_loader
-from mixerlab.lightning_modules.tasks.resumable import EpochShuffle
+from mixerlab.lightning_modules.tasks._loading import build_loader
+from mixerlab.lightning_modules.tasks._resumable import EpochShuffle
 from mixerlab.lightning_modules.tasks.text import (
     DOC_BATCH,
     TextLMDataModule,

@@ -7,12 +7,22 @@ from typing import ClassVar
 
 import numpy as np
 
-from mixerlab.lightning_modules.tasks.base import Baseline, register_task
-from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
-from mixerlab.lightning_modules.tasks.synthetic import (
+from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, Baseline, register_task
+from mixerlab.lightning_modules.tasks._loading import check_positive
+from mixerlab.lightning_modules.tasks._synthetic import (
     Part,
     SyntheticTaskDataModule,
     sample_distinct,
+)
+
+# Zoology's MQAR at a CPU-sized scale: three numbers of key-value pairs mixed in training,
+# validated at each and at twice the training length.
+TRAIN_CONFIGS = tuple(
+    {"seq_len": 64, "num_kv_pairs": kv, "n_examples": 10_000} for kv in (4, 8, 16)
+)
+TEST_CONFIGS = (
+    *({"seq_len": 64, "num_kv_pairs": kv, "n_examples": 1_000} for kv in (4, 8, 16)),
+    {"seq_len": 128, "num_kv_pairs": 16, "n_examples": 1_000},
 )
 
 
@@ -31,10 +41,12 @@ class MQARDataModule(SyntheticTaskDataModule):
     other target is -100. Non-query positions hold random ordinary tokens
     (``random_non_queries``) or the filler token 1.
 
-    Give either one configuration (``seq_len``, ``num_kv_pairs``, ``num_train``) or
-    ``train_configs``: a list of ``{seq_len, num_kv_pairs, n_examples}`` mixed in training.
-    ``test_configs`` (same keys) are separate validation sets named ``seq_len=L,kv=K``; by
-    default the training configurations with ``num_val`` examples each.
+    ``train_configs`` is a list of ``{seq_len, num_kv_pairs, n_examples}`` mixed in training;
+    with ``train_configs=None``, one configuration is given instead (``seq_len``,
+    ``num_kv_pairs``, ``num_train``). ``test_configs`` (same keys) are separate validation sets
+    named ``seq_len=L,kv=K``; with ``test_configs=None``, the training configurations with
+    ``num_val`` examples each. The defaults are ``conf/task/mqar.yaml``'s (:data:`TRAIN_CONFIGS`,
+    :data:`TEST_CONFIGS`), so ``build_task("mqar")`` and ``task=mqar`` build the same data.
     """
 
     FILLER_ID = 1
@@ -49,8 +61,8 @@ class MQARDataModule(SyntheticTaskDataModule):
         num_kv_pairs: int | None = None,
         num_train: int | None = None,
         num_val: int | None = None,
-        train_configs: Sequence[Mapping[str, int]] | None = None,
-        test_configs: Sequence[Mapping[str, int]] | None = None,
+        train_configs: Sequence[Mapping[str, int]] | None = TRAIN_CONFIGS,
+        test_configs: Sequence[Mapping[str, int]] | None = TEST_CONFIGS,
         power_a: float = 0.01,
         random_non_queries: bool = True,
         batch_size: int = 64,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mixerlab.lightning_modules.tasks.base import Baseline, register_task
-from mixerlab.lightning_modules.tasks.loading import IGNORE_INDEX, check_positive
-from mixerlab.lightning_modules.tasks.synthetic import (
+from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, Baseline, register_task
+from mixerlab.lightning_modules.tasks._loading import check_positive
+from mixerlab.lightning_modules.tasks._synthetic import (
     Part,
     SyntheticTaskDataModule,
     sample_distinct,
@@ -36,7 +36,7 @@ class SelectiveCopyDataModule(SyntheticTaskDataModule):
         vocab_size: int = 16,
         seq_len: int = 64,
         num_data_tokens: int = 8,
-        num_train: int = 10_000,
+        num_train: int = 20_000,
         num_val: int = 1_000,
         batch_size: int = 64,
         seed: int = 0,

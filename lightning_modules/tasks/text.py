@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from mixerlab.lightning_modules.tasks._base import Baseline, TaskDataModule, register_task
 from mixerlab.lightning_modules.tasks._corpus import (
     DEFAULT_FILE_GLOB,
     DEFAULT_SPLIT,
@@ -52,19 +53,18 @@ from mixerlab.lightning_modules.tasks._corpus import (
     json_sha256,
     load_corpus,
 )
-from mixerlab.lightning_modules.tasks._tokenizer import (
-    MAX_VOCAB,
-    TOKENIZERS,
-    TextTokenizer,
-    load_tokenizer,
-)
-from mixerlab.lightning_modules.tasks.base import Baseline, TaskDataModule, register_task
-from mixerlab.lightning_modules.tasks.loading import (
+from mixerlab.lightning_modules.tasks._loading import (
     build_loader,
     cached_dataset,
     check_non_negative,
     check_positive,
     default_cache_dir,
+)
+from mixerlab.lightning_modules.tasks._tokenizer import (
+    MAX_VOCAB,
+    TOKENIZERS,
+    TextTokenizer,
+    load_tokenizer,
 )
 
 # Bump when the layout or meaning of cached datasets changes, so old caches are not reused.
@@ -165,8 +165,8 @@ class TextLMDataModule(TaskDataModule):
         self,
         *,
         source: str = "stdlib",
-        seq_len: int = 256,
-        batch_size: int = 16,
+        seq_len: int = 128,
+        batch_size: int = 32,
         tokenizer: str = "bytes",
         bpe_vocab_size: int = 1024,
         split: Sequence[float] = DEFAULT_SPLIT,

@@ -10,15 +10,15 @@ It returns a :class:`ContractReport`: each check in each mode, passed or skipped
 seeds, no global RNG side effects); a broken rule raises :class:`ContractError` (an
 ``AssertionError``) whose message names the mixer, the mode and what broke. ``CHECKS`` maps each
 check's name to a :class:`Check`, so a test suite can parametrize over them
-(``tests/test_contract.py`` does, over every registered mixer). Plain PyTorch and the standard
-library only: no pytest, so the checks run anywhere.
+(``tests/mixers/test_every_mixer.py`` does, over every registered mixer). Plain PyTorch and the
+standard library only: no pytest, so the checks run anywhere.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mixerlab.mixers.base import TokenMixer
+from mixerlab.mixers._contract import TokenMixer
 from mixerlab.mixers.testing import checks as _checks  # noqa: F401  (registers the checks in CHECKS)
 from mixerlab.mixers.testing import decoding as _decoding  # noqa: F401  (then the decoding checks)
 from mixerlab.mixers.testing.case import CHECKS, Check, ContractError, MixerCase, max_abs_diff

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixerlab.mixers.base import TokenMixer, build_mixer, get_mixer_class
+from mixerlab.mixers._contract import TokenMixer, build_mixer, get_mixer_class
 
 
 class ContractError(AssertionError):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mixerlab.mixers.base import TokenMixer
+from mixerlab.mixers._contract import TokenMixer
 from mixerlab.mixers.testing.case import MixerCase, contract_check
 
 DECODERS = {

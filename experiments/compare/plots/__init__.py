@@ -5,9 +5,7 @@ Importing this package imports every public module in it, so a new plot is one n
 no list of plots is written anywhere; helpers shared by several plots live in private modules.
 """
 
-import importlib
-import pkgutil
-
+from mixerlab import import_public_modules
 from mixerlab.experiments.compare.plots.base import (
     Plot,
     register_plot,
@@ -15,8 +13,6 @@ from mixerlab.experiments.compare.plots.base import (
     render_plots,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_public_modules(__name__, __path__)
 
 __all__ = ["Plot", "register_plot", "registered_plots", "render_plots"]

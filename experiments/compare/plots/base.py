@@ -18,7 +18,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.comparison import Comparison
 
 Draw = Callable[[Comparison], bytes | None]
 

@@ -4,8 +4,8 @@ mixer that learns the training set but fails the longer test sets shows where.""
 
 from __future__ import annotations
 
-from mixerlab.experiments.compare.aggregate import Comparison
-from mixerlab.experiments.compare.plots._curves import draw_panels
+from mixerlab.experiments.compare.comparison import Comparison
+from mixerlab.experiments.compare.plots._draw_curves import draw_panels
 from mixerlab.experiments.compare.plots.base import register_plot
 
 

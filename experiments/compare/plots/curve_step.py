@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mixerlab.experiments.compare.aggregate import Comparison
-from mixerlab.experiments.compare.plots._curves import draw_curves
+from mixerlab.experiments.compare.comparison import Comparison
+from mixerlab.experiments.compare.plots._draw_curves import draw_curves
 from mixerlab.experiments.compare.plots.base import register_plot
 
 

@@ -3,8 +3,8 @@ steps; a step sits at the seeds' mean time to reach it."""
 
 from __future__ import annotations
 
-from mixerlab.experiments.compare.aggregate import Comparison
-from mixerlab.experiments.compare.plots._curves import draw_curves
+from mixerlab.experiments.compare.comparison import Comparison
+from mixerlab.experiments.compare.plots._draw_curves import draw_curves
 from mixerlab.experiments.compare.plots.base import register_plot
 
 

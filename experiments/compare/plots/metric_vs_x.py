@@ -11,10 +11,9 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
-from mixerlab.experiments.compare.aggregate import Comparison, Stats
-from mixerlab.experiments.compare.plots._curves import draw_chance
+from mixerlab.experiments.compare.comparison import PROPERTIES, Comparison, Scaling, Stats
+from mixerlab.experiments.compare.plots._draw_curves import draw_chance
 from mixerlab.experiments.compare.plots.base import new_figure, register_plot, to_png
-from mixerlab.experiments.compare.scaling import PROPERTIES, Scaling
 
 COLUMNS = 3  # panels per row; a scaling with more panels wraps onto further rows
 MAX_TICKS = 8  # a config key's values as the ticks of a log axis, up to this many

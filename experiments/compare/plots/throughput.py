@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mixerlab.experiments.compare.aggregate import Comparison
+from mixerlab.experiments.compare.comparison import Comparison
 from mixerlab.experiments.compare.plots.base import group_colors, new_figure, register_plot, to_png
 
 

@@ -1,0 +1,321 @@
+"""The sequence model: ``embed -> [Block(token mixer, channel mixer)] x N -> norm -> head``.
+
+Everything but the token mixer is fixed by the config, so an ablation swaps exactly one thing
+(MetaFormer, Yu et al. 2022). A block is pre-norm residual:
+
+    x = x + drop(mixer(norm(x), mask))      # moves information across positions
+    x = x + drop(ffn(norm(x)))              # works on each position alone (mlp, glu, moe, none)
+
+Init scheme (GPT-2 style, Radford et al. 2019): token and position embeddings and every Linear the
+model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases. Every Linear that
+writes into the residual stream is then drawn from N(0, 0.02 / sqrt(2 * n_layers)): the last
+Linear of each channel mixer (every expert's, for MoE) and, with ``mixer_init="depth_scaled"``
+(the default), each token mixer's output projections (``TokenMixer.output_projections``), so the
+residual stream's variance does not grow with depth and no mixer starts with a louder or quieter
+branch than another merely by its library's default init. The rest of a token mixer keeps its
+own initialisation, because much of it carries meaning (gMLP's spatial weights start near zero,
+S4D's and Mamba's decays follow their papers); each mixer documents it. ``mixer_init="own"``
+keeps the mixer's own init for its output projections too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mixerlab.mixers._contract import count_params
+from mixerlab.mixers.hybrid import LayerSpec
+from mixerlab.mixers.model.blocks import Block, check_choice, make_ffn, make_norm
+from mixerlab.mixers.model.layer_plan import build_layers
+from mixerlab.mixers.model.moe import MoEFeedForward
+from mixerlab.mixers.model.positions import sinusoidal_table
+
+__all__ = ["MIXER_INITS", "POS_KINDS", "SequenceModel"]
+
+POS_KINDS = ("none", "learned", "sinusoidal", "rope")
+MIXER_INITS = ("depth_scaled", "own")
+
+
+class SequenceModel(nn.Module):
+    """A stack of blocks around one registered token mixer (a hybrid spreads its pattern over
+    the layers, see :mod:`mixerlab.mixers.model.layer_plan`), for language modelling or
+    classification.
+
+    ``forward(tokens, mask)`` returns per-position logits (B, L, vocab_size), or, when
+    ``num_classes`` is set, logits (B, num_classes) from the mean of the final states over real
+    tokens (``mask`` True), so padding never changes a prediction.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 256,
+        n_layers: int = 4,
+        *,
+        mixer: str | Sequence[LayerSpec] = "attention",
+        mixer_hparams: dict[str, Any] | None = None,
+        causal: bool = True,
+        max_len: int | None = 256,
+        ffn: str = "mlp",
+        ffn_mult: float = 4.0,
+        ffn_hparams: dict[str, Any] | None = None,
+        norm: str = "layernorm",
+        pos: str = "learned",
+        dropout: float = 0.0,
+        tie_embeddings: bool = True,
+        num_classes: int | None = None,
+        mixer_init: str = "depth_scaled",
+    ) -> None:
+        super().__init__()
+        if vocab_size <= 0 or n_layers <= 0:
+            raise ValueError(
+                f"vocab_size and n_layers must be positive, got {vocab_size} and {n_layers}"
+            )
+        check_choice("pos", pos, POS_KINDS)
+        check_choice("mixer_init", mixer_init, MIXER_INITS)
+        if pos in ("learned", "sinusoidal") and max_len is None:
+            raise ValueError(f"pos={pos!r} needs max_len (the longest sequence); pass max_len=")
+        if num_classes is not None and num_classes <= 1:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.causal = causal
+        self.max_len = max_len
+        self.pos = pos
+        self.num_classes = num_classes
+
+        self.embed = nn.Embedding(vocab_size, d_model)
+        if pos == "learned":
+            self.pos_embed = nn.Embedding(max_len, d_model)
+        elif pos == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(max_len, d_model), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+        mixers = build_layers(
+            mixer,
+            mixer_hparams,
+            n_layers,
+            d_model,
+            causal=causal,
+            max_len=max_len,
+            rope=pos == "rope",
+        )
+        self.blocks = nn.ModuleList(
+            Block(
+                layer_mixer,
+                make_ffn(ffn, d_model, round(ffn_mult * d_model), dropout, dict(ffn_hparams or {})),
+                norm=norm,
+                dropout=dropout,
+            )
+            for layer_mixer in mixers
+        )
+        self.norm = make_norm(norm, d_model)
+        if num_classes is None:
+            self.head = nn.Linear(d_model, vocab_size, bias=False)
+        else:
+            self.head = nn.Linear(d_model, num_classes)
+        self._init_weights(n_layers, scale_mixer_outputs=mixer_init == "depth_scaled")
+        if tie_embeddings and num_classes is None:
+            self.head.weight = self.embed.weight
+
+    def _init_weights(self, n_layers: int, scale_mixer_outputs: bool) -> None:
+        mixer_params = {id(p) for block in self.blocks for p in block.mixer.parameters()}
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in (
+                mixer_params
+            ):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * n_layers)
+        for block in self.blocks:
+            if block.ffn is not None:
+                moe = isinstance(block.ffn, MoEFeedForward)
+                out_weight = block.ffn.w_out if moe else block.ffn.down.weight
+                out_weight.data.mul_(1 / math.sqrt(2 * n_layers))
+            for linear in block.mixer.output_projections() if scale_mixer_outputs else ():
+                nn.init.normal_(linear.weight, std=residual_std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+
+    # -- forward ----------------------------------------------------------------------------
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        """Token (and absolute position) embeddings of tokens (B, L) at positions start.. on."""
+        x = self.embed(tokens)  # (B, L, d)
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        if self.pos == "learned":
+            return x + self.pos_embed(positions)
+        if self.pos == "sinusoidal":
+            return x + self.pos_table[positions]
+        return x
+
+    def _check_tokens(self, tokens: Tensor, mask: Tensor | None) -> None:
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"tokens must be an integer tensor of shape (batch, length), got "
+                f"{tokens.dtype} {tuple(tokens.shape)}"
+            )
+        if self.max_len is not None and tokens.shape[1] > self.max_len:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} is longer than the model's max_len "
+                f"{self.max_len}; build the model with max_len >= {tokens.shape[1]}"
+            )
+        if mask is not None and mask.shape != tokens.shape:
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}"
+            )
+
+    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        self._check_tokens(tokens, mask)
+        x = self.dropout(self._embed(tokens, 0))
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.norm(x)
+        if self.num_classes is None:
+            return self.head(x)
+        if mask is None:
+            pooled = x.mean(dim=1)
+        else:
+            weights = mask.to(x.dtype).unsqueeze(-1)
+            pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return self.head(pooled)
+
+    @property
+    def aux_loss(self) -> Tensor:
+        """Sum of the auxiliary losses (e.g. MoE balancing) set during the last forward."""
+        losses = [
+            module.aux_loss
+            for module in self.modules()
+            if module is not self and getattr(module, "aux_loss", None) is not None
+        ]
+        if not losses:
+            return self.embed.weight.new_zeros(())
+        return torch.stack(losses).sum()
+
+    # -- accounting ---------------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Parameters, counting tied embeddings once."""
+        return count_params(self)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Analytic forward FLOPs per token: mixers, channel mixers and the output head."""
+        total = 2.0 * self.d_model * self.head.out_features
+        for block in self.blocks:
+            total += block.mixer.flops_per_token(seq_len)
+            if block.ffn is not None:
+                total += block.ffn.flops_per_token()
+        return total
+
+    def state_size(self, seq_len: int) -> int | None:
+        """Floats of decoding state per sequence after ``seq_len`` tokens, summed over the
+        layers' mixers (Zoology's state-size axis); None for a model that cannot decode step by
+        step (an encoder, a mixer without ``step``) or a mixer that does not report its own."""
+        if not self.supports_step:
+            return None
+        sizes = [block.mixer.state_size(seq_len) for block in self.blocks]
+        return None if None in sizes else sum(sizes)
+
+    # -- incremental decoding -----------------------------------------------------------------
+    @property
+    def supports_step(self) -> bool:
+        return (
+            self.causal
+            and self.num_classes is None
+            and all(block.mixer.supports_step for block in self.blocks)
+        )
+
+    def init_state(self, batch_size: int) -> dict[str, Any]:
+        return {
+            "position": 0,
+            "blocks": [block.mixer.init_state(batch_size) for block in self.blocks],
+        }
+
+    def step(self, token_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """Logits (B, vocab) for the next token after ``token_t`` (B,); equals ``forward``."""
+        position = state["position"]
+        if self.max_len is not None and position >= self.max_len:
+            raise ValueError(
+                f"decoding position {position + 1} exceeds the model's max_len {self.max_len}"
+            )
+        x = self._embed(token_t[:, None], position)[:, 0]
+        new_states = []
+        for block, block_state in zip(self.blocks, state["blocks"], strict=True):
+            x, block_state = block.step(x, block_state)
+            new_states.append(block_state)
+        return self.head(self.norm(x)), {"position": position + 1, "blocks": new_states}
+
+    def prefill(self, tokens: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """Logits (B, T, vocab) of a prompt (B, T) and the decoding state after it, from one
+        parallel pass per layer (each mixer's ``prefill``); equals ``init_state`` and T steps."""
+        self._check_tokens(tokens, None)
+        if not self.supports_step:
+            raise ValueError("prefill needs a causal language model whose mixers all step")
+        x = self._embed(tokens, 0)
+        states = []
+        for block in self.blocks:
+            x, block_state = block.prefill(x)
+            states.append(block_state)
+        return self.head(self.norm(x)), {"position": tokens.shape[1], "blocks": states}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample ``max_new_tokens`` after ``prompt`` (B, T): prompt and continuation (B, T+n).
+
+        When every mixer steps, the prompt is prefilled in one parallel pass and each new token
+        is one ``step`` (KV cache, RNN state, conv window, ...); otherwise ``forward`` re-runs on
+        the sequence so far. ``temperature=0`` is greedy.
+        """
+        if not self.causal or self.num_classes is not None:
+            raise ValueError("generate needs a causal language model (causal=True, no num_classes)")
+        if prompt.dim() != 2 or prompt.shape[1] == 0:
+            raise ValueError(
+                f"generate needs a prompt of shape (batch, length >= 1), got "
+                f"{tuple(prompt.shape)}; start from at least one token (e.g. a BOS token)"
+            )
+        total = prompt.shape[1] + max_new_tokens
+        if self.max_len is not None and total > self.max_len:
+            raise ValueError(
+                f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} "
+                f"exceeds the model's max_len {self.max_len}"
+            )
+        tokens = prompt
+        if self.supports_step:
+            logits, state = self.prefill(prompt)
+            logits = logits[:, -1]
+        else:
+            logits = self(prompt)[:, -1]
+        for _ in range(max_new_tokens):
+            next_token = _sample(logits, temperature, top_k, generator)
+            tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+            if tokens.shape[1] == total:
+                break
+            if self.supports_step:
+                logits, state = self.step(next_token, state)
+            else:
+                logits = self(tokens)[:, -1]
+        return tokens
+
+
+def _sample(
+    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
