@@ -179,6 +179,8 @@ def test_a_run_written_before_the_move_resumes_and_is_then_skipped(tmp_path: Pat
     re-run of the finished run is then skipped, not refused as another config."""
     run_dir = tmp_path / "run"
     shutil.copytree(FIXTURES / "short_run", run_dir)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file(), "the fixture's checkpoint is missing (is it ignored by git?)"
     env = {
         **os.environ,
         "WANDB_MODE": "disabled",
@@ -198,6 +200,7 @@ def test_a_run_written_before_the_move_resumes_and_is_then_skipped(tmp_path: Pat
 
     resumed = train(f"resume={run_dir}", "trainer.max_steps=9")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {checkpoint}" in resumed.stdout + resumed.stderr
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "finished" and results["last_step"] == 9
     assert results["best"]["val/loss"] == pytest.approx(5.175394535064697, rel=1e-4)
