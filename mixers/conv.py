@@ -1,5 +1,6 @@
 """Depthwise convolution over time: short (the local mixer of H3, Hyena and Mamba blocks) or
-global (a kernel as long as the sequence, Zoology's BaseConv, computed by FFT).
+global (a kernel as long as the sequence, computed by FFT). Zoology's BaseConv, which has no
+Linears around its convolution, is :mod:`mixerlab.mixers.base_conv`.
 
 Each channel has its own kernel (``F.conv1d`` with ``groups=d_model``). A short kernel has
 ``kernel_size`` taps spaced ``dilation`` apart: a decoder pads on the left only, so out[t] sees
@@ -39,17 +40,14 @@ class ConvMixer(TokenMixer):
 
     gate="silu": in_proj makes (u, g) and y = out_proj(conv(u) * silu(g)), the gated short conv
     of H3/Mamba; SiLU rather than sigmoid because it lets the gate amplify as well as damp, and
-    it is what those models use. gate="linear": y = out_proj(conv(u) * g), a projection times
-    the convolution without a nonlinearity (Zoology's BaseConv). gate="none":
+    it is what those models use. gate="linear": y = out_proj(conv(u) * g), the gate without a
+    nonlinearity (BaseConv's product, but between in_proj and out_proj, without BaseConv's skip:
+    Zoology's BaseConv itself is ``mixer=base_conv``). gate="none":
     y = out_proj(conv(in_proj(x))), a purely linear token mixer (the block's channel mixer
     supplies the nonlinearity), so the option ablates the gate only.
 
-    BaseConv (Arora et al. 2023, Zoology) is ``kernel_size=-1, gate="linear"``: Zoology computes
-    y = conv(u) * proj(u) + u; here the block supplies the residual, and the conv reads in_proj's
-    u rather than the input itself and out_proj follows (two Linears BaseConv does not have).
-    Zoology's default BaseConv learns its long kernel through a small MLP (implicit); this is its
-    explicit ``LongConvolution``, whose initialisation it follows: every tap N(0, 1), so the
-    output's scale grows like sqrt(L) at init.
+    The global kernel is explicit, initialised like Zoology's ``LongConvolution``: every tap
+    N(0, 1), so the output's scale grows like sqrt(L) at init.
 
     Padded positions are zeroed before the convolution, exactly like the zero padding at the
     ends of a shorter sequence, so they cannot reach real positions. Initialisation otherwise:

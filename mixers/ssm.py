@@ -40,7 +40,8 @@ zero padding past a sequence's end; the selective scan also gets dt = 0 at pads,
 decays the state nor writes to it, and the reversed scan starts at the last real token.
 
 Left open by the papers and chosen here: S4D's D ~ N(0, 1) and C ~ N(0, 1) as S4's code, Mamba's
-D = 1; Mamba's residual rescaling of out_proj at init is the model's business, not the mixer's.
+D = 1; Mamba's residual rescaling of out_proj at init is the model's business, not the mixer's
+(``model.mixer_init=mamba``). S4D computes in float32, or float64 for a float64 input.
 ``expand``, ``dt_rank``, ``conv_kernel`` and ``chunk_size`` belong to the selective block; S4D's
 layer has width d_model, no short conv and no scan, and ignores them.
 """
@@ -125,7 +126,8 @@ class S4D(nn.Module):
         """y (B, L, H) and, for a decoder, the state after x: h_L = sum_l dB exp(dt A l) u_{L-1-l}
         from the kernel's own Vandermonde matrix (an encoder's is empty)."""
         length = x.shape[1]
-        u = x.float() if mask is None else x.float().masked_fill(~mask[..., None], 0.0)
+        u = x.to(torch.promote_types(x.dtype, torch.float32))  # float64 stays float64
+        u = u if mask is None else u.masked_fill(~mask[..., None], 0.0)
         u = u.transpose(1, 2)  # (B, H, L)
         kernels, powers = self.kernel(length)  # (dirs, H, L), (H, M, L)
         k = kernels[0]  # (H, L): offset j >= 0 at index j
@@ -148,7 +150,7 @@ class S4D(nn.Module):
     def step(self, x_t: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         dtA, dB, C = self.discretize()
         h = torch.view_as_complex(state["ssm"]) if self.complex else state["ssm"]
-        u = x_t.float()  # (B, H)
+        u = x_t.to(torch.promote_types(x_t.dtype, torch.float32))  # (B, H)
         h = torch.exp(dtA) * h + dB * u[..., None]  # (B, H, M)
         y = self.readout(C[0], h) + self.D * u
         ssm = torch.view_as_real(h) if self.complex else h
@@ -291,6 +293,9 @@ class Mamba(nn.Module):
 class StateSpaceMixer(TokenMixer):
     """Diagonal state-space model: S4D, or Mamba's selective SSM (selective=true).
 
+    Two architectures behind one name, so the configs are two named presets with their labels:
+    ``mixer=mamba`` (conf/mixer/mamba.yaml, mamba_ssm's defaults, also this class's) and
+    ``mixer=s4d`` (conf/mixer/s4d.yaml, s4d.py's S4D-Lin with N = 64, i.e. d_state=64).
     selective=true builds :class:`Mamba` (init must be "real"), selective=false :class:`S4D`
     with init "lin", "inv" (complex modes, even d_state) or "real". dt_rank "auto" is
     ceil(d_model / 16) as in Mamba. Decoding carries a fixed-size state: S4D's diagonal state,

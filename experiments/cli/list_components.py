@@ -34,20 +34,48 @@ def _first_comment(text: str) -> str:
     return ""
 
 
+def _mixers_used(text: str) -> list[str]:
+    """The registered mixers a conf/mixer option builds: its ``name``, or a hybrid's entries."""
+    import yaml
+
+    node = yaml.safe_load(text) or {}
+    entries = node.get("pattern") or [node]
+    names = [e.get("name") if isinstance(e, dict) else e for e in entries]
+    return list(dict.fromkeys(str(name) for name in names if name))
+
+
 def list_components() -> dict[str, list[tuple[str, str]]]:
     """What can be combined: registered mixers and tasks (plugins too), mixer presets and
-    experiments shipped in conf/, and the plots `mixerlab compare` draws."""
+    experiments shipped in conf/, and the plots `mixerlab compare` draws. A registered mixer
+    without a conf file of its own (``ssm``, whose family members are the presets ``mamba`` and
+    ``s4d``) names the presets that build it."""
     from mixerlab.experiments.compare.plots import registered_plots
     from mixerlab.lightning_modules.tasks import available_tasks, describe_task
     from mixerlab.mixers import available_mixers, describe_mixer
 
+    options = dict(_conf_entries("mixer"))
+    presets = {
+        name: text
+        for name, text in options.items()
+        if name not in available_mixers() and name != "plugin"
+    }
+    used_by = {
+        mixer: [name for name, text in presets.items() if mixer in _mixers_used(text)]
+        for mixer in available_mixers()
+    }
+
+    def mixer_line(name: str) -> str:
+        if name in options:
+            return describe_mixer(name)
+        shown = ", ".join(used_by[name]) or f"none; mixer=plugin mixer.name={name}"
+        return f"{describe_mixer(name)} [presets: {shown}]"
+
     return {
-        "mixers": [(name, describe_mixer(name)) for name in available_mixers()],
-        # conf/mixer options that are not a mixer's own file: settings of one, or hybrids
+        "mixers": [(name, mixer_line(name)) for name in available_mixers()],
+        # conf/mixer options that are not a mixer's own file: named settings of one, or hybrids
         "mixer presets": [
-            (name, _first_comment(text))
-            for name, text in _conf_entries("mixer")
-            if name not in available_mixers() and name != "plugin"
+            (name, f"{_first_comment(text)} [{', '.join(_mixers_used(text))}]")
+            for name, text in presets.items()
         ],
         "tasks": [(name, describe_task(name)) for name in available_tasks()],
         "experiments": [(name, _first_comment(text)) for name, text in _conf_entries("experiment")],

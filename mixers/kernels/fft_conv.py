@@ -1,5 +1,5 @@
 """Depthwise linear convolution by FFT: the long kernels of the global convolution
-(:mod:`mixerlab.mixers.conv`, Zoology's BaseConv) and of Hyena's implicit filters.
+(:mod:`mixerlab.mixers.conv`), of Zoology's BaseConv and of Hyena's implicit filters.
 
 A kernel as long as the sequence costs O(L^2) as a direct convolution; by FFT it is O(L log L):
 
@@ -18,7 +18,8 @@ from torch import Tensor
 
 
 def fft_conv(u: Tensor, kernel: Tensor, *, causal: bool) -> Tensor:
-    """Depthwise linear convolution by FFT, in fp32 whatever the autocast dtype.
+    """Depthwise linear convolution by FFT, in fp32 whatever the autocast dtype (fp64 inputs
+    stay fp64).
 
     ``u`` (B, C, L), time last like ``F.conv1d`` (the FFTs run along a contiguous axis);
     ``kernel`` (C, K) in offset order, ``y[t] = sum_s kernel[:, s] u[t - s]``: causal K = L,
@@ -33,14 +34,15 @@ def fft_conv(u: Tensor, kernel: Tensor, *, causal: bool) -> Tensor:
             f"taps, got {kernel.shape[-1]}"
         )
     n = 2 * length
+    dtype = torch.promote_types(torch.promote_types(u.dtype, kernel.dtype), torch.float32)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        k = kernel.float()
+        k = kernel.to(dtype)
         if not causal:
             # Negative offsets go to the end of the FFT buffer: circularly, -s is n - s.
             zero = k.new_zeros(k.shape[0], 1)
             k = torch.cat((k[:, length - 1 :], zero, k[:, : length - 1]), dim=1)  # (C, 2L)
         k_f = torch.fft.rfft(k, n=n)  # (C, L + 1)
-        u_f = torch.fft.rfft(u.float(), n=n)  # (B, C, L + 1)
+        u_f = torch.fft.rfft(u.to(dtype), n=n)  # (B, C, L + 1)
         y = torch.fft.irfft(u_f * k_f, n=n)[..., :length]  # (B, C, L)
     return y.to(u.dtype)
 

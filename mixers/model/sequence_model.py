@@ -7,15 +7,30 @@ Everything but the token mixer is fixed by the config, so an ablation swaps exac
     x = x + drop(ffn(norm(x)))              # works on each position alone (mlp, glu, moe, none)
 
 Init scheme (GPT-2 style, Radford et al. 2019): token and position embeddings and every Linear the
-model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases. Every Linear that
-writes into the residual stream is then drawn from N(0, 0.02 / sqrt(2 * n_layers)): the last
-Linear of each channel mixer (every expert's, for MoE) and, with ``mixer_init="depth_scaled"``
-(the default), each token mixer's output projections (``TokenMixer.output_projections``), so the
-residual stream's variance does not grow with depth and no mixer starts with a louder or quieter
-branch than another merely by its library's default init. The rest of a token mixer keeps its
-own initialisation, because much of it carries meaning (gMLP's spatial weights start near zero,
-S4D's and Mamba's decays follow their papers); each mixer documents it. ``mixer_init="own"``
-keeps the mixer's own init for its output projections too.
+model owns (channel mixers, heads) are drawn from N(0, 0.02) with zero biases, and the last Linear
+of each channel mixer (every expert's, for MoE) is then scaled by 1/sqrt(2 * n_layers). A token
+mixer keeps its own initialisation, because much of it carries meaning (gMLP's spatial weights
+start near zero, S4D's and Mamba's decays follow their papers; each mixer documents it), except
+for its output projections (``TokenMixer.output_projections``, the Linears that write into the
+residual stream), which ``mixer_init`` chooses:
+
+- ``depth_scaled`` (the default): N(0, 0.02 / sqrt(2 * n_layers)) and zero biases, the channel
+  mixers' last layers' init, so no mixer starts with a louder or quieter residual branch than
+  another merely by its library's default init.
+- ``mamba``: mamba_ssm's ``_init_weights`` (``rescale_prenorm_residual``): PyTorch's default
+  Kaiming-uniform draw (a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in))) divided by
+  sqrt(r * n_layers), where r, the residual branches per layer, is 1 for a model without channel
+  mixer (``ffn="none"``, Mamba's own architecture) and 2 otherwise; biases zeroed. The weights'
+  bound is 1/sqrt(fan_in * r * n_layers) and their std 1/sqrt(3 * fan_in * r * n_layers):
+  Mamba's out_proj at width 64 (expand 2: fan_in 128) in 2 layers gets std 0.036 without a
+  channel mixer and 0.026 with one (depth_scaled: 0.010); at width 256 and 4 layers with one,
+  0.0090 (depth_scaled: 0.0071). Every mixer's output projections get it (mamba_ssm's attention
+  too); mamba_ssm's MLPs' ``fc2`` as well, but here the channel mixers keep the init above.
+- ``zoology``: Zoology's ``_init_weights`` for its Transformer-block models (zoology/model.py):
+  every Linear inside the token mixer too (projections, filter MLPs, gates) is drawn from
+  N(0, 0.02) with zero biases, and the output projections from N(0, 0.02 / sqrt(2 * n_layers)),
+  as ``depth_scaled``. Convolution taps, decays and other raw parameters keep the mixer's init.
+- ``own``: the mixer's own init for its output projections too.
 """
 
 from __future__ import annotations
@@ -38,7 +53,7 @@ from mixerlab.mixers.model.positions import sinusoidal_table
 __all__ = ["MIXER_INITS", "POS_KINDS", "SequenceModel"]
 
 POS_KINDS = ("none", "learned", "sinusoidal", "rope")
-MIXER_INITS = ("depth_scaled", "own")
+MIXER_INITS = ("depth_scaled", "mamba", "zoology", "own")
 
 
 class SequenceModel(nn.Module):
@@ -119,11 +134,11 @@ class SequenceModel(nn.Module):
             self.head = nn.Linear(d_model, vocab_size, bias=False)
         else:
             self.head = nn.Linear(d_model, num_classes)
-        self._init_weights(n_layers, scale_mixer_outputs=mixer_init == "depth_scaled")
+        self._init_weights(n_layers, mixer_init)
         if tie_embeddings and num_classes is None:
             self.head.weight = self.embed.weight
 
-    def _init_weights(self, n_layers: int, scale_mixer_outputs: bool) -> None:
+    def _init_weights(self, n_layers: int, mixer_init: str) -> None:
         mixer_params = {id(p) for block in self.blocks for p in block.mixer.parameters()}
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in (
@@ -132,14 +147,24 @@ class SequenceModel(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-        residual_std = 0.02 / math.sqrt(2 * n_layers)
+        # residual branches per layer, as mamba_ssm counts them: the mixer, and the channel mixer
+        residuals = 1 if all(block.ffn is None for block in self.blocks) else 2
         for block in self.blocks:
             if block.ffn is not None:
                 moe = isinstance(block.ffn, MoEFeedForward)
                 out_weight = block.ffn.w_out if moe else block.ffn.down.weight
                 out_weight.data.mul_(1 / math.sqrt(2 * n_layers))
-            for linear in block.mixer.output_projections() if scale_mixer_outputs else ():
-                nn.init.normal_(linear.weight, std=residual_std)
+            inner = block.mixer.modules() if mixer_init == "zoology" else ()
+            for linear in (module for module in inner if isinstance(module, nn.Linear)):
+                nn.init.normal_(linear.weight, std=0.02)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+            for linear in block.mixer.output_projections() if mixer_init != "own" else ():
+                if mixer_init == "mamba":  # PyTorch's default Linear init, scaled down by depth
+                    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+                    linear.weight.data.div_(math.sqrt(residuals * n_layers))
+                else:  # depth_scaled, zoology
+                    nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * n_layers))
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
 

@@ -69,10 +69,12 @@ NODES = {key.rsplit(".", i)[0] for key in DEFAULTS for i in range(key.count(".")
 FREE_FORM = ("optim.optimizer.", "optim.scheduler.", "model.ffn_hparams.", "callbacks.extra.")
 CHECKED_KEYS = sorted(key for key in DEFAULTS if not key.startswith(FREE_FORM))
 OPTIONAL_GROUPS = ("experiment", "sweep", "launcher", "debug")  # null by default
-GROUPS = {  # conf/hydra is Hydra's own settings, selected once by conf/config.yaml
+# conf/hydra is Hydra's own settings, selected once by conf/config.yaml; conf/per_mixer is
+# selected by the experiment and mixer chosen (conf/config.yaml's defaults), never by a user
+GROUPS = {
     folder.name: conf_options(folder.name)
     for folder in files("mixerlab.conf").iterdir()
-    if folder.is_dir() and folder.name not in ("hydra", "__pycache__")
+    if folder.is_dir() and folder.name not in ("hydra", "per_mixer", "__pycache__")
 }
 
 # What a careless or unlucky user types as a value: wrong types, out of range, non-finite.
@@ -199,7 +201,9 @@ def test_malformed_override_syntax_is_one_message(override: str) -> None:
 def test_valid_overrides_compose_into_the_config(
     d_model: int, lr: float, mixer: str, seed: int
 ) -> None:
+    # 6 layers: every hybrid preset's pattern (1 to 3 entries) divides the depth
     overrides = [f"model.d_model={d_model}", f"optim.lr={lr!r}", f"mixer={mixer}", f"seed={seed}"]
+    overrides.append("model.n_layers=6")
     config, message = outcome(overrides)
     assert message is None, message
     assert (config["model"]["d_model"], config["seed"]) == (d_model, seed)

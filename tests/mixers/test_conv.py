@@ -1,5 +1,6 @@
 """conv: the contract for short and global kernels, then receptive fields, gates, the global
-kernel against F.conv1d (and BaseConv, one config of conv), its init, accounting and errors."""
+kernel against F.conv1d, its init, accounting and errors. (Zoology's BaseConv is not a config of
+conv: it is the mixer base_conv, tests/mixers/test_base_conv.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mixerlab.mixers.testing import check_mixer
 D = 16
 L = 10
 MAX_LEN = 12
-BASECONV = {"kernel_size": -1, "gate": "linear"}  # conf/mixer/baseconv.yaml's settings
+GLOBAL_LINEAR_GATE = {"kernel_size": -1, "gate": "linear"}
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_variant_meets_the_contract(hparams: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "hparams", [{"kernel_size": -1}, BASECONV, {"kernel_size": -1, "gate": "none"}]
+    "hparams", [{"kernel_size": -1}, GLOBAL_LINEAR_GATE, {"kernel_size": -1, "gate": "none"}]
 )
 def test_global_conv_meets_the_contract(hparams: dict[str, Any]) -> None:
     check_mixer("conv", d_model=D, max_len=MAX_LEN, hparams=hparams)
@@ -135,9 +136,9 @@ def test_global_conv_bad_settings_are_clear_errors() -> None:
 
 
 def test_linear_gate_multiplies_without_silu() -> None:
-    """BaseConv's gate: conv(u) * g, so doubling the input doubles g and the conv (bias aside)."""
+    """gate="linear": conv(u) * g, so doubling the input doubles g and the conv (bias aside)."""
     torch.manual_seed(0)
-    mixer = ConvMixer(D, max_len=MAX_LEN, **BASECONV).eval()
+    mixer = ConvMixer(D, max_len=MAX_LEN, **GLOBAL_LINEAR_GATE).eval()
     for linear in (mixer.in_proj, mixer.out_proj, mixer.conv):
         torch.nn.init.zeros_(linear.bias)
     x = randn(1, 6, D)

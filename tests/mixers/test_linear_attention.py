@@ -1,19 +1,23 @@
-"""linear_attention: the contract for its variants, then the chunked form against an O(L^2)
-reference written out here (every feature map, decay and normaliser, both modes), the Taylor
-feature map, RetNet's decay schedule, strong gates, decoding state that stops growing, FLOPs and
-errors."""
+"""linear_attention: the contract for its variants and the retnet and gla presets, then the
+chunked form against an O(L^2) reference written out here (every feature map, decay and
+normaliser, both modes), RetNet's retention and GLA's gated recurrence in float64 from the
+papers' equations, the Taylor feature map, RetNet's decay schedule, strong gates, decoding state
+that stops growing, FLOPs and errors."""
 
 from __future__ import annotations
 
 import math
+from importlib.resources import files
 from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 from mixer_helpers import randn, seeded_mixer
 
 from mixerlab.mixers.kernels.chunked_linear_attention import SUB_CHUNK
-from mixerlab.mixers.linear_attention import LinearAttention
+from mixerlab.mixers.linear_attention import FEATURE_MAPS, LinearAttention
 from mixerlab.mixers.testing import check_mixer
 
 D = 16
@@ -33,12 +37,26 @@ def right_padded() -> torch.Tensor:
         {"feature_map": "taylor", "decay": "gated", "feature_dim": 4},
         {"feature_map": "relu", "decay": "fixed", "normalize": "rms"},
         {"decay": "gated", "chunk_size": 5, "n_heads": 2},
+        {"feature_map": "identity", "normalize": "group", "output_gate": "swish"},
+        {"output_gate": "swish", "decay": "fixed"},
     ],
-    ids=["taylor-gated", "relu-fixed-rms", "gated-chunk5"],
+    ids=["taylor-gated", "relu-fixed-rms", "gated-chunk5", "identity-group-swish", "sum-swish"],
 )
 def test_variant_meets_the_contract(hparams: dict[str, Any]) -> None:
     """Non-default hyper-parameters, both modes: the contract suite builds the defaults only."""
     check_mixer("linear_attention", d_model=D, max_len=24, hparams=hparams)
+
+
+def preset(option: str) -> dict[str, Any]:
+    """The hyper-parameters of a conf/mixer preset of linear_attention, read without composing."""
+    node = yaml.safe_load((files("mixerlab.conf") / "mixer" / f"{option}.yaml").read_text())
+    assert node.pop("name") == "linear_attention" and node.pop("label") == option
+    return node
+
+
+@pytest.mark.parametrize("option", ["retnet", "gla"])
+def test_preset_meets_the_contract(option: str) -> None:
+    check_mixer("linear_attention", d_model=D, max_len=24, hparams=preset(option), perturb=0.05)
 
 
 def naive_linear_attention(mixer: LinearAttention, x: torch.Tensor, mask: torch.Tensor):
@@ -59,14 +77,17 @@ def naive_linear_attention(mixer: LinearAttention, x: torch.Tensor, mask: torch.
                 continue
             pair = (q[:, :, t] * k[:, :, s] * exponent.exp()).sum(dim=-1)  # (B, H)
             scores[:, :, t, s] = pair * mask[:, None, s]
-    return mixer._output(scores @ v)
+    return mixer._output(scores @ v, x)
+
+
+# identity features cannot divide by phi(q).z: they are normalised per head instead
+FORMS = [(f, n) for f in FEATURE_MAPS for n in ("sum", "rms") if (f, n) != ("identity", "sum")]
 
 
 @pytest.mark.parametrize("chunk_size", [5, 4], ids=["chunk-divides", "chunk-does-not-divide"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
-@pytest.mark.parametrize("normalize", ["sum", "rms"])
 @pytest.mark.parametrize("decay", ["none", "fixed", "gated"])
-@pytest.mark.parametrize("feature_map", ["elu", "relu", "taylor"])
+@pytest.mark.parametrize(("feature_map", "normalize"), FORMS, ids=["-".join(f) for f in FORMS])
 def test_chunked_form_equals_naive_reference(
     feature_map: str, decay: str, normalize: str, causal: bool, chunk_size: int
 ) -> None:
@@ -95,6 +116,90 @@ def test_gated_chunks_longer_than_a_sub_chunk_equal_naive_reference(causal: bool
         torch.testing.assert_close(mixer(x, mask)[mask], expected[mask], atol=ATOL, rtol=1e-4)
 
 
+# RetNet and GLA from their papers' equations, in float64, from the module's own weights only.
+NORM_EPS = 1e-5  # the per-head norms' eps the module documents
+
+
+def heads_of(mixer: LinearAttention, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k (B, H, L, feature_dim) and v (B, H, L, Dv): x W^T + b of the fused projection."""
+    width = mixer.n_heads * mixer.feature_dim
+    qkv = x @ mixer.qkv.weight.T + mixer.qkv.bias
+    q, k, v = qkv.split((width, width, mixer.d_model), dim=-1)
+    return tuple(t.unflatten(-1, (mixer.n_heads, -1)).transpose(1, 2) for t in (q, k, v))
+
+
+def gated_output(mixer: LinearAttention, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+    """(swish(x W_G) * concat_h normed_h) W_O + b_O, the layer's output after the heads."""
+    y = normed.transpose(1, 2).flatten(2)  # (B, L, d): heads side by side
+    return (F.silu(x @ mixer.out_gate.weight.T) * y) @ mixer.out.weight.T + mixer.out.bias
+
+
+def randomise(mixer: LinearAttention) -> LinearAttention:
+    """Norm gains and biases away from 1 and 0 and decay gates away from 1, so each one shows."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in mixer.named_parameters():
+            if name.startswith("norm_") or name == "gate_up.bias":
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) + 0.5)
+    return mixer.requires_grad_(False)  # the references below need no graph
+
+
+def decode(mixer: LinearAttention, x: torch.Tensor, prompt: int) -> torch.Tensor:
+    """Prefill ``prompt`` positions, then step through the rest: the recurrent form."""
+    outputs, state = mixer.prefill(x[:, :prompt])
+    for t in range(prompt, x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        outputs = torch.cat((outputs, y_t[:, None]), dim=1)
+    return outputs
+
+
+@pytest.mark.parametrize("chunk_size", [64, 4], ids=["one-chunk", "chunks-of-4"])
+def test_retnet_preset_is_retention_with_group_norm_and_swish_gate(chunk_size: int) -> None:
+    """RetNet (arXiv 2307.08621) eqs. 5 and 8, per head h: Retention(X) = (Q K^T * D) V with
+    D_ts = gamma_h^(t-s) for s <= t, else 0, gamma_h = 1 - 2^(-5-h); Y = GroupNorm_h (mean and
+    variance over each head's channels, then its gain and bias); (swish(X W_G) * Y) W_O."""
+    hparams = {**preset("retnet"), "chunk_size": chunk_size}
+    torch.manual_seed(0)
+    mixer = randomise(LinearAttention(D, **hparams).double().eval())
+    x = randn(2, 13, D).double()
+    q, k, v = heads_of(mixer, x)
+    t = torch.arange(13, dtype=torch.float64)
+    gamma = 1 - 2.0 ** (-5 - torch.arange(mixer.n_heads, dtype=torch.float64))
+    gap = t[:, None] - t[None, :]  # t - s
+    D_decay = torch.where(gap >= 0, gamma[:, None, None] ** gap.clamp(min=0), 0.0)  # (H, L, L)
+    o = (q @ k.mT * D_decay) @ v  # (B, H, L, Dv)
+    mean, var = o.mean(dim=-1, keepdim=True), o.var(dim=-1, unbiased=False, keepdim=True)
+    normed = (o - mean) / (var + NORM_EPS).sqrt() * mixer.norm_weight + mixer.norm_bias
+    expected = gated_output(mixer, x, normed)
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(decode(mixer, x, prompt=6), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [64, 5], ids=["one-chunk", "chunks-of-5"])
+def test_gla_preset_is_the_gated_recurrence_with_rms_norm_and_swish_gate(chunk_size: int) -> None:
+    """GLA (arXiv 2312.06635) per head: alpha_t = sigmoid(x_t W_1 W_2 + b)^(1/16) per key
+    dimension, S_t = diag(alpha_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t, one position at a time;
+    then RMSNorm per head (o / sqrt(mean o^2 + eps), its gain) and (swish(X W_G) * .) W_O."""
+    hparams = {**preset("gla"), "chunk_size": chunk_size}
+    torch.manual_seed(0)
+    mixer = randomise(LinearAttention(D, **hparams).double().eval())
+    x = randn(2, 13, D).double()
+    q, k, v = heads_of(mixer, x)
+    logits = x @ mixer.gate_down.weight.T @ mixer.gate_up.weight.T + mixer.gate_up.bias
+    alpha = torch.sigmoid(logits).pow(1 / 16).unflatten(-1, (mixer.n_heads, -1)).transpose(1, 2)
+    assert float(alpha.min()) > 0.5 and float(alpha.max()) < 0.999  # decays that show
+    S = torch.zeros(2, mixer.n_heads, mixer.feature_dim, mixer.head_dim, dtype=torch.float64)
+    o = []
+    for t in range(13):
+        S = alpha[:, :, t, :, None] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        o.append((q[:, :, t, :, None] * S).sum(dim=-2))  # q_t S_t: (B, H, Dv)
+    o = torch.stack(o, dim=2)
+    normed = o / (o.square().mean(dim=-1, keepdim=True) + NORM_EPS).sqrt() * mixer.norm_weight
+    expected = gated_output(mixer, x, normed)
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(decode(mixer, x, prompt=6), expected, rtol=1e-10, atol=1e-12)
+
+
 def test_taylor_features_give_second_order_taylor_of_exp() -> None:
     """phi(q).phi(k) = 1 + s + s^2/2 with s = q.k / sqrt(feature_dim), Based's scaling."""
     mixer = seeded_mixer("linear_attention", D, feature_map="taylor", feature_dim=8)
@@ -108,7 +213,8 @@ def test_taylor_features_give_second_order_taylor_of_exp() -> None:
 def test_fixed_decay_follows_retnets_schedule() -> None:
     mixer = seeded_mixer("linear_attention", D, decay="fixed", n_heads=4)
     expected = 1 - 2.0 ** (-5 - torch.arange(4.0))
-    torch.testing.assert_close(mixer.log_gamma.exp(), expected)
+    torch.testing.assert_close(mixer.log_gamma().exp(), expected)
+    torch.testing.assert_close(mixer.double().log_gamma().exp(), expected.double(), rtol=0, atol=0)
 
 
 def test_strong_gates_underflow_instead_of_overflowing() -> None:
@@ -138,14 +244,18 @@ def test_linear_attention_flops_stop_growing_at_the_chunk() -> None:
     mixer = seeded_mixer("linear_attention", D, chunk_size=8)
     assert mixer.flops_per_token(100) == mixer.flops_per_token(10_000)
     assert mixer.flops_per_token(4) < mixer.flops_per_token(8)
+    gated = seeded_mixer("linear_attention", D, chunk_size=8, output_gate="swish")
+    assert gated.flops_per_token(100) == mixer.flops_per_token(100) + 2 * D * D  # x W_G
 
 
 @pytest.mark.parametrize(
     ("hparams", "message"),
     [
-        ({"feature_map": "softmax"}, "unknown feature_map 'softmax'; choose one of: elu"),
+        ({"feature_map": "softmax"}, "unknown feature_map 'softmax'; choose one of: identity"),
         ({"decay": "learned"}, "unknown decay 'learned'"),
         ({"normalize": "layer"}, "unknown normalize 'layer'"),
+        ({"output_gate": "sigmoid"}, "unknown output_gate 'sigmoid'; choose one of: none, swish"),
+        ({"feature_map": "identity"}, "cannot divide by it \\(normalize 'sum'\\)"),
         ({"feature_dim": 0}, "feature_dim and chunk_size must be at least 1"),
         ({"n_heads": 3}, "divisible by n_heads 3"),
     ],

@@ -1,15 +1,19 @@
 """The ssm mixer against naive position-by-position recurrences written out here: Mamba's block
-in both directions, S4D's FFT kernel in both directions; then its initialisations, state size,
-accounting and errors (the selective scan itself: kernels/test_selective_scan.py)."""
+in both directions, S4D's FFT kernel in both directions; the two presets (conf/mixer/mamba.yaml,
+s4d.yaml) against their reference settings, the s4d preset against S4D's kernel formula in
+float64; then its initialisations, state size, accounting and errors (the selective scan itself:
+kernels/test_selective_scan.py)."""
 
 from __future__ import annotations
 
 import math
+from importlib.resources import files
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from mixer_helpers import naive_scan, randn, seeded_mixer
 
 from mixerlab.mixers import build_mixer
@@ -102,6 +106,89 @@ def test_s4d_fft_kernel_equals_the_recurrence(causal: bool, init: str) -> None:
     x = randn(2, L, D)
     with torch.no_grad():
         torch.testing.assert_close(mixer(x), naive_s4d(mixer.layer, x), atol=ATOL, rtol=0)
+
+
+# --- the presets ---------------------------------------------------------------------------------
+
+
+def preset(option: str) -> tuple[str, str, dict[str, Any]]:
+    """A conf/mixer option's registered name, label and hyper-parameters, read from its YAML."""
+    node = yaml.safe_load((files("mixerlab.conf") / "mixer" / f"{option}.yaml").read_text())
+    hparams = {key: value for key, value in node.items() if key not in ("name", "label")}
+    return node["name"], node["label"], hparams
+
+
+def test_mamba_preset_has_mamba_ssm_defaults() -> None:
+    """mamba_ssm/modules/mamba_simple.py's Mamba(d_model, d_state=16, d_conv=4, expand=2,
+    dt_rank="auto", dt_min=0.001, dt_max=0.1), with A from S4D-Real; chunk_size is ours."""
+    name, label, hparams = preset("mamba")
+    assert (name, label) == ("ssm", "mamba")
+    mamba_simple = {"d_state": 16, "conv_kernel": 4, "expand": 2, "dt_rank": "auto"}
+    assert hparams == {
+        **mamba_simple, "selective": True, "init": "real", "dt_min": 0.001, "dt_max": 0.1,
+        "chunk_size": 64,
+    }  # fmt: skip
+    block = build_mixer(name, 40, **hparams).layer
+    assert isinstance(block, Mamba) and block.out_proj.in_features == 80
+    assert block.ssm[0].dt_proj.in_features == 3  # ceil(40 / 16)
+    assert block.conv.weight.shape[-1] == 4 and block.ssm[0].A_log.shape == (80, 16)
+
+
+def test_s4d_preset_is_s4d_lin_with_s4d_py_defaults() -> None:
+    """s4d.py: S4D(d_model, d_state=64) -> S4DKernel(N=64, dt_min=0.001, dt_max=0.1), N // 2
+    complex modes; so its state is 64 floats per channel, ours too. dt is log-uniform."""
+    name, label, hparams = preset("s4d")
+    assert (name, label) == ("ssm", "s4d")
+    assert hparams == {
+        "selective": False, "d_state": 64, "init": "lin", "dt_min": 0.001, "dt_max": 0.1
+    }  # fmt: skip
+    torch.manual_seed(0)
+    mixer = build_mixer(name, 512, **hparams)
+    layer = mixer.layer
+    assert isinstance(layer, S4D) and layer.A_log.shape == (512, 32)
+    assert mixer.state_size(100) == 512 * 64
+    # dt log-uniform in [dt_min, dt_max]: Kolmogorov-Smirnov distance to U(0, 1) of its position
+    position = (layer.log_dt - math.log(1e-3)) / (math.log(0.1) - math.log(1e-3))
+    assert bool(((position >= 0) & (position <= 1)).all())
+    ranked, ecdf = position.detach().sort().values, torch.arange(1, 513) / 512
+    distance = torch.maximum(ecdf - ranked, ranked - (ecdf - 1 / 512)).max()
+    assert distance < 1.36 / math.sqrt(512)  # the 5% critical value
+    exempt = {id(p) for p in mixer.no_weight_decay_parameters()}
+    assert {name for name, p in mixer.named_parameters() if id(p) in exempt} == {
+        "layer.A_log", "layer.A_imag", "layer.log_dt", "layer.D"
+    }  # fmt: skip
+
+
+def test_s4d_preset_kernel_and_output_are_s4ds_in_float64() -> None:
+    """S4D-Lin, A_n = -1/2 + i pi n (n < N/2), and the ZOH kernel
+    K_l = 2 Re(sum_n C_n (exp(dt A_n) - 1) / A_n exp(dt A_n l)), written from the paper; the
+    output is the causal Toeplitz product with K, plus D u, then GELU, Linear and GLU."""
+    name, _, hparams = preset("s4d")
+    H, length = 6, 20
+    torch.manual_seed(0)
+    mixer = build_mixer(name, H, **hparams).double().eval()
+    layer = mixer.layer
+    n = torch.arange(hparams["d_state"] // 2, dtype=torch.float64)
+    lin = torch.complex(torch.full_like(n, -0.5), math.pi * n)  # S4D-Lin
+    A = torch.complex(-torch.exp(layer.A_log), layer.A_imag)  # its own A: (H, N/2)
+    torch.testing.assert_close(A, lin.expand(H, -1), rtol=1e-6, atol=0)  # drawn in float32
+    dt = torch.exp(layer.log_dt)  # (H,)
+    C = torch.view_as_complex(layer.C[0])  # (H, N/2)
+    dtA = dt[:, None] * A
+    powers = torch.exp(dtA[..., None] * torch.arange(length, dtype=torch.float64))  # (H, N/2, L)
+    K = 2 * torch.einsum("hn,hnl->hl", C * (torch.exp(dtA) - 1) / A, powers).real  # (H, L)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.kernel(length)[0][0], K, rtol=0, atol=1e-12)
+        x = torch.randn(
+            2, length, H, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+        )
+        lag = torch.arange(length)[:, None] - torch.arange(length)[None, :]  # t - s
+        toeplitz = torch.where(lag >= 0, K[:, lag.clamp(min=0)], 0.0)  # (H, t, s)
+        y = torch.einsum("hts,bsh->bth", toeplitz, x) + x * layer.D
+        z = F.linear(F.gelu(y), layer.out_proj.weight, layer.out_proj.bias)
+        expected = z[..., :H] * torch.sigmoid(z[..., H:])  # GLU
+        assert mixer(x).dtype == torch.float64
+        torch.testing.assert_close(mixer(x), expected, rtol=0, atol=1e-12)
 
 
 # --- initialisation, state, accounting, errors ---------------------------------------------------

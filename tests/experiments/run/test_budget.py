@@ -40,7 +40,8 @@ def _sized(*overrides: str) -> tuple[Sizing, SequenceModel]:
 
 
 def test_the_sweep_covers_the_built_in_mixers() -> None:
-    assert len(SWEPT) >= 12 and {"attention", "gmlp", "ssm", "zoology_hybrid"} <= set(SWEPT)
+    assert len(SWEPT) >= 12
+    assert {"attention", "gmlp", "mamba", "s4d", "zoology_hybrid"} <= set(SWEPT)
 
 
 @pytest.mark.parametrize("mixer", SWEPT)
@@ -54,7 +55,7 @@ def test_every_swept_mixer_is_sized_to_a_parameter_budget(mixer: str) -> None:
     assert sizing.arguments["ffn_mult"] == run_config(*MQAR)["model"]["ffn_mult"]  # as given
 
 
-@pytest.mark.parametrize("mixer", ["attention", "ssm"])
+@pytest.mark.parametrize("mixer", ["attention", "mamba"])
 def test_a_flop_budget_is_met_at_the_tasks_length(mixer: str) -> None:
     sizing, model = _sized(*MQAR, f"mixer={mixer}", "model.budget.flops_per_token=400000")
     assert model.max_len == 128  # MQAR's longest validation set

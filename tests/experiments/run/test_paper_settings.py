@@ -1,0 +1,201 @@
+"""Each paper preset against a table written from its paper: every setting the paper gives equals
+the composed config for each mixer the paper trains (per-mixer settings included), and every
+setting cut for CPU is named in the preset's header beside the paper's value. A later change to
+a shared default (conf/model, conf/optim, a task's defaults) that moves a preset fails here."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+import pytest
+from configs import compose_config, run_config
+
+# -- the papers' settings, as config keys -----------------------------------------------------
+
+# Zoology (Arora et al. 2023), Figure 2: HazyResearch/zoology at d88d6f5,
+# experiments/paper_configs/iclr24_zoology_figure2/configs.py with zoology/config.py's defaults
+# (TrainConfig, ModelConfig) and train.py (AdamW, cosine per epoch to 0, early stop at 0.99).
+ZOOLOGY_FIGURE_2 = {
+    "task.datamodule.vocab_size": 8192,
+    "task.datamodule.seq_len": 64,  # its (64, 4) panel
+    "task.datamodule.num_kv_pairs": 4,
+    "task.datamodule.num_train": 100_000,
+    "task.datamodule.num_val": 3_000,
+    "task.datamodule.power_a": 0.01,
+    "task.datamodule.random_non_queries": False,
+    "model.n_layers": 2,
+    "model.ffn": "none",  # state_mixer Identity
+    "model.tie_embeddings": True,
+    "optim.weight_decay": 0.1,
+    "optim.betas": [0.9, 0.999],  # torch.optim.AdamW's defaults
+    "optim.warmup_steps": 0,
+    "optim.min_lr_ratio": 0.0,  # CosineAnnealingLR eta_min=0
+    "optim.grad_clip": None,
+    "trainer.limit_val_batches": 1.0,  # all 3k test examples
+}
+ZOOLOGY_PER_MIXER = {
+    # MHA(num_heads=1, dropout=0.1, bias=True); max_position_embeddings=input_seq_len
+    "attention": {
+        "model.pos": "learned",
+        "model.norm": "layernorm",
+        "model.mixer_init": "zoology",
+        "mixer.n_heads": 1,
+        "mixer.dropout": 0.1,
+        "mixer.bias": True,
+    },
+    # MambaBlock: RMSNorm, mamba_ssm's init; no positions
+    "mamba": {"model.pos": "none", "model.norm": "rmsnorm", "model.mixer_init": "mamba"},
+    "hyena": {"model.pos": "none", "model.norm": "layernorm", "model.mixer_init": "zoology"},
+    "baseconv": {"model.pos": "none", "model.norm": "layernorm", "model.mixer_init": "zoology"},
+    "based": {"model.pos": "none", "model.norm": "layernorm", "model.mixer_init": "zoology"},
+}
+ZOOLOGY_LR_GRID = np.logspace(-4, -2, 4).tolist()
+
+# Mamba (Gu and Dao 2023), section 4.1.2 and appendix E.1: induction heads (Table 2).
+MAMBA_INDUCTION = {
+    "task.datamodule.vocab_size": 16,
+    "task.datamodule.seq_len": 256,
+    "task.datamodule.batch_size": 8,
+    "task.datamodule.fresh_every_epoch": True,
+    "model.n_layers": 2,
+    "optim.weight_decay": 0.0,  # Adam, no weight decay
+    "optim.betas": [0.9, 0.999],  # Adam's defaults (the paper names none)
+    "optim.grad_clip": None,
+    "optim.warmup_steps": 0,  # a constant learning rate
+    "optim.min_lr_ratio": 1.0,
+    "trainer.limit_val_batches": 1.0,
+}
+MAMBA_INDUCTION_PER_MIXER = {
+    "mamba": {
+        "model.d_model": 64,
+        "model.pos": "none",
+        "model.ffn": "none",
+        "model.norm": "rmsnorm",
+        "model.mixer_init": "mamba",
+        "optim.lr": 1e-3,
+    },
+    # "attention at D = 128 with 8 heads"; "did not learn at LR 1e-3"; Table 2's MHA-RoPE
+    "attention": {"model.d_model": 128, "mixer.n_heads": 8, "model.pos": "rope", "optim.lr": 2e-4},
+    "hyena": {"optim.lr": 2e-4},
+}
+
+# Mamba, section 4.1.1 and appendix E.1: selective copying (Table 1).
+MAMBA_SELECTIVE_COPY = {
+    "task.datamodule.num_data_tokens": 16,
+    "task.datamodule.vocab_size": 17,  # the paper's 16 plus mixerlab's padding id
+    "task.datamodule.batch_size": 64,
+    "task.datamodule.fresh_every_epoch": True,
+    "model.n_layers": 2,
+    "model.d_model": 64,
+    "model.ffn": "none",
+    "trainer.limit_val_batches": 1.0,
+}
+MAMBA_SELECTIVE_COPY_PER_MIXER = {
+    "mamba": {"model.pos": "none", "model.norm": "rmsnorm", "model.mixer_init": "mamba"},
+    "s4d": {"model.pos": "none"},
+    "hyena": {"model.pos": "none"},
+}
+
+# LRA (Tay et al. 2021): google-research/long-range-arena, listops/configs/base_listops_config.py,
+# listops/train.py (Adam beta1 0.9, beta2 0.98, weight decay 0.1), data/listops.py.
+LRA_LISTOPS = {
+    "task.datamodule.batch_size": 32,
+    "task.datamodule.max_args": 10,
+    "task.datamodule.leaf_prob": 0.75,  # VALUE_P 0.25
+    "task.datamodule.max_depth": 9,  # LRA's 10 counts the leaf level
+    "model.n_layers": 4,
+    "model.ffn_mult": 2.0,  # mlp_dim 1024 / emb_dim 512
+    "optim.weight_decay": 0.1,
+    "optim.betas": [0.9, 0.98],
+    "trainer.limit_val_batches": 1.0,
+}
+LRA_PER_MIXER = {"attention": {"mixer.n_heads": 8}}
+
+# What each preset cuts for CPU: key, our value, and the paper's value as its header writes it.
+CUTS = {
+    "zoology_mqar": [
+        ("task.datamodule.batch_size", 64, "512"),
+        ("trainer.max_steps", 3000, "12.5k steps"),
+    ],
+    "mamba_induction": [
+        ("trainer.max_steps", 6000, "204,800"),
+        ("task.datamodule.test_seq_lens", [64, 128, 256, 512, 1024, 2048], "2^20"),
+    ],
+    "mamba_selective_copy": [
+        ("task.datamodule.seq_len", 256, "4096"),
+        ("trainer.max_steps", 4000, "400k"),
+        ("optim.lr", 1e-3, "1e-4"),
+    ],
+    "lra_listops": [
+        ("model.d_model", 64, "512"),
+        ("trainer.max_steps", 1500, "5000"),
+        ("optim.lr", 1e-3, "0.05"),
+        ("task.datamodule.max_length", 499, "2000"),
+    ],
+}
+
+PAPERS = {
+    "zoology_mqar": (ZOOLOGY_FIGURE_2, ZOOLOGY_PER_MIXER),
+    "zoology_grid": ({**ZOOLOGY_FIGURE_2, "task.datamodule.num_kv_pairs": 4}, ZOOLOGY_PER_MIXER),
+    "mamba_induction": (MAMBA_INDUCTION, MAMBA_INDUCTION_PER_MIXER),
+    "mamba_selective_copy": (MAMBA_SELECTIVE_COPY, MAMBA_SELECTIVE_COPY_PER_MIXER),
+    "lra_listops": (LRA_LISTOPS, LRA_PER_MIXER),
+}
+CASES = [(preset, mixer) for preset, (_, per_mixer) in PAPERS.items() for mixer in per_mixer]
+
+
+def setting(config: dict[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize(("preset", "mixer"), CASES, ids=[f"{p}-{m}" for p, m in CASES])
+def test_preset_equals_its_paper_for_each_mixer(preset: str, mixer: str) -> None:
+    shared, per_mixer = PAPERS[preset]
+    config = run_config(f"experiment={preset}", f"mixer={mixer}")
+    expected = {**shared, **per_mixer[mixer]}
+    got = {key: setting(config, key) for key in expected}
+    assert got == expected, {k: got[k] for k in expected if got[k] != expected[k]}
+
+
+@pytest.mark.parametrize("preset", CUTS)
+def test_every_cut_is_in_the_header_beside_the_papers_value(preset: str) -> None:
+    header = (files("mixerlab.conf") / "experiment" / f"{preset}.yaml").read_text()
+    config = run_config(f"experiment={preset}")
+    for key, ours, papers in CUTS[preset]:
+        assert setting(config, key) == ours, key
+        assert papers in header, f"{preset}'s header does not give the paper's {key}: {papers}"
+
+
+def test_the_command_line_wins_over_a_per_mixer_setting() -> None:
+    """conf/per_mixer/ sets what the paper gives one mixer; an explicit override still wins."""
+    config = run_config("experiment=mamba_induction", "mixer=attention", "model.d_model=64")
+    assert config["model"]["d_model"] == 64 and config["mixer"]["n_heads"] == 8
+    plain = run_config("mixer=attention")  # outside a paper preset nothing per-mixer applies
+    assert plain["mixer"]["n_heads"] == 4 and plain["model"]["pos"] == "learned"
+
+
+def test_zoology_lr_grid_and_early_stop() -> None:
+    swept = compose_config("experiment=zoology_mqar", "sweep=zoology_lr", hydra=True)
+    grid = [float(x) for x in swept.hydra.sweeper.params["optim.lr"].split(",")]
+    assert grid == pytest.approx(ZOOLOGY_LR_GRID, rel=1e-3)
+    grid_sweep = compose_config("experiment=zoology_grid", "sweep=zoology_grid", hydra=True)
+    params = grid_sweep.hydra.sweeper.params
+    assert [float(x) for x in params["optim.lr"].split(",")] == pytest.approx(
+        ZOOLOGY_LR_GRID, rel=1e-3
+    )
+    # Figure 2's mixers that mixerlab builds (RWKV and H3 are not built)
+    assert params["mixer"].split(",") == ["attention", "baseconv", "based", "hyena", "mamba"]
+    (stop,) = run_config("experiment=zoology_mqar")["callbacks"]["extra"]
+    assert stop["_target_"].endswith("EarlyStopping") and stop["stopping_threshold"] == 0.99
+    assert stop["monitor"] == "val/acc" and stop["mode"] == "max"
+
+
+@pytest.mark.parametrize("seq_len", [64, 128, 256])
+def test_zoology_grid_pairs_follow_the_length(seq_len: int) -> None:
+    data = run_config("experiment=zoology_grid", f"task.datamodule.seq_len={seq_len}")["task"]
+    assert data["datamodule"]["num_kv_pairs"] == seq_len // 16
