@@ -56,24 +56,43 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
+def parameter_groups(model: nn.Module, lr: float | None = None) -> list[dict[str, Any]]:
     """Optimiser groups: matrices take the optimiser's weight decay; norms, biases, embedding
-    tables and what a token mixer lists in ``no_weight_decay`` get none.
+    tables and what a token mixer lists in ``no_weight_decay`` get none. Parameters a mixer caps
+    (``max_lr``, e.g. S4D's A and dt) below the optimiser's ``lr`` form groups of their own at
+    the cap; the schedule scales every group alike.
 
     Decaying embeddings shrinks rare tokens towards zero and decaying norm gains fights the
     normalisation, so both are left alone (GPT-2/nanoGPT recipe); a mixer's own exceptions (an
     SSM's ``A_log``, whose decay would pull every timescale to the same value) are its to name.
+    The first two groups are always the decayed and the exempt ones, so a model without caps
+    keeps the optimiser layout its checkpoints were saved with.
     """
     exempt = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    caps: dict[int, float] = {}
     for module in model.modules():
         if isinstance(module, TokenMixer):
             exempt.update(id(p) for p in module.no_weight_decay_parameters())
+            caps.update((id(p), cap) for p, cap in module.max_lr_parameters())
+    if caps and lr is None:
+        raise ValueError(
+            "a token mixer caps the learning rate of some parameters (max_lr), but the "
+            "optimiser's lr is unknown: give the optimizer partial an lr keyword"
+        )
     decay, no_decay = [], []
+    capped: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or id(p) in exempt else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = p.ndim >= 2 and id(p) not in exempt
+        if id(p) in caps and lr is not None and caps[id(p)] < lr:
+            capped.setdefault((decays, caps[id(p)]), []).append(p)
+        else:
+            (decay if decays else no_decay).append(p)
+    groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for (decays, cap), params in capped.items():
+        groups.append({"params": params, "lr": cap, **({} if decays else {"weight_decay": 0.0})})
+    return groups
 
 
 class _ValSet(nn.Module):
@@ -197,7 +216,9 @@ class _SequenceModule(pl.LightningModule):
         self.log("train/grad_norm", self.grad_norm)
 
     def configure_optimizers(self) -> Optimizer | dict[str, Any]:
-        optimizer = self.optimizer_factory(parameter_groups(self.model))
+        # the lr a Hydra partial (conf/optim) was given, for the mixers' learning-rate caps
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        optimizer = self.optimizer_factory(parameter_groups(self.model, lr))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

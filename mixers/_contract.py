@@ -7,8 +7,9 @@ fixed by :class:`mixerlab.mixers.model.Block`, so an ablation swaps exactly one 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -53,6 +54,9 @@ class TokenMixer(nn.Module):
     - ``no_weight_decay`` names parameters (globs over ``named_parameters()`` names, relative to
       the mixer, e.g. ``("A_log", "D")``) that the optimiser must not decay; matrices otherwise
       are decayed.
+    - ``max_lr`` caps the learning rate of named parameters (``{glob: cap}``, globs as for
+      ``no_weight_decay``): the optimiser trains them at min(cap, lr), under the same schedule,
+      as S4D's reference code does for its A and dt (s4d.py: min(1e-3, lr)).
     - ``layer_pattern`` says which mixers a model's layers get when the model names this one:
       by default this mixer in every layer; a hybrid spreads its pattern over the depth.
     """
@@ -62,6 +66,7 @@ class TokenMixer(nn.Module):
     requires_max_len: bool = False
     global_mixing: bool = True
     no_weight_decay: tuple[str, ...] = ()
+    max_lr: Mapping[str, float] = MappingProxyType({})
 
     def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
         super().__init__()
@@ -174,17 +179,31 @@ class TokenMixer(nn.Module):
     def no_weight_decay_parameters(self) -> list[nn.Parameter]:
         """The parameters ``no_weight_decay`` names; a pattern that names none is an error (a
         typo would otherwise decay what it meant to protect)."""
-        named = dict(self.named_parameters())
         chosen: dict[str, nn.Parameter] = {}
         for pattern in self.no_weight_decay:
-            matches = {name: p for name, p in named.items() if fnmatchcase(name, pattern)}
-            if not matches:
-                raise ValueError(
-                    f"no_weight_decay pattern {pattern!r} of {self._display_name()} matches no "
-                    f"parameter; its parameters are: {', '.join(named) or '(none)'}"
-                )
-            chosen.update(matches)
+            chosen.update(self._parameters_named_by(pattern, "no_weight_decay"))
         return list(chosen.values())
+
+    def max_lr_parameters(self) -> list[tuple[nn.Parameter, float]]:
+        """(parameter, cap) for each parameter ``max_lr`` names, the smallest cap where two
+        patterns name one; a pattern that names none is an error, as for ``no_weight_decay``."""
+        caps: dict[str, tuple[nn.Parameter, float]] = {}
+        for pattern, cap in self.max_lr.items():
+            if not cap > 0:
+                raise ValueError(f"max_lr of {self._display_name()} must be positive, got {cap}")
+            for name, p in self._parameters_named_by(pattern, "max_lr").items():
+                caps[name] = (p, min(cap, caps[name][1]) if name in caps else cap)
+        return list(caps.values())
+
+    def _parameters_named_by(self, pattern: str, attribute: str) -> dict[str, nn.Parameter]:
+        named = dict(self.named_parameters())
+        matches = {name: p for name, p in named.items() if fnmatchcase(name, pattern)}
+        if not matches:
+            raise ValueError(
+                f"{attribute} pattern {pattern!r} of {self._display_name()} matches no "
+                f"parameter; its parameters are: {', '.join(named) or '(none)'}"
+            )
+        return matches
 
     def _display_name(self) -> str:
         """The registered name when there is one (what a config says), else the class name."""

@@ -297,7 +297,8 @@ class StateSpaceMixer(TokenMixer):
     ``mixer=mamba`` (conf/mixer/mamba.yaml, mamba_ssm's defaults, also this class's) and
     ``mixer=s4d`` (conf/mixer/s4d.yaml, s4d.py's S4D-Lin with N = 64, i.e. d_state=64).
     selective=true builds :class:`Mamba` (init must be "real"), selective=false :class:`S4D`
-    with init "lin", "inv" (complex modes, even d_state) or "real". dt_rank "auto" is
+    with init "lin", "inv" (complex modes, even d_state) or "real"; S4D's ``a_dt_max_lr`` caps
+    the learning rate of A and dt (s4d.py registers them at min(1e-3, lr)). dt_rank "auto" is
     ceil(d_model / 16) as in Mamba. Decoding carries a fixed-size state: S4D's diagonal state,
     or Mamba's SSM state plus the short conv's last conv_kernel - 1 inputs; a step costs the
     same at any position, and ``prefill`` gets the state from one pass over the prompt (the scan's
@@ -322,6 +323,7 @@ class StateSpaceMixer(TokenMixer):
         dt_rank: int | str = "auto",
         conv_kernel: int = 4,
         chunk_size: int = 64,
+        a_dt_max_lr: float | None = None,
     ) -> None:
         super().__init__(d_model, causal=causal, max_len=max_len)
         if init not in INITS:
@@ -340,6 +342,12 @@ class StateSpaceMixer(TokenMixer):
             raise ValueError(
                 "expand, conv_kernel and chunk_size must be at least 1, got "
                 f"{expand}, {conv_kernel} and {chunk_size}"
+            )
+        if a_dt_max_lr is not None and (selective or not a_dt_max_lr > 0):
+            raise ValueError(
+                f"a_dt_max_lr={a_dt_max_lr!r}: a positive learning-rate cap for S4D's A and dt "
+                "(s4d.py's min(1e-3, lr)); Mamba trains them at the optimiser's rate, so leave it "
+                "null with selective=true"
             )
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {dt_min} and {dt_max}")
@@ -368,6 +376,9 @@ class StateSpaceMixer(TokenMixer):
             )
             complex_a = ("layer.A_imag",) if init != "real" else ()
             self.no_weight_decay = ("layer.A_log", *complex_a, "layer.log_dt", "layer.D")
+            if a_dt_max_lr is not None:
+                a_and_dt = ("layer.A_log", *complex_a, "layer.log_dt")
+                self.max_lr = dict.fromkeys(a_and_dt, a_dt_max_lr)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)

@@ -1,7 +1,7 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
 independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss, the
-``no_weight_decay`` declaration and the output projections (the decoding checks follow in
-:mod:`mixerlab.mixers.testing.decoding`).
+``no_weight_decay`` and ``max_lr`` declarations and the output projections (the decoding checks
+follow in :mod:`mixerlab.mixers.testing.decoding`).
 Each check builds small fp32 instances through its :class:`MixerCase` and raises
 ``ContractError`` naming what broke; ``@contract_check`` registers it in ``CHECKS`` in the order
 of this file."""
@@ -285,9 +285,12 @@ def check_aux_loss(case: MixerCase) -> None:
 
 @contract_check("no_weight_decay")
 def check_no_weight_decay(case: MixerCase) -> None:
-    """Every ``no_weight_decay`` pattern names at least one parameter of the mixer."""
+    """Every ``no_weight_decay`` and ``max_lr`` pattern names at least one parameter of the
+    mixer, and every learning-rate cap is positive."""
+    mixer = case.build()
     try:
-        case.build().no_weight_decay_parameters()
+        mixer.no_weight_decay_parameters()
+        mixer.max_lr_parameters()
     except ValueError as exc:
         raise case.fail(str(exc)) from exc
 

@@ -31,6 +31,9 @@ from mixerlab.lightning_modules.modules import (
 from mixerlab.lightning_modules.record import RunResults
 from mixerlab.mixers import SequenceModel, TokenMixer
 
+# conf/mixer/s4d.yaml's hyper-parameters, small
+S4D_PRESET = {"selective": False, "init": "lin", "d_state": 8, "a_dt_max_lr": 1e-3}
+
 
 # ------------------------------------------------------------------------------ unit pieces
 def test_warmup_then_cosine_to_the_floor() -> None:
@@ -81,6 +84,51 @@ def test_a_mixer_exempts_the_parameters_it_names_from_weight_decay() -> None:
         parameter_groups(mixer)
     mixer.no_weight_decay = ("A_*", "proj.*")
     assert parameter_groups(mixer)[0]["params"] == []
+
+
+def test_a_mixer_caps_the_learning_rate_of_the_parameters_it_names() -> None:
+    """``max_lr``: parameters train at min(cap, lr) in groups of their own, weight decay as
+    before; at an lr below the cap nothing changes (two groups, the checkpoints' layout)."""
+    mixer = _LogDecayTable(8)
+    mixer.max_lr = {"A_log": 1e-3, "proj.weight": 2e-3}
+    decay, no_decay, *capped = parameter_groups(mixer, lr=3e-3)
+    assert decay["params"] == [] and no_decay["params"] == [mixer.proj.bias]
+    assert [(g["params"], g["lr"], g.get("weight_decay")) for g in capped] == [
+        ([mixer.A_log], 1e-3, 0.0),  # exempt from decay, capped
+        ([mixer.proj.weight], 2e-3, None),  # decayed at the optimiser's rate, capped
+    ]
+    assert len(parameter_groups(mixer, lr=5e-4)) == 2  # under every cap: min(cap, lr) = lr
+    with pytest.raises(ValueError, match="optimiser's lr is unknown"):
+        parameter_groups(mixer)
+    mixer.max_lr = {"B_*": 1e-3}
+    with pytest.raises(ValueError, match=r"^max_lr pattern 'B_\*' of _LogDecayTable matches no"):
+        parameter_groups(mixer, lr=3e-3)
+
+
+def test_s4d_trains_a_and_dt_at_s4d_pys_rate_under_the_schedule() -> None:
+    """mixer=s4d: A and dt at min(1e-3, lr) as s4d.py registers them, scaled by the same
+    warmup-cosine as every other group."""
+    optimizer, scheduler = _optimisation(
+        "mixer=s4d", "optim.lr=4e-3", "optim.warmup_steps=0", "optim.min_lr_ratio=0.5",
+        "trainer.max_steps=10",
+    )  # fmt: skip
+    model = SequenceModel(32, 16, 1, mixer="ssm", mixer_hparams=S4D_PRESET, max_len=8)
+    module = LanguageModelModule(
+        model, optimizer=optimizer, scheduler=scheduler, bytes_per_token=None
+    )
+    configured = module.configure_optimizers()
+    opt, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    layer = model.blocks[0].mixer.layer
+    capped = opt.param_groups[2:]
+    assert [g["lr"] for g in capped] == [1e-3]
+    assert {id(p) for p in capped[0]["params"]} == {
+        id(layer.A_log), id(layer.A_imag), id(layer.log_dt)
+    }  # fmt: skip
+    for _ in range(10):
+        opt.step()
+        schedule.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)  # the cosine's end: half
+    assert capped[0]["lr"] == pytest.approx(0.5e-3)
 
 
 def _optimisation(*overrides: str) -> tuple:

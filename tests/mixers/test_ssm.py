@@ -140,7 +140,8 @@ def test_s4d_preset_is_s4d_lin_with_s4d_py_defaults() -> None:
     name, label, hparams = preset("s4d")
     assert (name, label) == ("ssm", "s4d")
     assert hparams == {
-        "selective": False, "d_state": 64, "init": "lin", "dt_min": 0.001, "dt_max": 0.1
+        "selective": False, "d_state": 64, "init": "lin", "dt_min": 0.001, "dt_max": 0.1,
+        "a_dt_max_lr": 0.001,
     }  # fmt: skip
     torch.manual_seed(0)
     mixer = build_mixer(name, 512, **hparams)
@@ -156,6 +157,11 @@ def test_s4d_preset_is_s4d_lin_with_s4d_py_defaults() -> None:
     exempt = {id(p) for p in mixer.no_weight_decay_parameters()}
     assert {name for name, p in mixer.named_parameters() if id(p) in exempt} == {
         "layer.A_log", "layer.A_imag", "layer.log_dt", "layer.D"
+    }  # fmt: skip
+    # s4d.py registers A and dt at min(1e-3, lr): capped, not D
+    capped = {id(p): cap for p, cap in mixer.max_lr_parameters()}
+    assert {name: capped[id(p)] for name, p in mixer.named_parameters() if id(p) in capped} == {
+        "layer.A_log": 1e-3, "layer.A_imag": 1e-3, "layer.log_dt": 1e-3
     }  # fmt: skip
 
 
@@ -261,6 +267,8 @@ def test_no_weight_decay_names_the_ssm_parameters() -> None:
         ({"dt_rank": 0}, "dt_rank"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"dt_min": 0.2}, "dt_min <= dt_max"),
+        ({"a_dt_max_lr": 1e-3}, "leave it null with selective=true"),
+        ({"selective": False, "a_dt_max_lr": 0.0}, "a positive learning-rate cap"),
     ],
 )
 def test_bad_hparams_get_a_clear_error(hparams: dict, match: str) -> None:

@@ -169,6 +169,12 @@ class MisnamedNoDecay(CumulativeMean):
     no_weight_decay = ("value.weight", "valu.bias")
 
 
+class MisnamedLrCap(CumulativeMean):
+    def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
+        super().__init__(d_model, causal=causal, max_len=max_len)
+        self.max_lr = {"vale.*": 1e-3}
+
+
 class NamesItsInputProjection(CumulativeMean):
     def output_projections(self) -> list[nn.Linear]:
         return [self.value]  # the output Linear's bias still writes the output
@@ -299,6 +305,7 @@ BROKEN = [
         r"no_weight_decay pattern 'valu.bias' of MisnamedNoDecay matches no parameter; its "
         r"parameters are: value.weight, value.bias, out.weight, out.bias",
     ),
+    (MisnamedLrCap, True, "no_weight_decay", r"max_lr pattern 'vale.\*' of MisnamedLrCap"),
     (NamesItsInputProjection, True, "output_projections", r"another path writes the output"),
     (NamesAForeignLinear, False, "output_projections", r"must return Linear submodules"),
 ]
