@@ -4,6 +4,7 @@ Hydra imports this package before it reads a config from it (``mixerlab train`` 
 
 from omegaconf import OmegaConf
 
+from mixerlab.experiments.run.study import job_dir_of, runs_dir_of
 from mixerlab.lightning_modules.metric_names import mode_of
 
 # conf/experiment/zoology_grid.yaml: MQAR's key-value pairs grow with the (swept) sequence length.
@@ -12,5 +13,13 @@ OmegaConf.register_new_resolver("mixerlab.floordiv", lambda a, b: int(a) // int(
 OmegaConf.register_new_resolver(
     "mixerlab.direction",
     lambda metric: {"max": "maximize", "min": "minimize"}[mode_of(metric)],
+    replace=True,
+)
+# conf/hydra/default.yaml: with study=<name>, runs go to studies/<name>/runs/<job name> (a name
+# made of the job's own overrides, the same on every machine); without, to the default folders.
+OmegaConf.register_new_resolver("mixerlab.study_runs", runs_dir_of, replace=True)
+OmegaConf.register_new_resolver(
+    "mixerlab.study_job",
+    lambda study, overrides, default: job_dir_of(study, list(overrides), default),
     replace=True,
 )

@@ -9,7 +9,9 @@ Files are rewritten atomically (:func:`write_atomic`), so a reader never sees ha
 while the run is still writing or after it was killed. ``results.json`` exists from the start of
 a run: ``running``, with the process id, host and last step, until the run ends ``finished``,
 ``failed``, ``interrupted`` or ``diverged``; a run killed hard keeps saying ``running`` with a
-process that no longer exists.
+process that no longer exists. Its ``compute`` is the run's ledger: one segment per launch
+(host, machine, threads, devices, wall seconds, the steps it went from and to), so a run resumed
+on another machine says what each part cost; :func:`core_hours` and :func:`gpu_hours` add them up.
 
 Records written before mixerlab installed as one package name their classes by the old
 top-level modules (``lightning_modules.modules.WarmupCosine``); read through :func:`read_record`,
@@ -37,6 +39,7 @@ STRING = {"json": "string"}
 INTEGER = {"json": "integer"}
 NUMBER = {"json": "number"}
 OBJECT = {"json": "object"}
+ARRAY = {"json": "array"}
 
 
 @dataclass
@@ -71,6 +74,17 @@ class RunResults:
     host: str | None = field(default=None, metadata=STRING)
     last_step: int = field(default=0, metadata=INTEGER)
     updated_at: str | None = field(default=None, metadata=STRING)  # ISO 8601, UTC
+    # what the run cost and where: one segment per launch (:data:`SEGMENT_KEYS`), a resumed run
+    # appending one; the last is the launch writing now. Empty in records older than the ledger.
+    compute: list[dict[str, Any]] = field(default_factory=list, metadata=ARRAY)
+
+    def core_hours(self) -> float:
+        """CPU core-hours of the run's launches with a known thread count (:func:`core_hours`)."""
+        return core_hours(self.compute)
+
+    def gpu_hours(self) -> float:
+        """GPU-hours of the run's launches on an accelerator (:func:`gpu_hours`)."""
+        return gpu_hours(self.compute)
 
     def write(self, run_dir: str | Path) -> Path:
         """Write ``<run_dir>/results.json`` atomically; returns its path."""
@@ -87,6 +101,83 @@ class RunResults:
 # The JSON type of each results.json field, as readers check it; ``best``/``metrics`` map metric
 # names to numbers.
 FIELDS: dict[str, str] = {f.name: f.metadata["json"] for f in fields(RunResults)}
+
+
+# ---------------------------------------------------------------------------- the compute ledger
+# One launch of a run, an entry of ``compute``: the host, the machine (cpu model, cores as
+# os.cpu_count() counts them, accelerator "cpu" or the CUDA device's name, platform, torch
+# version), the torch threads and devices it trained with, its wall seconds (from the launch to
+# its last write), the optimiser steps it went from and reached, and when it started (ISO 8601,
+# UTC). A segment carried over from a record older than the ledger has ``threads`` and
+# ``machine`` null: its wall time is known, what it ran on is not.
+SEGMENT_KEYS = ("host", "machine", "threads", "devices", "wall_s", "from_step", "to_step",
+                "started_at")  # fmt: skip
+MACHINE_KEYS = ("cpu", "cores", "accelerator", "platform", "torch")
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative JSON number, else None: the ledger's readers take a hand-edited or
+    damaged segment as unknown rather than fail on it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def segments(compute: Any) -> list[dict[str, Any]]:
+    """The segments of a record's ``compute`` that are objects (a damaged entry is skipped)."""
+    return [s for s in compute if isinstance(s, dict)] if isinstance(compute, list) else []
+
+
+def on_accelerator(segment: dict[str, Any]) -> bool:
+    """The segment trained on a GPU (or another accelerator), not on the CPU."""
+    machine = segment.get("machine")
+    accelerator = machine.get("accelerator") if isinstance(machine, dict) else None
+    return isinstance(accelerator, str) and accelerator != "cpu"
+
+
+def segment_wall_s(segment: dict[str, Any]) -> float:
+    """The segment's wall seconds; 0 where unknown."""
+    return _number(segment.get("wall_s")) or 0.0
+
+
+def segment_threads(segment: dict[str, Any]) -> float | None:
+    """The torch threads a CPU segment trained with; None where unknown (a record older than
+    the ledger)."""
+    threads = _number(segment.get("threads"))
+    return threads if threads else None
+
+
+def core_hours(compute: Any) -> float:
+    """CPU core-hours of ``compute`` (a record's segments): wall_s x threads of every CPU segment
+    whose thread count is known, over 3600. Threads, not cores: a run given 2 of 16 cores spent
+    2 core-seconds a second, whatever the machine has. GPU segments count in :func:`gpu_hours`."""
+    return sum(
+        segment_wall_s(s) * threads / 3600
+        for s in segments(compute)
+        if not on_accelerator(s) and (threads := segment_threads(s))
+    )
+
+
+def gpu_hours(compute: Any) -> float:
+    """GPU-hours of ``compute``: wall_s x devices of every accelerator segment, over 3600."""
+    return sum(
+        segment_wall_s(s) * (_number(s.get("devices")) or 1.0) / 3600
+        for s in segments(compute)
+        if on_accelerator(s)
+    )
+
+
+def unknown_wall_hours(record: dict[str, Any]) -> float:
+    """Wall hours of a record that ran on no known thread count: its whole ``wall_s`` for a
+    record older than the ledger, else its CPU segments without threads."""
+    compute = segments(record.get("compute"))
+    if not compute:
+        return (_number(record.get("wall_s")) or 0.0) / 3600
+    return sum(
+        segment_wall_s(s) / 3600
+        for s in compute
+        if not on_accelerator(s) and segment_threads(s) is None
+    )
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -134,6 +225,9 @@ def shape_problem(data: Any) -> str | None:
         for metric, value in (data.get(name) or {}).items():
             if not _is(value, "number"):
                 return f"has a JSON {_json_type(value)} for {name}[{metric!r}], not a number"
+    for index, segment in enumerate(data.get("compute") or []):
+        if not isinstance(segment, dict):
+            return f"has a JSON {_json_type(segment)} for compute[{index}], not an object"
     return None
 
 

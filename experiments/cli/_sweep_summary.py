@@ -3,7 +3,9 @@
 Hydra calls :class:`SweepStart` when a multirun starts (``conf/hydra/default.yaml`` registers it),
 which remembers the sweep folder and the metric the runs select on. ``mixerlab train`` prints
 :func:`sweep_report` when Hydra returns, whether every job finished or some failed (Hydra skips
-its own end-of-sweep callback when a job fails, which is when the summary matters most).
+its own end-of-sweep callback when a job fails, which is when the summary matters most). A
+study's sweep folder (``studies/<name>/runs``) holds every job of the study, from each of its
+commands: its summary lists them all, the study's state.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Sweep:
 
     dir: Path
     metric: str
+    study: str | None = None  # the study whose runs folder it is
 
 
 STARTED: list[Sweep] = []  # the multiruns this process started, in order
@@ -37,7 +40,9 @@ class SweepStart(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        STARTED.append(Sweep(sweep_dir, str(config.callbacks.checkpoint.monitor)))
+        study = config.get("study")
+        metric = str(config.callbacks.checkpoint.monitor)
+        STARTED.append(Sweep(sweep_dir, metric, None if study is None else str(study)))
 
 
 def _job_number(job_dir: Path) -> tuple[float, str]:
@@ -80,7 +85,8 @@ def sweep_report(sweep: Sweep) -> str:
     numbers = {int(n) for n, _ in map(_job_number, jobs) if n != math.inf}
     missing = sorted(set(range(max(numbers, default=-1) + 1)) - numbers)
     shared = set.intersection(*(set(o) for o in overrides.values())) if not missing else set()
-    lines = [f"mixerlab: sweep of {len(jobs) + len(missing)} job(s) in {sweep.dir}"]
+    what = f"study {sweep.study}:" if sweep.study else "sweep of"
+    lines = [f"mixerlab: {what} {len(jobs) + len(missing)} job(s) in {sweep.dir}"]
     if shared:
         lines.append(f"  every job: {' '.join(o for o in overrides[jobs[0]] if o in shared)}")
     gone = "no folder: its config was invalid (error above) or it was removed"
@@ -93,7 +99,8 @@ def sweep_report(sweep: Sweep) -> str:
         key.startswith("val/acc@") for r in results.values() if r for key in r.get("metrics", {})
     )
     also = " --also 'val/acc@*'" if per_set else ""
-    lines.append(f"  next: mixerlab compare {sweep.dir} --metric {sweep.metric}{also}")
+    compared = sweep.dir.parent if sweep.study else sweep.dir  # a study's comparison is its own
+    lines.append(f"  next: mixerlab compare {compared} --metric {sweep.metric}{also}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 Hydra fails on some command lines with a traceback, or with a message that does not say which
 override it means; :func:`check_overrides` and :func:`check_flags` refuse those first, with one
 message each (a :class:`ConfigError`). :func:`split_hydra_argv` tells Hydra's flags from the
-overrides, and :func:`expand_resume` turns ``resume=<run dir>`` into that run's command line.
+overrides, :func:`expand_resume` turns ``resume=<run dir>`` into that run's command line, and
+:func:`study_launch` reads the study a command line trains in, and the command it records there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mixerlab.experiments.cli._hydra_adapter import parse_flags
 from mixerlab.experiments.run.config_values import shown
 from mixerlab.experiments.run.run_folder import launch_overrides
 from mixerlab.experiments.run.schema import ConfigError
+from mixerlab.experiments.run.study import Command, name_problem
 
 # Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
 # --info/-i takes the next argument only when it is one of its topics.
@@ -33,6 +35,8 @@ HYDRA_INFO_TOPICS = frozenset(
 )
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 MAX_FILE_NAME_BYTES = 255  # a config group's option is a file name: <group>/<option>.yaml
+# Where Hydra puts a run or a sweep: a study decides that itself (studies/<name>/runs/<job name>).
+RUN_FOLDER_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 
 
 def split_hydra_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -73,6 +77,40 @@ def expand_resume(argv: Sequence[str]) -> list[str]:
         if not override.startswith("resume="):
             merged[override.split("=", 1)[0].lstrip("+~")] = override
     return [*flags, *merged.values(), f"hydra.run.dir={run_dir.resolve()}"]
+
+
+def study_launch(argv: Sequence[str]) -> tuple[str, Command] | None:
+    """The study (``study=<name>``) this command line trains in and the command it records there
+    (its overrides as typed less ``study=``, and ``-m``), or None: no study, or a command line
+    that trains nothing (``--cfg``, ``--info``, ``--help``), or one that continues a run
+    (``resume=<dir>``: the job's own command is already recorded). ConfigError for a name that
+    breaks the rule, and for a study with its own run folder (``hydra.run.dir`` and the like)."""
+    overrides = split_hydra_argv(argv)[1]
+    args = parse_flags(argv)
+    trains = args is not None and args.cfg is None and args.experimental_rerun is None
+    if not trains or args.info is not None or args.help or args.hydra_help:
+        return None
+    if args.shell_completion or any(o.startswith("resume=") for o in overrides):
+        return None
+    parser = OverridesParser.create()
+    named = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == "study"]
+    if not named:
+        return None
+    (study,) = parser.parse_overrides([named[-1]])
+    name = None if study.is_delete() else study.value()
+    if name is None:
+        return None
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(problem)
+    placed = [o for o in overrides if o.split("=", 1)[0].lstrip("+") in RUN_FOLDER_KEYS]
+    if placed:
+        raise ConfigError(
+            f"{placed[0]}: study={name} places its runs itself, in studies/{name}/runs/<job "
+            "name>; leave out the run folder, or the study"
+        )
+    kept = tuple(o for o in overrides if o not in named)
+    return str(name), Command(kept, multirun=bool(args.multirun))
 
 
 def check_flags(argv: Sequence[str]) -> None:

@@ -14,6 +14,10 @@ writes (``mixerlab.experiments.run.train``), ``train.log`` (the run's log) and H
 ``.hydra/overrides.yaml``) plus any given after it, e.g. ``resume=<dir> trainer.max_steps=2000``
 to train longer; the run continues from its newest checkpoint that loads.
 
+``study=<name>`` trains into a study (``mixerlab.experiments.run.study``): the runs go to
+``studies/<name>/runs/<job name>`` and the command is recorded in ``studies/<name>/study.yaml``
+(taken out again when the launch exits 2: it trained nothing).
+
 Exit status: 0 done, 1 the run (or a job of a sweep) failed, 2 a bad command line, config or
 checkpoint (one message, no traceback), 3 the run diverged, 130 Ctrl-C, 143 SIGTERM (after
 saving ``last.ckpt``).
@@ -43,10 +47,20 @@ from mixerlab.experiments.cli._train_argv import (
     check_overrides,
     expand_resume,
     split_hydra_argv,
+    study_launch,
 )
 from mixerlab.experiments.cli._train_errors import composition_error_message, report_config_error
 from mixerlab.experiments.run.run_folder import holds_only_hydra_files, remove_run_dir
 from mixerlab.experiments.run.schema import ConfigError
+from mixerlab.experiments.run.study import (
+    STUDY_FILE,
+    Command,
+    StudyError,
+    forget_command,
+    read_study,
+    record_command,
+    study_dir,
+)
 from mixerlab.experiments.run.train import train
 from mixerlab.lightning_modules.callbacks import Diverged
 
@@ -92,12 +106,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     on Ctrl-C, 143 on SIGTERM (after saving a checkpoint)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        launch = study_launch(argv)
         argv = expand_resume(argv)
         check_overrides(split_hydra_argv(argv)[1])
         check_flags(argv)
     except ConfigError as err:
         report_config_error(err)
         return 2
+    try:
+        recorded = record_study_command(launch)
+    except StudyError as err:  # a study.yaml that cannot be read
+        report_config_error(ConfigError(str(err)))
+        return 2
+    code = _run(argv)
+    if code == 2 and recorded:  # a bad command line or config trained nothing: not the study's
+        forget_command(*launch)
+    return code
+
+
+def record_study_command(launch: tuple[str, Command] | None) -> bool:
+    """Record a study's command in its study.yaml (the first launch writes it; a new command is
+    appended) and say so; returns whether study.yaml changed."""
+    if launch is None:
+        return False
+    name, command = launch
+    how = record_command(name, command)
+    path = study_dir(name) / STUDY_FILE
+    if how == "created":
+        print(f"mixerlab: study {name}: new, its command recorded in {path}", file=sys.stderr)
+    elif how == "appended":
+        commands = len(read_study(name).commands)
+        print(
+            f"mixerlab: study {name}: a new command, appended to {path} ({commands} commands)",
+            file=sys.stderr,
+        )
+    return how != "known"
+
+
+def _run(argv: list[str]) -> int:
+    """Hydra's app on ``argv``, its outcome as an exit status (see :func:`main`)."""
     try:
         with hydra_raising_errors(), logging_restored():
             run_app(_hydra_app, argv, script=__file__)

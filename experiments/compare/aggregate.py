@@ -30,6 +30,7 @@ from mixerlab.experiments.compare.comparison import (
 )
 from mixerlab.experiments.compare.config_diff import differing_keys
 from mixerlab.experiments.compare.history import group_bands
+from mixerlab.experiments.compare.ledger import runs_spent
 from mixerlab.experiments.compare.runs import (
     RESULT_KEYS,
     Run,
@@ -282,4 +283,5 @@ def build_comparison(
         warnings=(*warnings, *curve_warnings),
         curves=MappingProxyType({m: MappingProxyType(b) for m, b in curves.items()}),
         scope=_scope(runs, groups, by),
+        ledger=runs_spent(runs),
     )

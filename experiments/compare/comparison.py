@@ -1,6 +1,6 @@
 """The comparison's data types: what ``aggregate`` and ``scaling`` build and every renderer and
-plot reads. A leaf of the package: it imports only ``runs`` (one run's record), so every module
-may import it and nothing circles.
+plot reads. A leaf of the package: it imports only ``runs`` (one run's record) and ``ledger``
+(what runs cost), so every module may import it and nothing circles.
 
 A :class:`Comparison` is built once and never changed: frozen dataclasses, tuples and read-only
 mappings, curves included, so renderers and plots may read it in any order.
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mixerlab.experiments.compare.ledger import Ledger
 from mixerlab.experiments.compare.runs import Run
 
 
@@ -151,7 +152,8 @@ class Comparison:
     did not finish (running, killed, failed, interrupted, diverged), runs whose results.json
     cannot be used (each with its ``problem``), warnings, and the curves of every metric the
     kept runs logged (``curves[metric][group name]``, ``metrics`` in logging order) with their
-    ``band`` kind; ``scaling``: the metric against each --x key (``scaling.add_scaling``)."""
+    ``band`` kind; ``scaling``: the metric against each --x key (``scaling.add_scaling``);
+    ``ledger``: the compute every readable run spent, finished or not."""
 
     by: tuple[str, ...]
     metric: str
@@ -166,6 +168,7 @@ class Comparison:
     curves: Mapping[str, Mapping[str, Band]]
     scope: Scope
     scaling: tuple[Scaling, ...] = ()
+    ledger: Ledger = field(default_factory=Ledger)
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from mixerlab.experiments.compare.runs import value_label
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
+    compute_lines,
     lr_notes,
     run_rows,
     scope_lines,
@@ -111,8 +112,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
-    """comparison.md: the table, lr selection, runs left out (unfinished, unreadable), warnings,
-    links to the plots."""
+    """comparison.md: the table, the compute spent, lr selection, runs left out (unfinished,
+    unreadable), warnings, links to the plots."""
     parts = [
         f"# {title(comparison)}",
         "",
@@ -122,6 +123,8 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
         "",
         caption(comparison),
     ]
+    if lines := compute_lines(comparison):
+        parts += ["", "## Compute spent", "", *(f"- {line}" for line in lines)]
     if notes := chance_notes(comparison):
         parts += ["", "## Chance levels", "", *(f"- {note}" for note in notes)]
     if notes := lr_notes(comparison):

@@ -23,6 +23,7 @@ from mixerlab.experiments.compare.plots.base import group_colors
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
+    compute_lines,
     lr_notes,
     run_rows,
     scope_lines,
@@ -154,6 +155,8 @@ def render_html(
         _html_table(*table_rows(comparison)),
         f"<p class='caption'>{esc(caption(comparison))}</p>",
     ]
+    if lines := compute_lines(comparison):
+        parts.append(f"<h2>Compute spent</h2>{_items(lines)}")
     if notes := chance_notes(comparison):
         parts.append(f"<h2>Chance levels</h2>{_items(notes)}")
     if figures:

@@ -5,6 +5,9 @@ run's status (``running`` until it ends ``finished``, ``failed``, ``interrupted`
 ``diverged``), mixer, task, seed, numbers, best and final metrics, its config, the name of its
 history file (``metrics.csv``) and who is writing it (process id, host, last step).
 
+A study's pilots (its ``pilot/`` folder) time jobs for ``mixerlab study status``: they are left
+out when the study is compared, and compared when their folder is given.
+
 A file that cannot be read, is not JSON, or holds a field of the wrong type (``FIELDS`` of
 :mod:`mixerlab.lightning_modules.record`) never stops the comparison: its run is kept with the
 reason (``Run.problem``) and reported by path. A ``running`` run whose process is gone from
@@ -26,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from mixerlab.experiments.run.config_values import flatten
+from mixerlab.experiments.run.study import STUDY_FILE
 from mixerlab.lightning_modules.record import RESULTS_FILE, read_record, shape_problem
 
 RESULT_KEYS = ("mixer", "task")  # results.json fields usable with --by; the rest is config
+# A study's pilots (``mixerlab study pilot``): short runs that time a job, not results of the
+# study. Comparing a study leaves them out; a pilot folder given itself is compared.
+PILOT_DIR = "pilot"
 
 
 @dataclass(frozen=True)
@@ -81,7 +88,8 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
                 f"{path} is not a {RESULTS_FILE}: pass run folders or their {RESULTS_FILE}"
             )
         for found in [path] if path.is_file() else sorted(path.rglob(RESULTS_FILE)):
-            files.setdefault(found.resolve(), found)
+            if not _in_pilot(found, path):
+                files.setdefault(found.resolve(), found)
     if not files:
         raise ValueError(
             f"no {RESULTS_FILE} found below {', '.join(map(str, paths))}. Every run writes one "
@@ -89,7 +97,16 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
             "sweep like `mixerlab train -m mixer=attention,gmlp seed=0,1`, then pass their output "
             "folder (runs/, or runs/multirun/ for sweeps)"
         )
-    return [_read_run(file) for file in files.values()]
+    return [read_run(file) for file in files.values()]
+
+
+def _in_pilot(found: Path, given: Path) -> bool:
+    """``found`` lies in a study's pilot folder below the folder ``given``."""
+    parts = found.relative_to(given).parts[:-1] if given.is_dir() else ()
+    return any(
+        part == PILOT_DIR and (given.joinpath(*parts[:index]) / STUDY_FILE).is_file()
+        for index, part in enumerate(parts)
+    )
 
 
 def _process_gone(results: dict[str, Any]) -> bool:
@@ -109,7 +126,7 @@ def _process_gone(results: dict[str, Any]) -> bool:
     return False
 
 
-def _read_run(file: Path) -> Run:
+def read_run(file: Path) -> Run:
     """The run of one results.json; a file that cannot be used becomes a run with a problem."""
     try:
         data = read_record(file)

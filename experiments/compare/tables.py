@@ -11,6 +11,7 @@ from typing import Any
 
 from mixerlab.experiments.compare.chance import at_chance, describe
 from mixerlab.experiments.compare.comparison import Comparison, Group, Stats
+from mixerlab.experiments.compare.ledger import ledger_lines
 from mixerlab.experiments.compare.runs import Run, lookup, value_label
 from mixerlab.lightning_modules.metric_names import metric_mode
 from mixerlab.lightning_modules.record import RESULTS_FILE
@@ -115,6 +116,12 @@ def _metric_cell(comparison: Comparison, group: Group, name: str, stats: Stats |
     if mode is not None and at_chance(stats, chance, mode):
         notes.append(f"at {chance.label}")
     return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def compute_lines(comparison: Comparison) -> list[str]:
+    """What the compared runs cost, every readable one (finished or not, every learning rate):
+    runs, wall, core and GPU hours, the machines, the runs without a ledger."""
+    return ledger_lines(comparison.ledger)
 
 
 def chance_notes(comparison: Comparison) -> list[str]:

@@ -12,6 +12,7 @@ from mixerlab.experiments.compare.comparison import Comparison
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
+    compute_lines,
     lr_notes,
     scope_line,
     table_rows,
@@ -103,6 +104,10 @@ def print_report(comparison: Comparison, console: Console) -> None:
         _print(
             console, cost_header, cost_rows, groups, title=cost_title, caption=caption(comparison)
         )
+    if lines := compute_lines(comparison):
+        console.print(Text.assemble(("compute spent ", "bold"), lines[0]), highlight=False)
+        for line in lines[1:]:
+            console.print(f"  {line}", markup=False, highlight=False)
     if notes := chance_notes(comparison):
         console.print("[bold]chance levels[/]")
         for note in notes:

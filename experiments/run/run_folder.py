@@ -14,6 +14,12 @@ word. So before any work :func:`claim_run_dir` compares the config with the one 
   job's value;
 - otherwise lets the run resume (interrupted, killed, failed, or trained further).
 
+A run resumes from the folder's newest checkpoint. Where the folder holds a record but no
+checkpoint (a study's job on a fresh clone: records are committed, checkpoints never are; a run
+killed before its first checkpoint), the run trains from the start, and
+:func:`restart_from_scratch` discards the old record and ``metrics.csv`` first: continued, they
+would lend the new run the old rows, wall clock and W&B run.
+
 ``results.json`` is the record, not ``.hydra/config.yaml``: Hydra rewrites ``.hydra/`` on every
 launch, before the run can look, while ``results.json`` is written by the run itself (atomically,
 from its first second), holds the resolved and validated config, and exists for runs started
@@ -47,6 +53,7 @@ from mixerlab.lightning_modules.record import (
     HISTORY_FILE,
     RESULTS_FILE,
     read_record,
+    write_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -57,9 +64,10 @@ log = logging.getLogger(__name__)
 BUDGET_KEYS = ("trainer.max_steps",)
 # Keys (and whole nodes) that cannot change what a run learns or measures: how it is shown
 # (progress bar) or mirrored (W&B or not, and W&B's project, tags, ...), where the dataset cache
-# lives (the data is the same wherever it is cached), and `overwrite`, an instruction to one
-# launch rather than part of the run. `name` is not here: `mixerlab compare` groups runs by it.
-UNRECORDED_KEYS = ("callbacks.progress_bar", "logger", "cache_dir", "overwrite")
+# lives (the data is the same wherever it is cached), `overwrite`, an instruction to one
+# launch rather than part of the run, and `study`, which says where the run folder is (records of
+# runs made before studies lack it). `name` is not here: `mixerlab compare` groups runs by it.
+UNRECORDED_KEYS = ("callbacks.progress_bar", "logger", "cache_dir", "overwrite", "study")
 # What a run writes into its folder besides Hydra's .hydra/ and its log: what `overwrite=true`
 # removes (checkpoints: the *.ckpt files of the checkpoints/ folder, which goes if left empty).
 RUN_FILES = (RESULTS_FILE, HISTORY_FILE)
@@ -99,7 +107,17 @@ def claim_run_dir(cfg: DictConfig | Mapping[str, Any], run_dir: Path) -> dict[st
         monitor = config["callbacks"]["checkpoint"]["monitor"]
         best = (record.get("best") or {}).get(monitor)
         shown = f"{best:.4f}" if isinstance(best, float) and math.isfinite(best) else "-"
-        log.info("mixerlab: %s already finished, skipped (best %s %s)", run_dir, monitor, shown)
+        if config.get("study"):  # a committed record stands for the job on any machine
+            log.info(
+                "mixerlab: job %s of study %s already finished: taken from the study's record, "
+                "not trained (best %s %s)",
+                run_dir.name,
+                config["study"],
+                monitor,
+                shown,
+            )
+        else:
+            log.info("mixerlab: %s already finished, skipped (best %s %s)", run_dir, monitor, shown)
         return record
     if changed:  # the budget, and what the config derives from it (the LR schedule's length)
         budget = [c for c in changed if _among(c[0], BUDGET_KEYS)]
@@ -172,6 +190,45 @@ def discard_run(run_dir: Path, ckpt_path: str | None = None) -> list[Path]:
         names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
         log.info("mixerlab: overwrite=true: discarded %s from %s", names, run_dir)
     return removed
+
+
+def restart_from_scratch(run_dir: Path) -> dict[Path, bytes]:
+    """Discard :data:`RUN_FILES` (the record, ``metrics.csv``) of an earlier run in ``run_dir``
+    that this run cannot continue (no checkpoint of it here), and say so. Returns what was
+    discarded, for :func:`restore_run_files` when the run does not start after all."""
+    if rank_zero_only.rank != 0:  # DDP: rank 0 writes the run's files
+        return {}
+    saved = {run_dir / n: (run_dir / n).read_bytes() for n in RUN_FILES if (run_dir / n).is_file()}
+    if not saved:
+        return {}
+    try:
+        record = read_record(run_dir / RESULTS_FILE) if run_dir / RESULTS_FILE in saved else {}
+    except (OSError, ValueError):
+        record = {}
+    status = record.get("status") if isinstance(record, dict) else None
+    what = []
+    if run_dir / RESULTS_FILE in saved:
+        what.append(f"its {status or 'unreadable'} record at step {record.get('last_step', '?')}")
+    if run_dir / HISTORY_FILE in saved:
+        rows = max(saved[run_dir / HISTORY_FILE].count(b"\n") - 1, 0)
+        what.append(f"{rows} row{'s' * (rows != 1)} of {HISTORY_FILE}")
+    for path in saved:
+        path.unlink()
+    kind = "finished run here to train further" if status == "finished" else "unfinished run here"
+    log.info(
+        "mixerlab: no checkpoint of this %s: training it from the start (%s discarded) in %s",
+        kind,
+        " and ".join(what),
+        run_dir,
+    )
+    return saved
+
+
+def restore_run_files(saved: dict[Path, bytes]) -> None:
+    """Put back what :func:`restart_from_scratch` discarded (a run stopped by a config error
+    before it trained: the earlier run's files stand)."""
+    for path, data in saved.items():
+        write_atomic(path, data)
 
 
 def _record(run_dir: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mixerlab.experiments.run.config_values import matches, shown, type_name, unknown_key
 from mixerlab.experiments.run.mixer_node import check_mixer_node, mixer_names
+from mixerlab.experiments.run.study import name_problem
 from mixerlab.lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from mixerlab.lightning_modules.tasks._base import RUN_ARGUMENTS
 from mixerlab.mixers import available_mixers, get_mixer_class
@@ -137,6 +138,7 @@ class TrainConfig:
     cache_dir: str | None
     ckpt_path: str | None
     overwrite: bool  # discard the run folder's results and checkpoints (see run_folder)
+    study: Any  # None or a study's name (text; digits alone arrive as an int), see _check_study
     mixer: dict[str, Any]  # checked against the registry, see _check_mixer
     model: ModelConfig
     task: dict[str, Any]  # checked against the task registry, see _check_task
@@ -161,6 +163,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         check_mixer_node(plain["mixer"], plain["model"]["n_layers"], problems)
         _check_task(plain["task"], problems)
         _check_logger(plain["logger"], problems)
+        _check_study(plain, problems)
         _check_cross(plain, problems)
     if problems:
         raise _invalid(problems)
@@ -282,6 +285,18 @@ def _check_logger(node: Mapping[str, Any], problems: list[str]) -> None:
     """Empty (``logger=csv`` or ``none``: metrics.csv only) or W&B's settings."""
     if node:
         _check(node, WandbConfig, "logger.", problems)
+
+
+def _check_study(cfg: dict[str, Any], problems: list[str]) -> None:
+    """``study``: null or a name by the rule of ``mixerlab.experiments.run.study``, kept as text."""
+    study = cfg["study"]
+    if study is None:
+        return
+    problem = name_problem(study)
+    if problem:
+        problems.append(problem)
+    else:
+        cfg["study"] = str(study)
 
 
 def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:

@@ -50,6 +50,12 @@ class Start:
     checkpoint: dict[str, Any] | None = None
     source: str | None = None  # what the user gave (a URL), for messages
 
+    @property
+    def continues_folder(self) -> bool:
+        """Whether the run goes on from a checkpoint of its own folder (not from scratch, nor from
+        a ``ckpt_path``): only then are the folder's record and ``metrics.csv`` its own."""
+        return self.path is not None and self.source is None
+
     def preloaded(self) -> dict[str, dict[str, Any]]:
         """For :class:`~mixerlab.lightning_modules.checkpoints.SafeCheckpointIO`: the loaded
         checkpoint."""

@@ -14,7 +14,9 @@ is skipped, so a re-run sweep trains only the jobs that did not finish. A folder
 checkpoints continues from the newest one that loads (``last.ckpt``; a damaged one is reported
 and the next newest used); ``ckpt_path=<file.ckpt or URL>`` starts a new folder from any
 checkpoint. Checkpoints load tensors only, files and URLs alike
-(``mixerlab.experiments.run.start_checkpoint``).
+(``mixerlab.experiments.run.start_checkpoint``). A folder whose run left a record but no
+checkpoint (a study's job on a fresh clone, a run killed before its first checkpoint) trains from
+the start, its old record and ``metrics.csv`` discarded first.
 
 When things go wrong: results.json says ``running`` (pid, host, last step) from the start, so a
 run killed hard stays visible; a non-finite loss or gradient norm stops the run as ``diverged``
@@ -51,7 +53,11 @@ from mixerlab.experiments.run.build import (
     check_monitor,
 )
 from mixerlab.experiments.run.mixer_node import mixer_label
-from mixerlab.experiments.run.run_folder import claim_run_dir
+from mixerlab.experiments.run.run_folder import (
+    claim_run_dir,
+    restart_from_scratch,
+    restore_run_files,
+)
 from mixerlab.experiments.run.schema import ConfigError, validate_config
 from mixerlab.experiments.run.start_checkpoint import (
     Start,
@@ -109,14 +115,25 @@ def train(
     with start_checkpoint(config, run_dir) as start:
         check_budget(start, config)
         run_dir.mkdir(parents=True, exist_ok=True)
-        return _train(config, run_dir, start, callbacks)
+        # no checkpoint of the folder's run to continue: its record and rows are not this run's
+        stale = {} if start.continues_folder else restart_from_scratch(run_dir)
+        try:
+            return _train(config, run_dir, start, callbacks, stale.get(run_dir / RESULTS_FILE))
+        except ConfigError:
+            restore_run_files(stale)  # nothing trained: the earlier run's files stand
+            raise
 
 
 def _train(
-    config: dict[str, Any], run_dir: Path, start: Start, callbacks: Sequence[pl.Callback]
+    config: dict[str, Any],
+    run_dir: Path,
+    start: Start,
+    callbacks: Sequence[pl.Callback],
+    discarded: bytes | None = None,
 ) -> float | None:
     history = HistoryLogger(run_dir)
-    record = RunRecord(run_dir, history, mixer=mixer_label(config["mixer"]), config=config)
+    label = mixer_label(config["mixer"])
+    record = RunRecord(run_dir, history, mixer=label, config=config, discarded=discarded)
     if rank_zero_only.rank == 0:
         record.results("running").write(run_dir)  # a run is visible from its first second
     pl.seed_everything(config["seed"], workers=True, verbose=False)

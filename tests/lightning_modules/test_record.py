@@ -14,7 +14,7 @@ from mixerlab.lightning_modules.record import FIELDS, RunResults, read_results, 
 RESULT_FIELDS = {
     "status", "mixer", "task", "seed", "params", "flops_per_token", "metrics", "best",
     "tokens_per_s", "wall_s", "wandb_run_id", "checkpoints", "config", "error", "history",
-    "chance", "budget", "state_size", "pid", "host", "last_step", "updated_at",
+    "chance", "budget", "state_size", "pid", "host", "last_step", "updated_at", "compute",
 }  # fmt: skip
 
 
@@ -44,6 +44,7 @@ def test_readers_check_each_field_against_the_type_the_record_declares() -> None
             ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s"), "number"
         ),
         **dict.fromkeys(("best", "metrics", "config", "chance", "checkpoints", "budget"), "object"),
+        "compute": "array",
     } == FIELDS
 
 

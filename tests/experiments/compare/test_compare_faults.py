@@ -170,7 +170,7 @@ def test_a_real_results_shape_passes_and_each_wrong_type_is_named(tmp_path):
     results["best"]["val/loss"] = float("nan")  # a diverged value is still a number
     assert shape_problem(results) is None
     assert shape_problem({}) is None  # missing fields are compared as before
-    wrong = {"string": 1, "integer": 1.5, "number": "1", "object": [1]}
+    wrong = {"string": 1, "integer": 1.5, "number": "1", "object": [1], "array": {}}
     for name, expected in FIELDS.items():
         problem = shape_problem({**results, name: wrong[expected]})
         assert problem is not None and repr(name) in problem, name
@@ -204,6 +204,9 @@ def _well_typed(rng: random.Random, name: str) -> Any:
         return {"val/loss": TYPED["float"](rng), rng.choice(["val/acc", "x"]): rng.random()}
     if FIELDS[name] == "object":
         return {rng.choice(["optim", "task", "lr"]): _random_json(rng, 1) for _ in range(3)}
+    if FIELDS[name] == "array":  # the ledger's segments, their fields odd values of any type
+        keys = ["wall_s", "threads", "devices", "machine", "host"]
+        return [{rng.choice(keys): _random_json(rng, 2) for _ in range(3)} for _ in range(2)]
     return TYPED[FIELDS[name]](rng)
 
 
