@@ -43,6 +43,7 @@ CHECKED_BY = {
     ("mixerlab", "train"): "test_training_lines_compose (the sweeps before a compare line run)",
     ("mixerlab", "compare"): "test_a_sweep_then_its_comparison",
     ("mixerlab", "list"): "test_the_mixer_table_and_mixerlab_list_agree",
+    ("mixerlab", "study"): "test_a_sweep_then_its_comparison (a study's status after its sweep)",
     ("mixerlab", "new-mixer"): "test_the_plugin_walkthrough",
     ("cd",): "test_the_plugin_walkthrough",
     ("pip", "install"): "test_the_plugin_walkthrough",
@@ -95,6 +96,12 @@ def sweep_then_compare() -> list[tuple[list[str], list[str]]]:
         compares = [c for c in block if c[:2] == ["mixerlab", "compare"]]
         pairs += list(zip(sweeps, compares, strict=False))
     return pairs
+
+
+def study_lines(sweep: list[str]) -> list[list[str]]:
+    """The ``mixerlab study`` lines of the README block that holds this sweep."""
+    (block,) = [b for b in shell_blocks() if sweep in b]
+    return [c for c in block if c[:2] == ["mixerlab", "study"]]
 
 
 def plugin_block() -> list[list[str]]:
@@ -290,17 +297,27 @@ def test_a_sweep_then_its_comparison(sweep: list[str], compare: list[str], tmp_p
     narrowed = [grid[key][0] for key in sorted(from_preset)]  # the preset's grid: first values
     swept = run_command(sweep, tmp_path, env, *narrowed, *TINY_RUN)
     assert swept.returncode == 0, swept.stderr[-3000:]
-    folder = re.search(r"sweep of \d+ job\(s\) in (\S+)", swept.stdout)
+    # a sweep names its folder; a study (study=<name>) its runs/ inside studies/<name>
+    folder = re.search(r"sweep of \d+ job\(s\) in (\S+)", swept.stdout) or re.search(
+        r"study \S+: \d+ job\(s\) in (\S+)/runs\n", swept.stdout
+    )
     assert folder, swept.stdout
     sweep_dir = Path(folder[1]).resolve().relative_to(tmp_path.resolve())
 
-    (placeholder,) = [word for word in compare if "<" in word]  # e.g. runs/multirun/<...>_mqar
-    pattern = ".+".join(map(re.escape, re.split(r"<[^>]*>", placeholder)))
-    assert re.fullmatch(pattern, str(sweep_dir)), (placeholder, sweep_dir)
-    command = [str(sweep_dir) if word == placeholder else word for word in compare]
+    placeholders = [word for word in compare if "<" in word]  # e.g. runs/multirun/<...>_mqar
+    for placeholder in placeholders:
+        pattern = ".+".join(map(re.escape, re.split(r"<[^>]*>", placeholder)))
+        assert re.fullmatch(pattern, str(sweep_dir)), (placeholder, sweep_dir)
+    if not placeholders:  # a study's folder is known before it runs
+        assert str(sweep_dir) in compare, (compare, sweep_dir)
+    command = [str(sweep_dir) if word in placeholders else word for word in compare]
     compared = run_command(command, tmp_path, env)
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert (tmp_path / sweep_dir / "comparison" / "comparison.md").is_file()
+    for status in study_lines(sweep):  # `mixerlab study status <name>` in the same block
+        shown = run_command(status, tmp_path, env)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        assert "finished" in shown.stdout and "core-hours" in shown.stdout, shown.stdout
 
 
 @pytest.mark.slow
