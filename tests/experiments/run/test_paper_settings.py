@@ -199,3 +199,39 @@ def test_zoology_lr_grid_and_early_stop() -> None:
 def test_zoology_grid_pairs_follow_the_length(seq_len: int) -> None:
     data = run_config("experiment=zoology_grid", f"task.datamodule.seq_len={seq_len}")["task"]
     assert data["datamodule"]["num_kv_pairs"] == seq_len // 16
+
+
+# The mixer presets that are Zoology's mixers, layer by layer, as its configs build them
+# (HazyResearch/zoology at d88d6f5): iclr24_zoology_figure2/configs.py's "base_conv"
+# (BaseConv kernel_size [3, -1, ...] by layer, implicit long filter) and "based" (Hybrid of
+# BaseConv kernel 3 and Based: Taylor map, feature_dim 8, 1 head); arxiv24_based_figure2's
+# BaseConv + MHA hybrid (1 head); arxiv24_based_ablations/02-01_sliding.py's "based_w_slide"
+# (BaseConv kernel 3, Based feature_dim 16, SlidingAttn block_size 128, 3 layers).
+ZOOLOGY_MIXERS = {
+    "baseconv": [
+        {"name": "base_conv", "kernel_size": 3},
+        {"name": "base_conv", "kernel_size": -1, "implicit": True},
+    ],
+    "based": [
+        {"name": "base_conv", "kernel_size": 3},
+        {"name": "linear_attention", "n_heads": 1, "feature_map": "taylor", "feature_dim": 8,
+         "decay": "none"},
+    ],
+    "zoology_hybrid": [
+        {"name": "base_conv", "kernel_size": 3},
+        {"name": "attention", "n_heads": 1},
+    ],
+    "based_sliding": [
+        {"name": "base_conv", "kernel_size": 3},
+        {"name": "linear_attention", "n_heads": 1, "feature_map": "taylor", "feature_dim": 16,
+         "decay": "none"},
+        {"name": "sliding_window", "n_heads": 1, "window": 128},  # Zoology's block_size
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("option", ZOOLOGY_MIXERS)
+def test_zoologys_mixers_are_its_configs_layer_by_layer(option: str) -> None:
+    node = run_config(f"mixer={option}", "model.n_layers=6")["mixer"]
+    assert (node["name"], node["label"]) == ("hybrid", option)
+    assert node["pattern"] == ZOOLOGY_MIXERS[option]
