@@ -87,7 +87,7 @@ def _html_table(header: list[str], rows: list[list[str]], folders: str | None = 
     def cell(column: str, value: str) -> str:
         text = html.escape(value)
         if column == folders:
-            text = f"<a href='{html.escape(Path(value).as_uri())}'>{text}</a>"
+            text = f"<a href='{html.escape(Path(value).resolve().as_uri())}'>{text}</a>"
         return f"<td>{text}</td>"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

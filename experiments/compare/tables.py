@@ -277,16 +277,26 @@ def unreadable_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]
 
 def run_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """The runs behind each row of the table: their folders and W&B runs, to open from the
-    report."""
+    report. A folder under the working directory is written relative to it, so a tracked
+    comparison (a study's) reads the same on every clone compared from the repository root."""
     header = ["group", "seed", "run folder", "W&B run"]
     rows = [
         [
             comparison.group_name(group),
             value_label(run.results.get("seed")),
-            str(run.dir.resolve()),
+            _shown_folder(run.dir),
             str(run.results.get("wandb_run_id") or "-"),
         ]
         for group in comparison.groups
         for run in group.runs
     ]
     return header, rows
+
+
+def _shown_folder(folder: Path) -> str:
+    """``folder`` relative to the working directory when it lies under it, else absolute."""
+    resolved = folder.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)

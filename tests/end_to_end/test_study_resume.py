@@ -17,12 +17,15 @@ import pytest
 import yaml
 from configs import TINY
 
+from mixerlab.experiments import cli
 from mixerlab.experiments.cli.train import main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = ["-m", "seed=0,1", *TINY, "logger=none", "study=demo"]
 SHARED = ",".join(sorted(o for o in TINY if not o.startswith("callbacks.")))
 JOBS = [",".join(sorted([*SHARED.split(","), f"seed={seed}"])) for seed in (0, 1)]
+COMPARE = ["compare", "studies/demo", "--metric", "val/loss"]
+TABLES = ("comparison.md", "comparison.csv")
 SKIPPED = "already finished: taken from the study's record, not trained"
 RESTARTED = "no checkpoint of this unfinished run here: training it from the start"
 
@@ -52,6 +55,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
         mp.setenv("MIXERLAB_CACHE", str(cache))
         mp.chdir(root)
         assert main(COMMAND) == 0
+        assert cli.main(COMPARE) == 0  # the study's comparison, committed with it
     git(root, "init", "-q")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "the demo study")
@@ -110,6 +114,18 @@ def test_a_fresh_clone_rerun_trains_nothing_and_changes_no_record(
     assert f"next: mixerlab compare {clone / 'studies' / 'demo'} --metric val/loss" in out
     assert tracked(clone) == before  # every record byte for byte, study.yaml too
     assert git(clone, "status", "--porcelain") == ""  # and nothing new that git would keep
+    assert not list(clone.rglob("checkpoints"))
+
+
+@pytest.mark.slow  # the study's fixture trains
+def test_a_fresh_clone_compares_the_committed_study_byte_for_byte(clone: Path) -> None:
+    """Nothing trains; the comparison drawn from the committed records is the committed one
+    (run folders are written relative to the repository root, not as this machine's paths)."""
+    comparison = clone / "studies" / "demo" / "comparison"
+    committed = {name: (comparison / name).read_bytes() for name in TABLES}
+    assert b"studies/demo/runs/" in committed["comparison.md"]
+    assert cli.main(COMPARE) == 0
+    assert {name: (comparison / name).read_bytes() for name in TABLES} == committed
     assert not list(clone.rglob("checkpoints"))
 
 
