@@ -38,10 +38,9 @@ def _mixers_used(text: str) -> list[str]:
     """The registered mixers a conf/mixer option builds: its ``name``, or a hybrid's entries."""
     import yaml
 
-    node = yaml.safe_load(text) or {}
-    entries = node.get("pattern") or [node]
-    names = [e.get("name") if isinstance(e, dict) else e for e in entries]
-    return list(dict.fromkeys(str(name) for name in names if name))
+    from mixerlab.experiments.run.mixer_node import mixer_names
+
+    return [str(name) for name in mixer_names(yaml.safe_load(text) or {}) if name]
 
 
 def list_components() -> dict[str, list[tuple[str, str]]]:

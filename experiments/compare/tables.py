@@ -284,19 +284,10 @@ def run_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         [
             comparison.group_name(group),
             value_label(run.results.get("seed")),
-            _shown_folder(run.dir),
+            run.name,
             str(run.results.get("wandb_run_id") or "-"),
         ]
         for group in comparison.groups
         for run in group.runs
     ]
     return header, rows
-
-
-def _shown_folder(folder: Path) -> str:
-    """``folder`` relative to the working directory when it lies under it, else absolute."""
-    resolved = folder.resolve()
-    try:
-        return str(resolved.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(resolved)
