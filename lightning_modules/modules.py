@@ -143,8 +143,8 @@ class _SequenceModule(pl.LightningModule):
         self.grad_norm: Tensor | None = None  # of the last optimiser step, before clipping
 
     # -- to be provided by the task-specific subclasses ---------------------------------------
-    def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Flatten to (N, C) logits and (N,) targets over the positions that are scored."""
+    def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(N, C) logits and (N,) targets over the positions (or sequences) that are scored."""
         raise NotImplementedError
 
     def _val_extras(self, loss: Tensor) -> dict[str, Tensor]:
@@ -156,7 +156,7 @@ class _SequenceModule(pl.LightningModule):
         return self.model(tokens, mask)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits, target = self._scored(self.model(batch["input"], batch["mask"]), batch["target"])
+        logits, target = self._scored(batch)
         loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -169,7 +169,7 @@ class _SequenceModule(pl.LightningModule):
     def validation_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        logits, target = self._scored(self.model(batch["input"], batch["mask"]), batch["target"])
+        logits, target = self._scored(batch)
         n_scored = (target != IGNORE_INDEX).sum()
         loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
         loss = loss / n_scored.clamp_min(1)
@@ -241,8 +241,10 @@ class LanguageModelModule(_SequenceModule):
             raise ValueError(f"bytes_per_token must be positive or None, got {bytes_per_token}")
         self.bytes_per_token = bytes_per_token
 
-    def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        # the head runs only where a target is scored: the loss reads nothing else
+        scored = batch["target"] != IGNORE_INDEX
+        return self.model(batch["input"], batch["mask"], scored=scored), batch["target"][scored]
 
     def _val_extras(self, loss: Tensor) -> dict[str, Tensor]:
         extras = {"val/ppl": loss.exp()}
@@ -259,5 +261,5 @@ class ClassificationModule(_SequenceModule):
             raise ValueError("ClassificationModule needs a model built with num_classes=<int>")
         super().__init__(model, num_classes=model.num_classes, **kwargs)
 
-    def _scored(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        return logits, target
+    def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.model(batch["input"], batch["mask"]), batch["target"]

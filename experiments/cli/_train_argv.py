@@ -21,7 +21,7 @@ from mixerlab.experiments.cli._hydra_adapter import parse_flags
 from mixerlab.experiments.run.config_values import shown
 from mixerlab.experiments.run.run_folder import launch_overrides
 from mixerlab.experiments.run.schema import ConfigError
-from mixerlab.experiments.run.study import Command, name_problem
+from mixerlab.experiments.run.study import LAUNCH_ONLY_KEYS, Command, name_problem, sets_any
 
 # Hydra's command-line flags that take a value (the next argument unless given as --flag=value);
 # --info/-i takes the next argument only when it is one of its topics.
@@ -109,7 +109,7 @@ def study_launch(argv: Sequence[str]) -> tuple[str, Command] | None:
             f"{placed[0]}: study={name} places its runs itself, in studies/{name}/runs/<job "
             "name>; leave out the run folder, or the study"
         )
-    kept = tuple(o for o in overrides if o not in named)
+    kept = tuple(o for o in overrides if o not in named and not sets_any(o, LAUNCH_ONLY_KEYS))
     return str(name), Command(kept, multirun=bool(args.multirun))
 
 

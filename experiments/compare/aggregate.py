@@ -121,7 +121,12 @@ def _lr_of(run: Run, lr_key: str) -> Any:
 def select_lr(
     runs: Sequence[Run], metric: str, mode: str, lr_key: str
 ) -> tuple[Any, dict[Any, Stats]]:
-    """The learning rate with the best mean metric over seeds, and the metric at every lr."""
+    """The learning rate with the best mean metric over the seeds every lr was run with, and the
+    metric at every lr over all its seeds.
+
+    Zoology's protocol runs the grid at one seed, then more seeds at the best lr only: ranked on
+    all their seeds, an lr with one lucky seed would beat the best lr's mean of several. So lrs
+    are ranked on their shared seeds (all seeds when they share none)."""
     by_lr: dict[Any, list[Run]] = {}
     for run in runs:
         by_lr.setdefault(_lr_of(run, lr_key), []).append(run)
@@ -129,7 +134,16 @@ def select_lr(
         lr: summarize([run.best(metric) for run in by_lr[lr]])
         for lr in sorted(by_lr, key=_lr_order)
     }
-    best = min(grid, key=lambda lr: _rank(grid[lr].mean, mode))
+    shared = set.intersection(
+        *({run.results.get("seed") for run in group} for group in by_lr.values())
+    )
+    ranked = {
+        lr: summarize([run.best(metric) for run in group if run.results.get("seed") in shared])
+        if shared
+        else grid[lr]
+        for lr, group in by_lr.items()
+    }
+    best = min(grid, key=lambda lr: _rank(ranked[lr].mean, mode))
     return best, grid
 
 

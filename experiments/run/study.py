@@ -39,21 +39,14 @@ DEFAULT_JOB = "default"  # the folder of a job with no override that names it
 NAME_RULE = re.compile(r"[A-Za-z0-9_-]+")
 NAME_RULE_TEXT = "letters, digits, '_' and '-' only (a folder name under studies/, no '/')"
 MAX_NAME_CHARS = 100
+# Overrides that say nothing about what a run learns, only how one launch shows and stores it (the
+# progress bar, W&B, the data cache, overwrite=true): left out of the command a study records, so
+# launching it again with another of them is the same command. A key matches itself and every key
+# below it (logger matches logger.mode).
+LAUNCH_ONLY_KEYS = ("callbacks.progress_bar", "logger", "cache_dir", "overwrite")
 # Overrides that leave a job's folder name: the same for every job of a study (which study, the
-# experiment or sweep preset, the launcher, Hydra's own settings), or saying nothing about what a
-# run learns (the progress bar, W&B, the data cache, overwrite=true: an instruction to a launch).
-# A key matches itself and every key below it (logger matches logger.mode).
-NAMELESS_KEYS = (
-    "study",
-    "experiment",
-    "sweep",
-    "launcher",
-    "hydra",
-    "callbacks.progress_bar",
-    "logger",
-    "cache_dir",
-    "overwrite",
-)
+# experiment or sweep preset, the launcher, Hydra's own settings), or launch-only.
+NAMELESS_KEYS = ("study", "experiment", "sweep", "launcher", "hydra", *LAUNCH_ONLY_KEYS)
 # A job name longer than this (in UTF-8 bytes; file names may have 255) is cut, and ends with a
 # hash of the whole name instead, so it stays one valid, stable and distinct folder name.
 MAX_JOB_NAME_BYTES = 200
@@ -135,7 +128,7 @@ def job_name(overrides: Iterable[str]) -> str:
     >>> job_name(["seed=0", "mixer=attention", "study=lr", "logger=none", "optim.lr=0.0001"])
     'mixer=attention,optim.lr=0.0001,seed=0'
     """
-    kept = sorted(str(o) for o in overrides if not _nameless(str(o)))
+    kept = sorted(str(o) for o in overrides if not sets_any(str(o), NAMELESS_KEYS))
     name = ESCAPED.sub(lambda m: f"%{ord(m.group()):02X}", ",".join(kept)) or DEFAULT_JOB
     if len(name.encode()) <= MAX_JOB_NAME_BYTES:
         return name
@@ -144,11 +137,11 @@ def job_name(overrides: Iterable[str]) -> str:
     return f"{name.encode()[:room].decode(errors='ignore')}~{digest}"
 
 
-def _nameless(override: str) -> bool:
-    """The override sets (or deletes) a key of :data:`NAMELESS_KEYS` (``+``, ``~``, ``@package``
-    and group paths ``a/b`` read as keys)."""
+def sets_any(override: str, keys: Iterable[str]) -> bool:
+    """The override sets (or deletes) one of ``keys`` or a key below one (``+``, ``~``,
+    ``@package`` and group paths ``a/b`` read as keys)."""
     key = override.lstrip("+~").split("=", 1)[0].split("@", 1)[0].replace("/", ".")
-    return any(key == k or key.startswith(f"{k}.") for k in NAMELESS_KEYS)
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
 
 
 def runs_dir_of(study: Any, default: str) -> str:

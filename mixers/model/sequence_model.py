@@ -63,7 +63,10 @@ class SequenceModel(nn.Module):
 
     ``forward(tokens, mask)`` returns per-position logits (B, L, vocab_size), or, when
     ``num_classes`` is set, logits (B, num_classes) from the mean of the final states over real
-    tokens (``mask`` True), so padding never changes a prediction.
+    tokens (``mask`` True), so padding never changes a prediction. ``forward(tokens, mask,
+    scored=)`` runs the language-model head only where the bool (B, L) ``scored`` is True and
+    returns those positions' logits (N, vocab_size) in row-major order: the same numbers, without
+    the head's cost at positions no loss reads (MQAR scores 4 of 64 at vocabulary 8192).
     """
 
     def __init__(
@@ -195,14 +198,22 @@ class SequenceModel(nn.Module):
                 f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}"
             )
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, tokens: Tensor, mask: Tensor | None = None, scored: Tensor | None = None
+    ) -> Tensor:
         self._check_tokens(tokens, mask)
+        if scored is not None and (self.num_classes is not None or scored.shape != tokens.shape):
+            raise ValueError(
+                f"scored selects language-model positions: a bool mask shaped like tokens "
+                f"{tuple(tokens.shape)}, got {tuple(scored.shape)} on a model with "
+                f"num_classes={self.num_classes}; pass scored=None"
+            )
         x = self.dropout(self._embed(tokens, 0))
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
         if self.num_classes is None:
-            return self.head(x)
+            return self.head(x if scored is None else x[scored])
         if mask is None:
             pooled = x.mean(dim=1)
         else:

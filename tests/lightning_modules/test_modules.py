@@ -242,8 +242,13 @@ class _WithAux(nn.Module):
         super().__init__()
         self.inner, self.vocab_size = model, model.vocab_size
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.inner(tokens, mask)
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        scored: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = self.inner(tokens, mask, scored)
         self.aux_loss = 0.01 * logits.pow(2).mean()
         return logits
 

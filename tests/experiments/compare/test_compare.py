@@ -128,6 +128,19 @@ def test_lr_grid_keeps_the_best_lr_per_group_and_says_so(tmp_path, capsys):
     assert float(rnn["val/acc_mean"]) == pytest.approx(0.9)
 
 
+def test_more_seeds_at_the_best_lr_do_not_hand_the_pick_to_a_one_seed_lr(tmp_path):
+    # Zoology's protocol: the grid at seed 0, then seed 1 at seed 0's best lr only
+    root = tmp_path / "runs"
+    write_run(root, "lo_0", mixer="rnn", seed=0, lr=1e-3, loss=1.0, acc=0.8)
+    write_run(root, "hi_0", mixer="rnn", seed=0, lr=3e-3, loss=1.0, acc=1.0)
+    write_run(root, "hi_1", mixer="rnn", seed=1, lr=3e-3, loss=1.0, acc=0.5)  # mean 0.75 < 0.8
+    out = tmp_path / "out"
+    assert main([str(root), "--out", str(out), "--metric", "val/acc"]) == 0
+    (row,) = read_csv(out / "comparison.csv")
+    assert float(row["lr"]) == pytest.approx(3e-3)  # ranked on seed 0, which both lrs ran
+    assert int(row["n"]) == 2 and float(row["val/acc_mean"]) == pytest.approx(0.75)
+
+
 def test_lr_grid_is_shown_row_by_row_when_lr_is_a_grouping_key(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "a", mixer="rnn", seed=0, lr=1e-3, loss=2.0)

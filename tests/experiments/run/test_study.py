@@ -122,7 +122,9 @@ def test_the_log_says_when_a_study_begins_and_when_it_grows(
 
 def test_the_study_a_command_line_trains_in_and_the_command_it_records() -> None:
     launch = study_launch(["-m", "--config-dir", "/c", "seed=0,1", "study=lr", "logger=none"])
-    assert launch == ("lr", Command(("seed=0,1", "logger=none"), multirun=True))
+    assert launch == ("lr", Command(("seed=0,1",), multirun=True))  # logger: this launch's only
+    shown = ["optim.lr=1e-3", "callbacks.progress_bar=false", "overwrite=true", "study=lr"]
+    assert study_launch(shown) == ("lr", Command(("optim.lr=1e-3",)))
     assert study_launch(["seed=1", "study='2024'"]) == ("2024", Command(("seed=1",)))
     for no_study in (["seed=1"], ["study=null"], ["--cfg", "job", "study=x"], ["study=x", "-i"]):
         assert study_launch(no_study) is None

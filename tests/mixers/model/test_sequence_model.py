@@ -31,6 +31,26 @@ def test_language_model_logits_shape_and_finite(mixer):
     assert torch.isfinite(logits).all()
 
 
+def test_scored_positions_get_the_full_forwards_logits_and_nothing_else():
+    model = small_model("conv")
+    x = tokens(3, 12)
+    scored = torch.zeros_like(x, dtype=torch.bool)
+    scored[0, 11], scored[2, [3, 7]] = True, True
+    logits = model(x, scored=scored)
+    assert logits.shape == (3, VOCAB)
+    torch.testing.assert_close(logits, model(x)[scored], atol=1e-6, rtol=1e-5)  # matmul order
+
+
+@pytest.mark.parametrize(
+    "kwargs, scored_shape",
+    [({}, (3, 11)), ({"causal": False, "num_classes": 3}, (3, 12))],
+)
+def test_scored_is_refused_where_it_selects_nothing_it_can(kwargs, scored_shape):
+    model = small_model("conv", **kwargs)
+    with pytest.raises(ValueError, match="scored selects language-model positions"):
+        model(tokens(3, 12), scored=torch.ones(scored_shape, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("mixer", available_mixers())
 def test_model_is_causal(mixer):
     model = small_model(mixer)
