@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 STEPS = (10, 20, 30)
 
@@ -19,6 +20,7 @@ def write_run(
     loss: float,
     acc: float = 0.5,
     lr: float = 1e-3,
+    weight_decay: float = 0.1,
     d_model: int = 64,
     params: int = 1000,
     tokens_per_s: float = 500.0,
@@ -26,8 +28,11 @@ def write_run(
     status: str = "finished",
     error: str | None = None,
     final: dict[str, float] | None = None,
+    task: str = "mqar",
+    datamodule: dict[str, Any] | None = None,
 ) -> Path:
-    """A run folder as the train app leaves it; the val/loss curve ends at ``loss``."""
+    """A run folder as the train app leaves it; the val/loss curve ends at ``loss``. A
+    ``datamodule`` gives the task's config its ``datamodule`` node (a suite's settings)."""
     run = root / name
     run.mkdir(parents=True)
     curve = [loss + 0.1 * (len(STEPS) - 1 - i) for i in range(len(STEPS))]
@@ -40,7 +45,7 @@ def write_run(
     results = {
         "status": status,
         "mixer": mixer,
-        "task": "mqar",
+        "task": task,
         "seed": seed,
         "params": params,
         "flops_per_token": 2.0 * params,
@@ -53,8 +58,8 @@ def write_run(
         "config": {
             "mixer": {"name": mixer},
             "model": {"d_model": d_model, "n_layers": 2},
-            "optim": {"lr": lr, "weight_decay": 0.1},
-            "task": {"name": "mqar"},
+            "optim": {"lr": lr, "weight_decay": weight_decay},
+            "task": {"name": task, **({"datamodule": datamodule} if datamodule else {})},
             "trainer": {"max_steps": STEPS[-1]},
             "name": "zoology",
             "seed": seed,

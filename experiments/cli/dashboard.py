@@ -77,7 +77,7 @@ def plan_dashboard(runs: Sequence[Run], metric: str, by: str, title: str | None)
     projects = sorted({lg.get("project") for lg in loggers if lg})
     if len(projects) > 1:
         raise ValueError(f"the runs were logged to several W&B projects {projects}: pass one")
-    comparison = build_comparison(runs, [by], metric, None, "optim.lr")
+    comparison = build_comparison(runs, [by], metric, None)
     metrics = sorted({name for run in runs for name in run.results.get("metrics") or {}})
     sections: dict[str, list[str]] = {}
     for name in metrics:

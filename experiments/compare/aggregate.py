@@ -1,4 +1,5 @@
-"""Aggregation: group finished runs, keep each group's best learning rate, summarise over seeds.
+"""Aggregation: group finished runs, keep each group's best grid point (by default its best
+learning rate), summarise over seeds, mark each group against the best of its task.
 
 No row ever averages over tasks: when the finished runs are of several tasks and no --by key
 separates them, ``task`` is added in front of the keys and a warning says so. Adding rather than
@@ -38,12 +39,14 @@ from mixerlab.experiments.compare.runs import (
     lookup,
     value_label,
 )
+from mixerlab.experiments.compare.significance import mark_groups
 from mixerlab.lightning_modules.metric_names import metric_mode
 from mixerlab.lightning_modules.record import RESULTS_FILE
 
 # results.json fields averaged over a group's runs
 NUMBERS = ("params", "flops_per_token", "state_size", "tokens_per_s", "wall_s")
 TASK_KEYS = ("task", "task.name")  # --by keys that keep tasks apart
+BEST_OVER = ("optim.lr",)  # the swept keys whose best grid point a group keeps, by default
 
 
 def _distinct(runs: Sequence[Run], key: str) -> tuple[str, ...]:
@@ -106,44 +109,48 @@ def _rank(mean: float, mode: str) -> float:
     return mean if mode == "min" else -mean
 
 
-def _lr_order(value: Any) -> tuple[bool, float, str]:
+def _value_order(value: Any) -> tuple[bool, float, str]:
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     return value is None, float(value) if numeric else math.inf, str(value)
 
 
-def _lr_of(run: Run, lr_key: str) -> Any:
-    """The run's learning rate as a dict key: a list or an object (a hand-edited config) by its
-    label."""
-    lr = lookup(run.results, lr_key)
-    return value_label(lr) if isinstance(lr, (dict, list)) else lr
+def grid_point(run: Run, keys: Sequence[str]) -> tuple[Any, ...]:
+    """The run's grid point, its value of each --best-over key, as a dict key: a list or an
+    object (a hand-edited config) by its label."""
+    values = (lookup(run.results, key) for key in keys)
+    return tuple(value_label(v) if isinstance(v, (dict, list)) else v for v in values)
 
 
-def select_lr(
-    runs: Sequence[Run], metric: str, mode: str, lr_key: str
-) -> tuple[Any, dict[Any, Stats]]:
-    """The learning rate with the best mean metric over the seeds every lr was run with, and the
-    metric at every lr over all its seeds.
+def select_point(
+    runs: Sequence[Run], metric: str, mode: str, keys: Sequence[str]
+) -> tuple[tuple[Any, ...], dict[tuple[Any, ...], Stats]]:
+    """The grid point (a combination of the values of ``keys``) with the best mean metric over
+    the seeds every point was run with, and the metric at every point over all its seeds.
 
-    Zoology's protocol runs the grid at one seed, then more seeds at the best lr only: ranked on
-    all their seeds, an lr with one lucky seed would beat the best lr's mean of several. So lrs
-    are ranked on their shared seeds (all seeds when they share none)."""
-    by_lr: dict[Any, list[Run]] = {}
+    The rule: rank the points by their mean over the shared seeds (all seeds when they share
+    none), keep the best, and report that point over all its seeds. Zoology's protocol runs the
+    grid at one seed, then more seeds at the best point only: ranked on all their seeds, a point
+    with one lucky seed would beat the best point's mean of several. The kept point's seeds then
+    carry the group's interval and marks (``significance``); the seeds that chose it are among
+    them, so with few seeds and a wide grid its mean leans optimistic, which fresh seeds at the
+    chosen point remove."""
+    by_point: dict[tuple[Any, ...], list[Run]] = {}
     for run in runs:
-        by_lr.setdefault(_lr_of(run, lr_key), []).append(run)
+        by_point.setdefault(grid_point(run, keys), []).append(run)
     grid = {
-        lr: summarize([run.best(metric) for run in by_lr[lr]])
-        for lr in sorted(by_lr, key=_lr_order)
+        point: summarize([run.best(metric) for run in by_point[point]])
+        for point in sorted(by_point, key=lambda point: tuple(map(_value_order, point)))
     }
     shared = set.intersection(
-        *({run.results.get("seed") for run in group} for group in by_lr.values())
+        *({run.results.get("seed") for run in group} for group in by_point.values())
     )
     ranked = {
-        lr: summarize([run.best(metric) for run in group if run.results.get("seed") in shared])
+        point: summarize([run.best(metric) for run in group if run.results.get("seed") in shared])
         if shared
-        else grid[lr]
-        for lr, group in by_lr.items()
+        else grid[point]
+        for point, group in by_point.items()
     }
-    best = min(grid, key=lambda lr: _rank(ranked[lr].mean, mode))
+    best = min(grid, key=lambda point: _rank(ranked[point].mean, mode))
     return best, grid
 
 
@@ -196,18 +203,18 @@ def summarize_group(
     members: Sequence[Run],
     metric: str,
     mode: str,
-    lr_key: str,
+    best_over: Sequence[str],
     also: Sequence[str],
 ) -> Group:
-    """One row: the group's best lr, and its kept runs summarised."""
-    lr, grid = select_lr(members, metric, mode, lr_key)
-    kept = tuple(run for run in members if _lr_of(run, lr_key) == lr)
+    """One row: the group's best grid point, and its kept runs summarised."""
+    point, grid = select_point(members, metric, mode, best_over)
+    kept = tuple(run for run in members if grid_point(run, best_over) == point)
     return Group(
         label=label,
         runs=kept,
-        metric=grid[lr],
-        lr=lr,
-        lr_grid=MappingProxyType(grid),
+        metric=grid[point],
+        point=point,
+        grid=MappingProxyType(grid),
         **{name: _field_stats(kept, name) for name in NUMBERS},
         also=MappingProxyType({name: _final_stats(kept, name) for name in also}),
         chance=MappingProxyType(group_chance(kept)),
@@ -232,16 +239,19 @@ def build_comparison(
     by: Sequence[str],
     metric: str,
     mode: str | None,
-    lr_key: str,
+    best_over: Sequence[str] = BEST_OVER,
     also: Sequence[str] = (),
     band: str = "minmax",
+    apart: Sequence[str] = (),
 ) -> Comparison:
-    """Group finished runs by ``by``, keep the best lr per group, aggregate over seeds, and read
-    the kept runs' histories for the seed bands of every logged metric (``band``: ``minmax``
-    or ``std``).
+    """Group finished runs by ``by``, keep each group's best grid point of the ``best_over``
+    keys (``select_point``), aggregate over seeds, mark each group against the best of its task
+    (``significance``), and read the kept runs' histories for the seed bands of every logged
+    metric (``band``: ``minmax`` or ``std``).
 
     ``mode``: ``min`` or ``max``; None reads it from the metric's name. ``also``: further metrics
-    (globs allowed) to aggregate over the kept runs, at their final values.
+    (globs allowed) to aggregate over the kept runs, at their final values. ``apart``: --by keys
+    that, like the task, tell apart groups never ranked against each other (a suite's settings).
     """
     if not by:
         raise ValueError("--by needs at least one key, e.g. --by mixer")
@@ -252,7 +262,8 @@ def build_comparison(
         raise ValueError(f"none of the {len(unreadable)} {RESULTS_FILE} can be used: {listed}")
     for key in by:
         check_key(runs, key, "--by")
-    check_key(runs, lr_key, "--lr-key")
+    for key in best_over:
+        check_key(runs, key, "--best-over")
     mode = mode or metric_mode(metric)
     if mode is None:
         raise ValueError(
@@ -266,31 +277,34 @@ def build_comparison(
         buckets.setdefault(tuple(value_label(lookup(run.results, k)) for k in by), []).append(run)
     also = expand_also(finished, also)
     groups = [
-        summarize_group(label, members, metric, mode, lr_key, also)
+        summarize_group(label, members, metric, mode, best_over, also)
         for label, members in buckets.items()
     ]
     warnings = [task_note] if task_note else []
     for group in groups:
         name = label_name(by, group.label)
-        if warning := _mixed_warning(name, group.runs, {"seed", lr_key, *by}):
+        if warning := _mixed_warning(name, group.runs, {"seed", *best_over, *by}):
             warnings.append(warning)
-    task_at = next((by.index(key) for key in TASK_KEYS if key in by), None)
-    groups.sort(
-        key=lambda g: (
-            "" if task_at is None else g.label[task_at],
-            _rank(g.metric.mean, mode),
-            g.label,
-        )
-    )
+    task_at = [index for index, key in enumerate(by) if key in TASK_KEYS or key in apart]
+
+    def task_of(group: Group) -> tuple[str, ...]:
+        return tuple(group.label[index] for index in task_at)
+
+    groups.sort(key=lambda g: (task_of(g), _rank(g.metric.mean, mode), g.label))
+    by_task: dict[tuple[str, ...], list[Group]] = {}
+    for group in groups:
+        by_task.setdefault(task_of(group), []).append(group)
+    marks = {label: m for task in by_task.values() for label, m in mark_groups(task, mode).items()}
     runs_by_group = {label_name(by, group.label): group.runs for group in groups}
     curves, curve_warnings = group_bands(runs_by_group, metric, band)
     return Comparison(
         by=tuple(by),
         metric=metric,
         mode=mode,
-        lr_key=lr_key,
+        best_over=tuple(best_over),
         band=band,
         groups=tuple(groups),
+        marks=MappingProxyType(marks),
         unfinished=tuple(run for run in runs if run.status != "finished"),
         unreadable=unreadable,
         also=tuple(also),

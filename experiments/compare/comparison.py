@@ -68,14 +68,15 @@ class Band:
 
 @dataclass(frozen=True)
 class Group:
-    """Finished runs sharing the --by values; ``runs`` are those at the kept learning rate,
-    ``chance`` the chance levels they all record (by metric)."""
+    """Finished runs sharing the --by values; ``runs`` are those at the kept grid point
+    (``point``: one value per --best-over key), ``grid`` the metric at every point the group ran,
+    ``chance`` the chance levels the kept runs all record (by metric)."""
 
     label: tuple[str, ...]
     runs: tuple[Run, ...]
     metric: Stats
-    lr: Any
-    lr_grid: Mapping[Any, Stats]
+    point: tuple[Any, ...]
+    grid: Mapping[tuple[Any, ...], Stats]
     params: Stats | None
     flops_per_token: Stats | None
     state_size: Stats | None  # None where no run records it (a mixer that does not report it)
@@ -85,12 +86,28 @@ class Group:
     chance: Mapping[str, Chance]
 
     @property
-    def lr_picked(self) -> bool:
-        return len(self.lr_grid) > 1
+    def picked(self) -> bool:
+        """The group ran several grid points and one was picked."""
+        return len(self.grid) > 1
 
     @property
     def seeds(self) -> list[Any]:
         return [run.results.get("seed") for run in self.runs]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """How a group's selection metric stands over its seeds (``significance`` says how and
+    why): its 95% interval, its ``verdict`` against the best group of its task (``best``,
+    ``separated``, ``within noise``, or ``untested``, with ``why`` in words), the test's p-value
+    against the best, its rank and whether another group of its task shares that rank."""
+
+    interval: tuple[float, float] | None
+    verdict: str
+    p: float | None
+    rank: int | None
+    tied: bool
+    why: str | None
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,7 @@ PROPERTIES = {
 @dataclass(frozen=True)
 class Point:
     """One config on a line: where it sits (``x``, over the kept runs), its runs at their best
-    learning rate (``group``), and the best value of each panel's metric (``y``)."""
+    grid point (``group``), and the best value of each panel's metric (``y``)."""
 
     x: Stats
     group: Group
@@ -147,20 +164,73 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A mean over parts: a suite task's score (over its settings) or the suite's (over its
+    tasks). ``value`` is the mean of the parts' values; ``per_seed`` each seed's mean over the
+    parts, for the seeds every part ran; ``interval`` the 95% Student-t interval over those
+    per-seed means, None with ``why`` in words (``significance``'s rule: 3 seeds or more)."""
+
+    value: float
+    per_seed: Mapping[str, float]
+    interval: tuple[float, float] | None
+    why: str | None
+
+
+@dataclass(frozen=True)
+class SuiteRow:
+    """One row of a suite's table (a --by group, tasks and settings apart): its score on each
+    task it ran every setting of (``scores``), the settings it lacks of the others
+    (``missing``), and the suite's score when it has every task of the table (``overall``).
+    A ``stored`` row comes from a stored reference; ``stale`` says why its numbers may no
+    longer hold (code changed since, a preset that differs from the runs here), empty if
+    current."""
+
+    name: str
+    scores: Mapping[str, Score]
+    missing: Mapping[str, tuple[str, ...]]
+    overall: Score | None
+    stored: bool = False
+    stale: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuiteTable:
+    """A benchmark suite's score (MAD): per row, each task's mean over its settings of the best
+    grid point's metric, and the mean over tasks. ``row_by`` are the --by keys that name a row,
+    ``tasks`` the table's tasks, ``suite_tasks`` every task of the suite, ``settings`` each
+    task's settings by label; ``reference`` says where stored rows came from, None without any."""
+
+    name: str
+    title: str
+    row_by: tuple[str, ...]
+    metric: str
+    mode: str
+    best_over: tuple[str, ...]
+    tasks: tuple[str, ...]
+    suite_tasks: tuple[str, ...]
+    settings: Mapping[str, tuple[str, ...]]
+    rows: tuple[SuiteRow, ...]
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Everything the renderers and plots read: groups best first (within each task), runs that
     did not finish (running, killed, failed, interrupted, diverged), runs whose results.json
     cannot be used (each with its ``problem``), warnings, and the curves of every metric the
     kept runs logged (``curves[metric][group name]``, ``metrics`` in logging order) with their
-    ``band`` kind; ``scaling``: the metric against each --x key (``scaling.add_scaling``);
-    ``ledger``: the compute every readable run spent, finished or not."""
+    ``band`` kind; ``marks``: each group's interval, mark and rank by label; ``scaling``: the
+    metric against each --x key (``scaling.add_scaling``); ``ledger``: the compute every
+    readable run spent, finished or not; ``suite``: a benchmark suite's score when the runs are
+    its tasks' (``suite.add_suite``)."""
 
     by: tuple[str, ...]
     metric: str
     mode: str
-    lr_key: str
+    best_over: tuple[str, ...]
     band: str
     groups: tuple[Group, ...]
+    marks: Mapping[tuple[str, ...], Mark]
     unfinished: tuple[Run, ...]
     unreadable: tuple[Run, ...]
     also: tuple[str, ...]
@@ -169,6 +239,7 @@ class Comparison:
     scope: Scope
     scaling: tuple[Scaling, ...] = ()
     ledger: Ledger = field(default_factory=Ledger)
+    suite: SuiteTable | None = None
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -182,6 +253,10 @@ class Comparison:
     def one_seed_each(self) -> bool:
         """Every group has a single run: no spread to show, so legends say "1 seed"."""
         return all(group.metric.n == 1 for group in self.groups)
+
+    def mark(self, group: Group) -> Mark:
+        """The group's interval, mark against the best of its task and rank."""
+        return self.marks[group.label]
 
     def group_name(self, group: Group) -> str:
         """Legend label: the value alone for one key, ``key=value`` pairs for several."""

@@ -14,13 +14,23 @@ from mixerlab.experiments.compare.plots import Plot, render_plots
 from mixerlab.experiments.compare.plots._draw_curves import metric_figures
 from mixerlab.experiments.compare.report import render_html
 from mixerlab.experiments.compare.runs import value_label
+from mixerlab.experiments.compare.suite_cells import (
+    CSV_FILE,
+    render_suite_csv,
+    suite_caption,
+    suite_heading,
+    suite_notes,
+    suite_rows,
+)
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
     compute_lines,
-    lr_notes,
+    point_label,
     run_rows,
     scope_lines,
+    selection_heading,
+    selection_notes,
     table_rows,
     title,
     unfinished_rows,
@@ -43,15 +53,20 @@ def render_csv(comparison: Comparison) -> str:
     metric = comparison.metric
     columns = [
         *comparison.by,
-        "lr",
-        "lr_picked",
-        "lr_grid",
+        *(f"{key}_best" for key in comparison.best_over),
+        "picked",
+        "grid",
         "n",
         "seeds",
         f"{metric}_mean",
         f"{metric}_std",
         f"{metric}_min",
         f"{metric}_max",
+        f"{metric}_ci95_low",
+        f"{metric}_ci95_high",
+        f"{metric}_vs_best",
+        f"{metric}_p_vs_best",
+        f"{metric}_rank",
         f"{metric}_chance",
         f"{metric}_at_chance",
         *(f"{name}_final_{stat}" for name in comparison.also for stat in STATS),
@@ -68,22 +83,29 @@ def render_csv(comparison: Comparison) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for g in comparison.groups:
-        lr_grid = ";".join(
-            f"{value_label(lr)}:{_number(s.mean)}:n={s.n}" for lr, s in g.lr_grid.items()
+        grid = ";".join(
+            f"{point_label(point)}:{_number(s.mean)}:n={s.n}" for point, s in g.grid.items()
         )
         chance = g.chance.get(metric)
+        mark = comparison.mark(g)
+        low, high = mark.interval or (None, None)
         writer.writerow(
             [
                 *g.label,
-                "" if g.lr is None else g.lr,
-                str(g.lr_picked).lower(),
-                lr_grid,
+                *("" if value is None else value for value in g.point),
+                str(g.picked).lower(),
+                grid,
                 g.metric.n,
                 ";".join(value_label(s) for s in g.seeds),
                 _number(g.metric.mean),
                 _number(g.metric.std),
                 _number(g.metric.min),
                 _number(g.metric.max),
+                _number(low),
+                _number(high),
+                mark.verdict,
+                _number(mark.p),
+                "" if mark.rank is None else mark.rank,
                 _number(chance.value if chance else None),
                 "" if chance is None else str(at_chance(g.metric, chance, comparison.mode)).lower(),
                 *(
@@ -112,7 +134,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
-    """comparison.md: the table, the compute spent, lr selection, runs left out (unfinished,
+    """comparison.md: the table, the compute spent, the grid points kept, runs left out (unfinished,
     unreadable), warnings, links to the plots."""
     parts = [
         f"# {title(comparison)}",
@@ -123,12 +145,15 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
         "",
         caption(comparison),
     ]
+    if (suite := comparison.suite) is not None:
+        parts += ["", f"## {suite_heading(suite)}", "", _md_table(*suite_rows(suite)), ""]
+        parts += [suite_caption(suite), "", *(f"- {note}" for note in suite_notes(suite))]
     if lines := compute_lines(comparison):
         parts += ["", "## Compute spent", "", *(f"- {line}" for line in lines)]
     if notes := chance_notes(comparison):
         parts += ["", "## Chance levels", "", *(f"- {note}" for note in notes)]
-    if notes := lr_notes(comparison):
-        parts += ["", "## Learning-rate selection", "", *(f"- {note}" for note in notes)]
+    if notes := selection_notes(comparison):
+        parts += ["", f"## {selection_heading(comparison)}", "", *(f"- {note}" for note in notes)]
     if comparison.unfinished:
         parts += ["", "## Failed and unfinished runs (not in the table)", ""]
         parts.append(_md_table(*unfinished_rows(comparison)))
@@ -149,6 +174,7 @@ def write_outputs(comparison: Comparison, out: Path) -> list[Path]:
     files: dict[str, bytes | str] = {
         "comparison.csv": render_csv(comparison),
         "comparison.md": render_markdown(comparison, list(plots)),
+        **({CSV_FILE: render_suite_csv(comparison.suite)} if comparison.suite else {}),
         **{plot.file: png for plot, png in plots.items()},
         "report.html": render_html(comparison, plots, metric_figures(comparison)),
     }

@@ -20,13 +20,20 @@ from matplotlib.colors import to_hex
 from mixerlab.experiments.compare.comparison import Comparison
 from mixerlab.experiments.compare.plots import Plot
 from mixerlab.experiments.compare.plots.base import group_colors
+from mixerlab.experiments.compare.suite_cells import (
+    suite_caption,
+    suite_heading,
+    suite_notes,
+    suite_rows,
+)
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
     compute_lines,
-    lr_notes,
     run_rows,
     scope_lines,
+    selection_heading,
+    selection_notes,
     table_rows,
     title,
     unfinished_rows,
@@ -155,14 +162,19 @@ def render_html(
         _html_table(*table_rows(comparison)),
         f"<p class='caption'>{esc(caption(comparison))}</p>",
     ]
+    if (suite := comparison.suite) is not None:
+        parts.append(f"<h2>{esc(suite_heading(suite))}</h2>{_html_table(*suite_rows(suite))}")
+        parts.append(f"<p class='caption'>{esc(suite_caption(suite))}</p>")
+        if notes := suite_notes(suite):
+            parts.append(_items(notes))
     if lines := compute_lines(comparison):
         parts.append(f"<h2>Compute spent</h2>{_items(lines)}")
     if notes := chance_notes(comparison):
         parts.append(f"<h2>Chance levels</h2>{_items(notes)}")
     if figures:
         parts.append(_metric_menu(comparison, figures))
-    if notes := lr_notes(comparison):
-        parts.append(f"<h2>Learning-rate selection</h2>{_items(notes)}")
+    if notes := selection_notes(comparison):
+        parts.append(f"<h2>{esc(selection_heading(comparison))}</h2>{_items(notes)}")
     if comparison.unfinished:
         parts.append("<h2>Failed and unfinished runs (not in the table)</h2>")
         parts.append(_html_table(*unfinished_rows(comparison)))

@@ -3,10 +3,10 @@ property (``params``, ``flops_per_token``, ``state_size``, ``tokens_per_s``, ``w
 Zoology plots recall against width and state size and Mamba against parameters.
 
 A *point* is one config: the finished runs that agree on every config key but the seed and the
-learning rate (and their interpolated copies), with its best learning rate kept as in the tables
-(``--lr-key`` applies per point) and its seeds summarised. A *line* joins the points that share
-the --by values other than the --x keys. Points of one line at the same x differ in a key no --by
-names; a warning says which, since the line would zigzag through them.
+--best-over keys (and their interpolated copies), with its best grid point of those keys kept as
+in the tables (``--best-over`` applies per point) and its seeds summarised. A *line* joins the
+points that share the --by values other than the --x keys. Points of one line at the same x
+differ in a key no --by names; a warning says which, since the line would zigzag through them.
 """
 
 from __future__ import annotations
@@ -94,16 +94,18 @@ def set_metrics(finished: Sequence[Run], metric: str) -> list[str]:
     return sets if len(sets) > 1 else []
 
 
-def _point_keys(finished: Sequence[Run], by: Sequence[str], lr_key: str, x: str) -> list[str]:
+def _point_keys(
+    finished: Sequence[Run], by: Sequence[str], best_over: Sequence[str], x: str
+) -> list[str]:
     """The config keys that tell points apart: every key that differs between the runs but the
-    seed and the learning rate and their copies (``task.datamodule.seed``, ``optim.optimizer.lr``),
-    unless the learning rate is the axis itself."""
+    seed and the --best-over keys and their copies (``task.datamodule.seed``,
+    ``optim.optimizer.lr``), less a --best-over key that is the axis itself."""
 
     def column(key: str) -> tuple[str, ...]:
         return tuple(value_label(lookup(run.results, key)) for run in finished)
 
-    lr_is_axis = x not in PROPERTIES and column(x) == column(lr_key)
-    averaged = {column("seed")} | (set() if lr_is_axis else {column(lr_key)})
+    axis = column(x) if x not in PROPERTIES else None
+    averaged = {column("seed")} | {c for key in best_over if (c := column(key)) != axis}
     keys = [key for key in differing_keys(finished, set()) if column(key) not in averaged]
     return [*by, *(key for key in keys if key not in by)]
 
@@ -111,9 +113,9 @@ def _point_keys(finished: Sequence[Run], by: Sequence[str], lr_key: str, x: str)
 def _point(
     members: Sequence[Run], comparison: Comparison, key: str, panels: Sequence[str]
 ) -> Point | None:
-    """The config of ``members`` at its best learning rate; None when no run has an x value."""
+    """The config of ``members`` at its best grid point; None when no run has an x value."""
     metric = comparison.metric
-    group = summarize_group((), members, metric, comparison.mode, comparison.lr_key, ())
+    group = summarize_group((), members, metric, comparison.mode, comparison.best_over, ())
     xs = [x for run in group.runs if (x := x_value(run, key)) is not None]
     if not xs:
         return None
@@ -160,7 +162,7 @@ def _scaling(
     comparison: Comparison, finished: Sequence[Run], key: str, line_by: Sequence[str]
 ) -> tuple[Scaling, list[str]]:
     panels = (comparison.metric, *set_metrics(finished, comparison.metric))
-    point_keys = _point_keys(finished, comparison.by, comparison.lr_key, key)
+    point_keys = _point_keys(finished, comparison.by, comparison.best_over, key)
     buckets: dict[tuple[str, ...], list[Run]] = {}
     for run in finished:
         buckets.setdefault(

@@ -1,6 +1,6 @@
-"""The cells every renderer shows: titles, the main table, lr selection notes, the runs that
-did not finish and those that cannot be read, formatted once for the terminal, markdown and HTML
-alike."""
+"""The cells every renderer shows: titles, the main table with each group's interval, mark and
+rank, the notes on the grid point kept, the runs that did not finish and those that cannot be
+read, formatted once for the terminal, markdown and HTML alike."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from mixerlab.experiments.compare.chance import at_chance, describe
-from mixerlab.experiments.compare.comparison import Comparison, Group, Stats
+from mixerlab.experiments.compare.comparison import Comparison, Group, Mark, Stats
 from mixerlab.experiments.compare.ledger import ledger_lines
 from mixerlab.experiments.compare.runs import Run, lookup, value_label
+from mixerlab.experiments.compare.significance import ALPHA, MIN_SEEDS, t_critical
 from mixerlab.lightning_modules.metric_names import metric_mode
 from mixerlab.lightning_modules.record import RESULTS_FILE
 
@@ -33,9 +34,36 @@ def _mean_std(stats: Stats | None, mean_fmt: str, std_fmt: str) -> str:
     return text if stats.std is None else f"{text} ± {stats.std:{std_fmt}}"
 
 
-def _lr_cell(group: Group) -> str:
-    lr = value_label(group.lr)
-    return f"{lr} (best of {len(group.lr_grid)})" if group.lr_picked else lr
+def _point_cells(group: Group) -> list[str]:
+    """The kept grid point, a cell per --best-over key, each with how many values of that key
+    the group ran where it ran several."""
+    cells = []
+    for index, value in enumerate(group.point):
+        ran = len({point[index] for point in group.grid})
+        cells.append(f"{value_label(value)} (best of {ran})" if ran > 1 else value_label(value))
+    return cells
+
+
+def _interval_cell(mark: Mark) -> str:
+    if mark.interval is None:
+        return f"none ({mark.why})"
+    low, high = mark.interval
+    return f"[{low:.4g}, {high:.4g}]"
+
+
+def _p_text(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3g}"
+
+
+def _verdict_cell(mark: Mark) -> str:
+    """``best``, ``separated (p=0.003)``, ``within noise (p=0.41)`` or ``untested``."""
+    return mark.verdict if mark.p is None else f"{mark.verdict} ({_p_text(mark.p)})"
+
+
+def _rank_cell(mark: Mark) -> str:
+    if mark.rank is None:
+        return "-"
+    return f"{mark.rank} (tied)" if mark.tied else str(mark.rank)
 
 
 def title(comparison: Comparison) -> str:
@@ -75,6 +103,25 @@ def scope_lines(comparison: Comparison) -> list[str]:
     ]
 
 
+def _statistics_caption(comparison: Comparison) -> str:
+    """What the interval, mark and rank columns mean, and why a group of few seeds has none."""
+    text = ""
+    if any(comparison.mark(g).interval is not None for g in comparison.groups):
+        text += (
+            f" 95% interval: Student-t over the seeds. vs best: Welch's t-test against the best"
+            f" group of {MIN_SEEDS} or more seeds in its task, separated at p < {ALPHA:g}, else"
+            " within noise. rank: 1 + the groups that beat it by that test, so groups it cannot"
+            " tell apart share a rank."
+        )
+    if any(g.metric.n < MIN_SEEDS for g in comparison.groups):
+        width = t_critical(1) / math.sqrt(2)
+        text += (
+            f" Fewer than {MIN_SEEDS} seeds: no interval, mark or rank (a 95% interval over 2"
+            f" seeds reaches {width:.0f} standard deviations either side of the mean)."
+        )
+    return text
+
+
 def caption(comparison: Comparison) -> str:
     """How the numbers were made, under every table."""
     if comparison.one_seed_each:
@@ -83,12 +130,14 @@ def caption(comparison: Comparison) -> str:
         text = "mean ± sample std over seeds; n = seeds."
         if any(group.metric.n == 1 for group in comparison.groups):
             text += " A group with 1 seed has no ± std."
+    text += _statistics_caption(comparison)
     if comparison.also:
         text += f" {', '.join(comparison.also)}: at the end of training, same runs."
-    if any(g.lr_picked for g in comparison.groups):
+    if any(g.picked for g in comparison.groups):
         text += (
-            f" Where a group swept {comparison.lr_key}, only the {comparison.lr_key} with the best"
-            f" mean {comparison.metric} is kept (as Zoology reports MQAR); see the lr selection."
+            f" Where a group ran several values of {', '.join(comparison.best_over)}, only its"
+            f" grid point with the best mean {comparison.metric} over the seeds every point ran"
+            " is kept, with all its seeds (as Zoology reports MQAR); see the selection."
         )
     return text
 
@@ -163,9 +212,12 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     budgeted = any(_budget_cell(g) != "-" for g in comparison.groups)
     header = [
         *comparison.by,
-        comparison.lr_key,
+        *comparison.best_over,
         "n",
         _metric_header(comparison, comparison.metric),
+        "95% interval",
+        "vs best",
+        "rank",
         *(_metric_header(comparison, name, name == comparison.metric) for name in comparison.also),
         "params",
         "FLOPs/token",
@@ -177,9 +229,12 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             *g.label,
-            _lr_cell(g),
+            *_point_cells(g),
             str(g.metric.n),
             _metric_cell(comparison, g, comparison.metric, g.metric),
+            _interval_cell(comparison.mark(g)),
+            _verdict_cell(comparison.mark(g)),
+            _rank_cell(comparison.mark(g)),
             *(_metric_cell(comparison, g, name, g.also[name]) for name in comparison.also),
             _human(g.params.mean if g.params else None),
             _human(g.flops_per_token.mean if g.flops_per_token else None),
@@ -193,20 +248,33 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def lr_notes(comparison: Comparison) -> list[str]:
-    """One line per group that swept the learning rate: what was kept, out of what."""
+def selection_heading(comparison: Comparison) -> str:
+    """The title of the selection notes."""
+    return f"Best grid point over {', '.join(comparison.best_over)}"
+
+
+def point_label(point: tuple[Any, ...]) -> str:
+    """A grid point as a cell: its one value, or its values in parentheses."""
+    labels = [value_label(value) for value in point]
+    return labels[0] if len(labels) == 1 else f"({', '.join(labels)})"
+
+
+def selection_notes(comparison: Comparison) -> list[str]:
+    """One line per group that ran several grid points: what was kept, out of what."""
+    keys = comparison.best_over
+    swept = keys[0] if len(keys) == 1 else f"({', '.join(keys)})"
     notes = []
     for group in comparison.groups:
-        if not group.lr_picked:
+        if not group.picked:
             continue
+        picked = ", ".join(f"{k}={value_label(v)}" for k, v in zip(keys, group.point, strict=True))
         grid = ", ".join(
-            f"{value_label(lr)}: {stats.mean:.4g} (n={stats.n})"
-            for lr, stats in group.lr_grid.items()
+            f"{point_label(point)}: {stats.mean:.4g} (n={stats.n})"
+            for point, stats in group.grid.items()
         )
         notes.append(
-            f"{comparison.group_name(group)}: picked {comparison.lr_key}={value_label(group.lr)} "
-            f"by mean {comparison.metric} ({'min' if comparison.mode == 'min' else 'max'}) "
-            f"from {grid}"
+            f"{comparison.group_name(group)}: picked {picked} by mean {comparison.metric} "
+            f"({comparison.mode}) over the seeds every point ran, from {swept} {grid}"
         )
     return notes
 

@@ -1,4 +1,4 @@
-"""The comparison in the terminal: rich tables, the lr selection, runs left out (unfinished or
+"""The comparison in the terminal: rich tables, the grid point kept, runs left out (unfinished or
 unreadable), warnings."""
 
 from __future__ import annotations
@@ -9,12 +9,19 @@ from rich.table import Table
 from rich.text import Text
 
 from mixerlab.experiments.compare.comparison import Comparison
+from mixerlab.experiments.compare.suite_cells import (
+    suite_caption,
+    suite_heading,
+    suite_notes,
+    suite_rows,
+)
 from mixerlab.experiments.compare.tables import (
     caption,
     chance_notes,
     compute_lines,
-    lr_notes,
     scope_line,
+    selection_heading,
+    selection_notes,
     table_rows,
     title,
     unfinished_rows,
@@ -104,6 +111,11 @@ def print_report(comparison: Comparison, console: Console) -> None:
         _print(
             console, cost_header, cost_rows, groups, title=cost_title, caption=caption(comparison)
         )
+    if (suite := comparison.suite) is not None:
+        header, rows = suite_rows(suite)
+        _print(console, header, rows, 1, title=suite_heading(suite), caption=suite_caption(suite))
+        for note in suite_notes(suite):
+            console.print(f"  {note}", markup=False, highlight=False)
     if lines := compute_lines(comparison):
         console.print(Text.assemble(("compute spent ", "bold"), lines[0]), highlight=False)
         for line in lines[1:]:
@@ -112,8 +124,10 @@ def print_report(comparison: Comparison, console: Console) -> None:
         console.print("[bold]chance levels[/]")
         for note in notes:
             console.print(f"  {note}", markup=False, highlight=False)
-    for note in lr_notes(comparison):
-        console.print(f"[bold]lr selection[/] {note}", highlight=False)
+    if notes := selection_notes(comparison):
+        console.print(Text(selection_heading(comparison), style="bold"))
+        for note in notes:
+            console.print(f"  {note}", markup=False, highlight=False)
     if comparison.unfinished:
         heading = "failed and unfinished runs (not in the table above)"
         _print_left_out(console, heading, *unfinished_rows(comparison))

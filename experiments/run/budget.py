@@ -87,15 +87,18 @@ class Sizing:
 
 def size_model(config: dict[str, Any], dm: TaskDataModule) -> Sizing:
     """The run's model arguments for the task ``dm`` (vocabulary, length, causality, head), its
-    ``model.budget`` solved (see the module docstring); ConfigError when no setting reaches it."""
-    shape = (dm.vocab_size, dm.max_len, dm.causal, dm.num_classes)
+    ``model.budget`` solved (see the module docstring); ConfigError when no setting reaches it.
+    A reconstruction task's targets are all read from the last position's state (MAD's
+    compression read-out); every other task reads each position's own."""
+    readout = "last_state" if dm.task_type == "reconstruction" else "per_position"
+    shape = (dm.vocab_size, dm.max_len, dm.causal, dm.num_classes, readout)
     key = json.dumps([config["mixer"], config["model"], shape], sort_keys=True)
     return copy.deepcopy(_size_model(key))  # the caller may change what it is given
 
 
 @functools.cache
 def _size_model(key: str) -> Sizing:
-    mixer_node, model_node, (vocab_size, max_len, causal, num_classes) = json.loads(key)
+    mixer_node, model_node, (vocab_size, max_len, causal, num_classes, readout) = json.loads(key)
     mixer, hparams = model_mixer(mixer_node)
     budget = model_node.pop("budget", None) or {}
     arguments = {
@@ -105,6 +108,7 @@ def _size_model(key: str) -> Sizing:
         "causal": causal,
         "max_len": max_len,
         "num_classes": num_classes,
+        "readout": readout,
         **model_node,
     }
     measure = next((m for m in MEASURES if budget.get(m) is not None), None)  # one: the schema

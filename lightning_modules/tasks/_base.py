@@ -23,7 +23,10 @@ import pytorch_lightning as pl
 from mixerlab.mixers._registry import Registry
 
 ENTRY_POINT_GROUP = "mixerlab.tasks"
-TASK_TYPES = ("lm", "classification")
+# lm: per-position targets, each read from its own position's state; reconstruction: the same
+# batches, every target read from the last position's state (MAD's compression); classification:
+# one label per sequence.
+TASK_TYPES = ("lm", "reconstruction", "classification")
 # Set by the run (its top-level keys), never by a task's config.
 RUN_ARGUMENTS = ("seed", "cache_dir")
 # Batches are right-padded with token id 0 in every task; per-position targets are -100 where
@@ -72,12 +75,14 @@ class TaskDataModule(pl.LightningDataModule):
     """Base class of every task: the attributes the training app reads, declared in one place.
 
     Set by :func:`register_task`: ``name``, ``task_type`` ("lm": per-position targets, -100
-    where unscored; "classification": one label per sequence) and ``causal`` (True: a decoder,
-    position t sees positions <= t; False: an encoder). Set by the instance, at the latest in
+    where unscored; "reconstruction": the same targets, all read from the last position's state;
+    "classification": one label per sequence) and ``causal`` (True: a decoder, position t sees
+    positions <= t; False: an encoder). Set by the instance, at the latest in
     ``setup("fit")``: ``vocab_size``, ``max_len`` (the longest sequence any loader yields),
-    ``num_classes`` (None for "lm"), ``val_set_names`` (one per validation loader, in order),
-    ``bytes_per_token`` (None where bytes mean nothing, e.g. synthetic tokens) and
-    ``fingerprint`` (JSON-serialisable values identifying the data, logged with the config).
+    ``num_classes`` (None but for "classification"), ``val_set_names`` (one per validation
+    loader, in order), ``bytes_per_token`` (None where bytes mean nothing, e.g. synthetic
+    tokens) and ``fingerprint`` (JSON-serialisable values identifying the data, logged with the
+    config).
     After ``setup``, :meth:`baselines` says what learning nothing scores on each validation set.
 
     Batches are dicts ``{"input": (B, L) long, "target": (B, L) or (B,) long, "mask": (B, L)
@@ -114,10 +119,10 @@ class TaskDataModule(pl.LightningDataModule):
                 ("max_len", "a positive int", _positive_int(getattr(self, "max_len", None))),
                 (
                     "num_classes",
-                    "None for lm, a positive int for classification",
-                    self.num_classes is None
-                    if self.task_type == "lm"
-                    else _positive_int(self.num_classes),
+                    "a positive int for classification, else None",
+                    _positive_int(self.num_classes)
+                    if self.task_type == "classification"
+                    else self.num_classes is None,
                 ),
                 (
                     "val_set_names",

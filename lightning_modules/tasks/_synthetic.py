@@ -8,7 +8,8 @@ evaluated on the very same examples, and a second run reads them back instead of
 Train and validation examples are drawn from disjoint seed streams (``SeedSequence`` spawn keys
 ``(0, part)`` for training and ``(1, set)`` for validation), and every validation example whose
 input sequence also occurs in the training split is dropped: a validation accuracy never rewards
-having memorised a training sequence.
+having memorised a training sequence. What every split must share (memorization's key-value map)
+comes from a third stream, spawn key ``(2,)``: :meth:`SyntheticTaskDataModule.shared_rng`.
 
 With ``fresh_every_epoch`` the training examples are drawn anew for every epoch, as Mamba trains
 its synthetic tasks: epoch 0 is the cached training split, epoch e > 0 is drawn in memory from its
@@ -49,7 +50,7 @@ from mixerlab.lightning_modules.tasks._resumable import EpochShuffle
 
 log = logging.getLogger(__name__)
 
-TRAIN_STREAM, VAL_STREAM = 0, 1
+TRAIN_STREAM, VAL_STREAM, SHARED_STREAM = 0, 1, 2
 # Rows drawn per numpy call: bounds memory (MQAR draws a (rows, vocab/2) matrix for the keys).
 CHUNK_ROWS = 1024
 
@@ -192,6 +193,11 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         has the inputs' shape (per-position, -100 where unscored) for "lm" tasks and is an (n,)
         label array for "classification".
         """
+
+    def shared_rng(self) -> np.random.Generator:
+        """A generator for what every split shares (memorization's facts), seeded from the run's
+        seed alone and apart from the training and validation streams; the same on every call."""
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(SHARED_STREAM,)))
 
     def _split_fingerprint(self, split: str, parts: Sequence[Part], train: str = "") -> str:
         payload = {

@@ -49,11 +49,15 @@ from mixerlab.mixers.model.blocks import Block, check_choice, make_ffn, make_nor
 from mixerlab.mixers.model.layer_plan import build_layers
 from mixerlab.mixers.model.moe import MoEFeedForward
 from mixerlab.mixers.model.positions import sinusoidal_table
+from mixerlab.mixers.model.readout import LastStateDecoder
 
-__all__ = ["MIXER_INITS", "POS_KINDS", "SequenceModel"]
+__all__ = ["MIXER_INITS", "POS_KINDS", "READOUTS", "SequenceModel"]
 
 POS_KINDS = ("none", "learned", "sinusoidal", "rope")
 MIXER_INITS = ("depth_scaled", "mamba", "zoology", "own")
+# per_position: each position's logits from its own state; last_state: every position's logits
+# from the last position's state through MAD's decoder (mixerlab.mixers.model.readout)
+READOUTS = ("per_position", "last_state")
 
 
 class SequenceModel(nn.Module):
@@ -67,6 +71,9 @@ class SequenceModel(nn.Module):
     scored=)`` runs the language-model head only where the bool (B, L) ``scored`` is True and
     returns those positions' logits (N, vocab_size) in row-major order: the same numbers, without
     the head's cost at positions no loss reads (MQAR scores 4 of 64 at vocabulary 8192).
+    ``readout="last_state"`` reads every position's logits from the last real position's state
+    instead (:class:`~mixerlab.mixers.model.readout.LastStateDecoder`, MAD's compression
+    read-out): what the model must reproduce has to survive in that one state.
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class SequenceModel(nn.Module):
         tie_embeddings: bool = True,
         num_classes: int | None = None,
         mixer_init: str = "depth_scaled",
+        readout: str = "per_position",
     ) -> None:
         super().__init__()
         if vocab_size <= 0 or n_layers <= 0:
@@ -96,6 +104,12 @@ class SequenceModel(nn.Module):
             )
         check_choice("pos", pos, POS_KINDS)
         check_choice("mixer_init", mixer_init, MIXER_INITS)
+        check_choice("readout", readout, READOUTS)
+        if readout == "last_state" and (num_classes is not None or max_len is None):
+            raise ValueError(
+                f"readout='last_state' decodes per-position logits up to max_len, so it needs "
+                f"max_len and no num_classes, got max_len={max_len}, num_classes={num_classes}"
+            )
         if pos in ("learned", "sinusoidal") and max_len is None:
             raise ValueError(f"pos={pos!r} needs max_len (the longest sequence); pass max_len=")
         if num_classes is not None and num_classes <= 1:
@@ -131,6 +145,9 @@ class SequenceModel(nn.Module):
                 dropout=dropout,
             )
             for layer_mixer in mixers
+        )
+        self.last_state_decoder = (
+            LastStateDecoder(d_model, max_len, norm) if readout == "last_state" else None
         )
         self.norm = make_norm(norm, d_model)
         if num_classes is None:
@@ -211,6 +228,8 @@ class SequenceModel(nn.Module):
         x = self.dropout(self._embed(tokens, 0))
         for block in self.blocks:
             x = block(x, mask)
+        if self.last_state_decoder is not None:
+            return self.head(self.norm(self.last_state_decoder(x, mask, scored)))
         x = self.norm(x)
         if self.num_classes is None:
             return self.head(x if scored is None else x[scored])
@@ -241,6 +260,8 @@ class SequenceModel(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Analytic forward FLOPs per token: mixers, channel mixers and the output head."""
         total = 2.0 * self.d_model * self.head.out_features
+        if self.last_state_decoder is not None:
+            total += self.last_state_decoder.flops_per_token()
         for block in self.blocks:
             total += block.mixer.flops_per_token(seq_len)
             if block.ffn is not None:
@@ -262,6 +283,7 @@ class SequenceModel(nn.Module):
         return (
             self.causal
             and self.num_classes is None
+            and self.last_state_decoder is None
             and all(block.mixer.supports_step for block in self.blocks)
         )
 
@@ -313,8 +335,11 @@ class SequenceModel(nn.Module):
         is one ``step`` (KV cache, RNN state, conv window, ...); otherwise ``forward`` re-runs on
         the sequence so far. ``temperature=0`` is greedy.
         """
-        if not self.causal or self.num_classes is not None:
-            raise ValueError("generate needs a causal language model (causal=True, no num_classes)")
+        if not self.causal or self.num_classes is not None or self.last_state_decoder is not None:
+            raise ValueError(
+                "generate needs a causal language model (causal=True, no num_classes, "
+                "readout='per_position')"
+            )
         if prompt.dim() != 2 or prompt.shape[1] == 0:
             raise ValueError(
                 f"generate needs a prompt of shape (batch, length >= 1), got "

@@ -62,7 +62,7 @@ def test_aggregates_match_the_runs_results(tmp_path, capsys):
         assert float(row["params"]) == results[0]["params"]
         assert float(row["flops_per_token"]) == results[0]["flops_per_token"]
         assert sorted(row["seeds"].split(";")) == ["0", "1"]
-        assert row["lr_picked"] == "false"
+        assert row["picked"] == "false"
     terminal = capsys.readouterr().out
     assert "attention" in terminal and "rnn" in terminal
     assert "failed and unfinished" not in terminal
@@ -109,22 +109,23 @@ def test_lr_grid_keeps_the_best_lr_per_group_and_says_so(tmp_path, capsys):
 
     rows = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}
     rnn = rows["rnn"]
-    assert float(rnn["lr"]) == pytest.approx(3e-3)  # 1.75 beats 2.0; the diverged (NaN) lr loses
-    assert rnn["lr_picked"] == "true"
+    # 1.75 beats 2.0; the diverged (NaN) lr loses
+    assert float(rnn["optim.lr_best"]) == pytest.approx(3e-3)
+    assert rnn["picked"] == "true"
     assert float(rnn["val/loss_mean"]) == pytest.approx(1.75)
     assert int(rnn["n"]) == 2 and "r3e-3_0" in rnn["runs"] and "r1e-3_0" not in rnn["runs"]
-    assert rows["attention"]["lr_picked"] == "false"
+    assert rows["attention"]["picked"] == "false"
     terminal = capsys.readouterr().out
     assert "picked optim.lr=0.003" in terminal
     assert "best of 3" in terminal
     markdown = (out / "comparison.md").read_text()
-    assert "## Learning-rate selection" in markdown and "picked optim.lr=0.003" in markdown
+    assert "## Best grid point over optim.lr" in markdown and "picked optim.lr=0.003" in markdown
     assert "picked optim.lr=0.003" in (out / "report.html").read_text()
 
     # maximising accuracy picks another lr: 1e-3 has the best val/acc
     assert main([str(root), "--out", str(out), "--metric", "val/acc"]) == 0
     rnn = {row["mixer"]: row for row in read_csv(out / "comparison.csv")}["rnn"]
-    assert float(rnn["lr"]) == pytest.approx(1e-3)
+    assert float(rnn["optim.lr_best"]) == pytest.approx(1e-3)
     assert float(rnn["val/acc_mean"]) == pytest.approx(0.9)
 
 
@@ -137,7 +138,7 @@ def test_more_seeds_at_the_best_lr_do_not_hand_the_pick_to_a_one_seed_lr(tmp_pat
     out = tmp_path / "out"
     assert main([str(root), "--out", str(out), "--metric", "val/acc"]) == 0
     (row,) = read_csv(out / "comparison.csv")
-    assert float(row["lr"]) == pytest.approx(3e-3)  # ranked on seed 0, which both lrs ran
+    assert float(row["optim.lr_best"]) == pytest.approx(3e-3)  # ranked on seed 0, both lrs ran
     assert int(row["n"]) == 2 and float(row["val/acc_mean"]) == pytest.approx(0.75)
 
 
@@ -148,7 +149,7 @@ def test_lr_grid_is_shown_row_by_row_when_lr_is_a_grouping_key(tmp_path):
     out = tmp_path / "out"
     assert main([str(root), "--out", str(out), "--by", "mixer,optim.lr"]) == 0
     rows = read_csv(out / "comparison.csv")
-    assert [(row["optim.lr"], row["lr_picked"]) for row in rows] == [
+    assert [(row["optim.lr"], row["picked"]) for row in rows] == [
         ("0.003", "false"),
         ("0.001", "false"),
     ]
@@ -266,14 +267,14 @@ def test_the_selection_direction_comes_from_the_metric_name_or_mode(tmp_path, ca
     assert "higher is better" in capsys.readouterr().out
 
     runs = load_runs([root])
-    assert build_comparison(runs, ["mixer"], "val/loss", None, "optim.lr").mode == "min"
-    per_set = build_comparison(runs, ["mixer"], "val/acc@seq_len=256,kv=16", None, "optim.lr")
+    assert build_comparison(runs, ["mixer"], "val/loss", None).mode == "min"
+    per_set = build_comparison(runs, ["mixer"], "val/acc@seq_len=256,kv=16", None)
     assert per_set.mode == "max"  # the validation set's name after @ does not count
 
 
 def test_the_comparison_cannot_be_changed_once_built(tmp_path):
     two_by_two(tmp_path)
-    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None)
     group = comparison.groups[0]
     with pytest.raises(FrozenInstanceError):
         comparison.warnings = ("added later",)
@@ -286,7 +287,11 @@ def test_the_comparison_cannot_be_changed_once_built(tmp_path):
     with pytest.raises(TypeError):
         group.chance["val/acc"] = None
     with pytest.raises(TypeError):
-        group.lr_grid[0.1] = group.metric
+        group.grid[(0.1,)] = group.metric
+    with pytest.raises(TypeError):
+        comparison.marks[group.label] = comparison.mark(group)
+    with pytest.raises(FrozenInstanceError):
+        comparison.mark(group).rank = 1
     with pytest.raises(AttributeError):
         comparison.warnings.append("added later")
     with pytest.raises(FrozenInstanceError):
@@ -319,7 +324,7 @@ def test_the_report_header_says_what_was_compared(tmp_path, capsys):
     write_run(tmp_path / "more", "r1", mixer="rnn", seed=1, loss=2.1, d_model=128)
     write_run(tmp_path / "more", "r1_lr", mixer="rnn", seed=1, loss=9.0, d_model=128, lr=0.1)
     for path, differing in ((tmp_path, ("model.d_model",)), (tmp_path / "more", ())):
-        comparison = build_comparison(load_runs([path]), ["mixer"], "val/loss", None, "optim.lr")
+        comparison = build_comparison(load_runs([path]), ["mixer"], "val/loss", None)
         assert comparison.scope.differing == differing  # not the lr left out; one group: none
 
 
@@ -348,7 +353,7 @@ def test_also_tabulates_final_metrics_of_the_kept_runs(tmp_path, capsys):
     assert main([str(root), "--metric", "val/acc", "--also", "val/acc@*", "--out", str(out)]) == 0
 
     (row,) = read_csv(out / "comparison.csv")
-    assert row["lr"] == "0.001"
+    assert row["optim.lr_best"] == "0.001"
     assert float(row["val/acc@len=64_final_mean"]) == pytest.approx(0.905)
     assert float(row["val/acc@len=128_final_mean"]) == pytest.approx(0.5)
     assert float(row["val/acc@len=128_final_std"]) == pytest.approx(statistics.stdev([0.45, 0.55]))
@@ -361,7 +366,10 @@ def test_also_tabulates_final_metrics_of_the_kept_runs(tmp_path, capsys):
     assert main([str(root), "--metric", "val/acc", "--also", "val/acc", "--out", str(out)]) == 0
     (row,) = read_csv(out / "comparison.csv")
     assert float(row["val/acc_mean"]) == float(row["val/acc_final_mean"]) == pytest.approx(0.9)
-    assert "| val/acc | val/acc (final) |" in (out / "comparison.md").read_text()
+    assert (
+        "| val/acc | 95% interval | vs best | rank | val/acc (final) |"
+        in (out / "comparison.md").read_text()
+    )
 
     assert main([str(root), "--also", "val/bpb", "--out", str(out)]) == 2
     error = capsys.readouterr().err

@@ -117,7 +117,7 @@ def test_a_group_is_at_chance_within_its_seed_spread_or_one_point():
 def test_a_group_whose_runs_disagree_on_chance_has_none(tmp_path):
     with_chance(write_run(tmp_path, "a", mixer="rnn", seed=0, loss=1.0), {"val/loss": 4.0})
     with_chance(write_run(tmp_path, "b", mixer="rnn", seed=1, loss=1.0), {"val/loss": 3.0})
-    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None)
     assert dict(comparison.groups[0].chance) == {} and comparison.chance("val/loss") is None
 
 
@@ -130,7 +130,7 @@ def drawn_axes(comparison, monkeypatch, draw):
 
 def test_curve_plots_draw_chance_as_a_dashed_labelled_line(tmp_path, monkeypatch):
     selective_copy_like(tmp_path)
-    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/acc", None, "optim.lr")
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/acc", None)
     (ax,) = drawn_axes(comparison, monkeypatch, lambda c: _draw_curves.draw_curves(c, "step"))
     dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
     assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [1 / 60] * 2
@@ -153,7 +153,7 @@ def test_the_panels_are_train_loss_then_one_per_validation_set(tmp_path, monkeyp
         rows += [line + (",0.9,0.5" if line.split(",")[3] else ",,") for line in history[1:]]
         (run / "metrics.csv").write_text("\n".join(rows) + "\n")
         with_chance(run, {"val/acc@kv=4": 1 / 60, "val/acc@kv=8": 1 / 60})
-    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/acc", None, "optim.lr")
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/acc", None)
     assert _draw_curves.panel_metrics(comparison) == ["train/loss", "val/acc@kv=4", "val/acc@kv=8"]
     axes = drawn_axes(comparison, monkeypatch, _draw_curves.draw_panels)
     titles = [ax.get_title() for ax in axes if ax.get_visible()]

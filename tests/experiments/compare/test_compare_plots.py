@@ -22,6 +22,12 @@ from mixerlab.experiments.compare.plots import _draw_curves, base, register_plot
 from mixerlab.experiments.compare.runs import Run, load_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SUITE_PLOTS = {"suite_score.png"}  # drawn for a suite's runs only (test_mad_score.py)
+
+
+def general_plots() -> list[base.Plot]:
+    """Every registered plot that any comparison draws: all but the suite's."""
+    return [plot for plot in registered_plots() if plot.file not in SUITE_PLOTS]
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +48,7 @@ def test_every_registered_plot_and_file_is_written(tmp_path):
     two_by_two(root)
     assert main([str(root)]) == 0  # default out: the first path's comparison/
     out = root / "comparison"
-    plots = registered_plots()
+    plots = general_plots()
     assert {"curve_step.png", "throughput.png"} <= {plot.file for plot in plots}
     for name in ["comparison.csv", "comparison.md", "report.html", *(p.file for p in plots)]:
         assert (out / name).stat().st_size > 0, name
@@ -84,7 +90,7 @@ def test_a_plot_with_nothing_to_draw_is_left_out(tmp_path, monkeypatch):
     assert not (out / "nothing.png").exists()
     assert "a plot without data" not in (out / "comparison.md").read_text()
     report = (out / "report.html").read_text()
-    assert report.count("<figcaption>") == len(registered_plots()) - 1
+    assert report.count("<figcaption>") == len(general_plots()) - 1
 
 
 def test_plot_file_names_are_checked(monkeypatch):
@@ -124,7 +130,7 @@ def seed_count(comparison: Comparison) -> bytes:
     assert "![seeds per group](seed_count.png)" in (out / "comparison.md").read_text()
     report = (out / "report.html").read_text()
     assert "<figcaption>seeds per group</figcaption>" in report
-    assert report.count("<figcaption>") == len(registered_plots()) + 1
+    assert report.count("<figcaption>") == len(general_plots()) + 1
     assert not (Path(base.__file__).parent / "seed_count.py").exists()  # the real tree is untouched
 
 
@@ -175,7 +181,7 @@ def drawn_curve_axes(comparison, monkeypatch, x: str):
 def test_one_seed_groups_say_1_seed_and_show_no_band_or_std(tmp_path, monkeypatch):
     write_run(tmp_path, "a0", mixer="attention", seed=0, loss=1.0)
     write_run(tmp_path, "r0", mixer="rnn", seed=0, loss=2.0)
-    single = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    single = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None)
     ax = drawn_curve_axes(single, monkeypatch, "step")
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == ["attention (1 seed)", "rnn (1 seed)"]
@@ -187,7 +193,7 @@ def test_one_seed_groups_say_1_seed_and_show_no_band_or_std(tmp_path, monkeypatc
         assert "±" not in text and "1 seed per group" in text, report
 
     write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.2)
-    mixed = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    mixed = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None)
     ax = drawn_curve_axes(mixed, monkeypatch, "step")
     legend = [text.get_text() for text in ax.get_legend().get_texts()]
     assert legend == ["attention (n=2)", "rnn (1 seed)"]
@@ -197,7 +203,7 @@ def test_one_seed_groups_say_1_seed_and_show_no_band_or_std(tmp_path, monkeypatc
 def test_the_step_axis_has_integer_ticks(tmp_path, monkeypatch):
     for seed in (0, 1):  # three steps, so matplotlib would tick at 10, 12.5, 15, ...
         write_run(tmp_path, f"a{seed}", mixer="attention", seed=seed, loss=1.0)
-    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None)
     ax = drawn_curve_axes(comparison, monkeypatch, "step")
     ticks = ax.get_xticks()
     assert len(ticks) > 1 and all(float(tick).is_integer() for tick in ticks)
@@ -263,5 +269,5 @@ def test_real_sweep_then_compare(tmp_path, capsys):
         assert float(row["val/loss_mean"]) == pytest.approx(statistics.mean(losses))
         assert float(row["params"]) == runs[0]["params"]
     report = (out / "report.html").read_text()
-    assert report.count("<figcaption>") == len(registered_plots())
+    assert report.count("<figcaption>") == len(general_plots())
     assert "val/loss: unigram" in report  # the chance level, named

@@ -62,7 +62,7 @@ def scaled_run(
 
 def scaling_of(root: Path, by: list[str], x: list[str], metric: str = "val/acc"):
     runs = load_runs([root])
-    comparison = build_comparison(runs, by, metric, None, "optim.lr")
+    comparison = build_comparison(runs, by, metric, None)
     return add_scaling(comparison, runs, x)
 
 
@@ -85,7 +85,7 @@ def test_a_config_key_gives_a_line_per_group_and_a_point_per_value_at_its_best_l
     attention, rnn = scaling.lines
     assert (attention.name, rnn.name) == ("attention", "rnn")
     assert xy(attention) == [(32, 0.55), (64, 0.85)]  # mean over seeds 0 and 1
-    assert [p.group.lr for p in attention.points] == [1e-2, 1e-3]
+    assert [p.group.point for p in attention.points] == [(1e-2,), (1e-3,)]
     assert xy(rnn) == [(32, 0.2), (64, 0.4)]
     assert all(p.group.metric.n == 2 for line in scaling.lines for p in line.points)
     assert not comparison.warnings

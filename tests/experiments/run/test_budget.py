@@ -144,7 +144,7 @@ def test_compare_shows_costs_and_budgets_in_the_table(tmp_path: Path) -> None:
             }  # fmt: skip
             (run / "results.json").write_text(json.dumps(results))
     write_run(tmp_path, "rnn0", mixer="rnn", seed=0, loss=1.5)  # older: no state size, no budget
-    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None, "optim.lr")
+    comparison = build_comparison(load_runs([tmp_path]), ["mixer"], "val/loss", None)
     header, rows = table_rows(comparison)
     cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert cells["attention"]["state size"] == "16.4k" and cells["ssm"]["state size"] == "4.67k"

@@ -13,6 +13,12 @@ from mixerlab.lightning_modules.tasks import SyntheticTaskDataModule, build_task
 from mixerlab.lightning_modules.tasks._loading import pad_collate
 from mixerlab.lightning_modules.tasks.induction_heads import InductionHeadsDataModule
 from mixerlab.lightning_modules.tasks.listops import ListOpsDataModule
+from mixerlab.lightning_modules.tasks.mad_compression import MADCompressionDataModule
+from mixerlab.lightning_modules.tasks.mad_fuzzy_recall import MADFuzzyRecallDataModule
+from mixerlab.lightning_modules.tasks.mad_memorization import MADMemorizationDataModule
+from mixerlab.lightning_modules.tasks.mad_noisy_recall import MADNoisyRecallDataModule
+from mixerlab.lightning_modules.tasks.mad_recall import MADRecallDataModule
+from mixerlab.lightning_modules.tasks.mad_selective_copy import MADSelectiveCopyDataModule
 from mixerlab.lightning_modules.tasks.mqar import MQARDataModule
 from mixerlab.lightning_modules.tasks.selective_copy import SelectiveCopyDataModule
 
@@ -30,6 +36,12 @@ SMALL = {
     "selective_copy": (SelectiveCopyDataModule, {"seq_len": 24, "num_data_tokens": 4}),
     "induction_heads": (InductionHeadsDataModule, {"seq_len": 24, "test_seq_lens": [24, 48]}),
     "listops": (ListOpsDataModule, {"max_depth": 3, "max_args": 4, "max_length": 48}),
+    "mad_recall": (MADRecallDataModule, {"seq_len": 32}),
+    "mad_noisy_recall": (MADNoisyRecallDataModule, {"seq_len": 32}),
+    "mad_fuzzy_recall": (MADFuzzyRecallDataModule, {"seq_len": 32}),
+    "mad_selective_copy": (MADSelectiveCopyDataModule, {"seq_len": 32, "num_tokens_to_copy": 4}),
+    "mad_memorization": (MADMemorizationDataModule, {"vocab_size": 32}),
+    "mad_compression": (MADCompressionDataModule, {"seq_len": 16}),
 }
 SIZES = {"num_train": 300, "num_val": 100}
 
@@ -109,7 +121,8 @@ def test_pad_collate_pads_inputs_and_targets():
 def test_datamodule_attributes(tmp_path, name):
     dm = build(tmp_path, name)
     classification = name == "listops"
-    assert dm.task_type == ("classification" if classification else "lm")
+    kinds = {"listops": "classification", "mad_compression": "reconstruction"}
+    assert dm.task_type == kinds.get(name, "lm")
     assert dm.num_classes == (10 if classification else None)
     assert dm.bytes_per_token is None
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in dm.fingerprint.items())
@@ -165,6 +178,12 @@ GOLDEN = {
     "selective_copy": (1, "81cac741df1cb8e1"),
     "induction_heads": (1, "2d218feb3a8d34e8"),
     "listops": (1, "eab6a93c9af657fd"),
+    "mad_recall": (1, "fdb00f1095409cae"),
+    "mad_noisy_recall": (1, "c5a117654d5311aa"),
+    "mad_fuzzy_recall": (1, "01df673bb6f41367"),
+    "mad_selective_copy": (1, "53abdc3f9f3953a4"),
+    "mad_memorization": (1, "e0fac6bd3c317fad"),
+    "mad_compression": (1, "04ec02118a565ddf"),
 }
 
 
@@ -183,7 +202,7 @@ def test_shipped_task_config_builds_its_datamodule(tmp_path, name):
     spec = yaml.safe_load((files("mixerlab.conf") / "task" / f"{name}.yaml").read_text())
     dm = build_task(spec["name"], seed=0, cache_dir=str(tmp_path), **spec["datamodule"])
     assert isinstance(dm, SMALL[name][0]) and dm.name == name
-    assert dm.causal is (dm.task_type == "lm")  # ListOps is the encoder task
+    assert dm.causal is (dm.task_type != "classification")  # ListOps is the encoder task
 
 
 def test_shipped_recall_tasks_validate_beyond_the_training_length():

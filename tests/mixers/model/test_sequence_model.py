@@ -144,6 +144,9 @@ def test_rope_needs_a_mixer_with_rotary_support():
         ({"ffn": "mlp", "ffn_hparams": {"n_experts": 2}}, "takes no ffn_hparams"),
         ({"num_classes": 1}, "num_classes must be at least 2"),
         ({"mixer": "transformer"}, "unknown mixer 'transformer'; known mixers: attention"),
+        ({"readout": "first"}, "unknown readout 'first'; choose one of: per_position"),
+        ({"readout": "last_state", "num_classes": 3}, "needs max_len and no num_classes"),
+        ({"readout": "last_state", "max_len": None, "pos": "none"}, "needs max_len"),
     ],
 )
 def test_bad_options_name_the_problem(kwargs, message):
@@ -164,6 +167,30 @@ def test_aux_loss_collects_moe_balancing_and_is_zero_without():
     plain = small_model(ffn="mlp")
     plain(tokens())
     assert plain.aux_loss.item() == 0
+
+
+def test_last_state_readout_reads_every_position_from_the_last_real_ones_state():
+    model = small_model(readout="last_state")
+    x = tokens(2, 12)
+    logits = model(x)
+    assert logits.shape == (2, 12, VOCAB)
+    changed = x.clone()
+    changed[:, -1] = (changed[:, -1] % (VOCAB - 1)) + 1
+    assert (model(changed)[:, 0] - logits[:, 0]).abs().amin() > 1e-4  # the first reads the last
+    scored = torch.zeros_like(x, dtype=torch.bool)
+    scored[0, 3], scored[1, [0, 11]] = True, True
+    torch.testing.assert_close(model(x, scored=scored), logits[scored], atol=1e-6, rtol=1e-5)
+
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, 7:] = False
+    x[1, 7:] = 0
+    alone = model(x[1:, :7])[0]
+    torch.testing.assert_close(model(x, mask)[1, :7], alone, atol=1e-5, rtol=0)
+    assert not model.supports_step
+    with pytest.raises(ValueError, match="readout='per_position'"):
+        model.generate(x[:, :2], 3)
+    decoder = 2 * 2 * D * D  # the read-out MLP's two d x d matrices, at every position
+    assert model.flops_per_token(12) == small_model().flops_per_token(12) + decoder
 
 
 def test_flops_per_token_counts_head_and_grows_with_attention_length():
