@@ -266,7 +266,9 @@ def runs(workdir: Path) -> Path:
 
 
 WEIRD = ["", "nan", "-1", "é", "a,,b", "val/*", "mixer,mixer", "x" * 300, "--", "-"]
-COMPARE_FLAGS = ["--by", "--metric", "--also", "--mode", "--lr-key", "--band", "--out", "--by"]
+# the runs here are of no suite, so --write-reference is refused before it writes anything
+COMPARE_FLAGS = ["--by", "--metric", "--also", "--mode", "--lr-key", "--best-over", "--x"]
+COMPARE_FLAGS += ["--band", "--reference", "--write-reference", "--out", "--by"]
 
 
 @fuzz(20)

@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from configs import compose_config, run_config
+from configs import compose_config, conf_options, run_config
+
+from mixerlab.experiments.run import study_plan
+from mixerlab.experiments.run.study import Command
 
 # -- the papers' settings, as config keys -----------------------------------------------------
 
@@ -113,6 +116,29 @@ LRA_LISTOPS = {
 }
 LRA_PER_MIXER = {"attention": {"mixer.n_heads": 8}}
 
+# MAD (Poli et al. 2024): athms/mad-lab's mad/configs.py (MADConfig: 12,800 training and 1,280
+# test examples, AdamW, cosine), pl_model_wrapper.py (torch.optim.AdamW with its default betas,
+# no clipping), language_model.py (2 blocks of mixer and SwiGLU, LayerNorm) and configs/layers/.
+MAD = {
+    "task.datamodule.num_train": 12_800,
+    "task.datamodule.num_val": 1_280,
+    "model.n_layers": 2,
+    "model.ffn": "glu",
+    "model.norm": "layernorm",
+    "optim.betas": [0.9, 0.999],
+    "optim.grad_clip": None,
+    "optim.min_lr_ratio": 0.0,
+    "trainer.limit_val_batches": 1.0,
+}
+MAD_PER_MIXER = {
+    "attention": {"mixer.n_heads": 4, "model.pos": "rope"},  # mh-attention.yml: rotary, heads
+    "gla": {"model.pos": "none"},
+    "mamba": {"mixer.d_state": 4, "mixer.expand": 2, "mixer.conv_kernel": 4},  # mamba.yml
+    "hyena": {"mixer.order": 2, "mixer.filter_order": 4, "mixer.filter_emb_dim": 3},
+    "rnn": {"model.pos": "none"},
+    "baseconv": {"model.pos": "none"},
+}
+
 # What each preset cuts for CPU: key, our value, and the paper's value as its header writes it.
 CUTS = {
     "zoology_mqar": [
@@ -128,6 +154,13 @@ CUTS = {
         ("trainer.max_steps", 4000, "400k"),
         ("optim.lr", 1e-3, "1e-4"),
     ],
+    "mad": [
+        ("model.d_model", 64, "width 64 (128)"),
+        ("task.datamodule.batch_size", 32, "batch 32 (128)"),
+        ("trainer.max_steps", 3000, "20,000 steps of 128"),
+        ("optim.weight_decay", 0.0, "weight decay 0\n# (0 and 0.1)"),
+        ("optim.warmup_steps", 200, "200 warmup steps (none"),
+    ],
     "lra_listops": [
         ("model.d_model", 64, "512"),
         ("trainer.max_steps", 1500, "5000"),
@@ -142,6 +175,7 @@ PAPERS = {
     "mamba_induction": (MAMBA_INDUCTION, MAMBA_INDUCTION_PER_MIXER),
     "mamba_selective_copy": (MAMBA_SELECTIVE_COPY, MAMBA_SELECTIVE_COPY_PER_MIXER),
     "lra_listops": (LRA_LISTOPS, LRA_PER_MIXER),
+    "mad": (MAD, MAD_PER_MIXER),
 }
 CASES = [(preset, mixer) for preset, (_, per_mixer) in PAPERS.items() for mixer in per_mixer]
 
@@ -235,3 +269,49 @@ def test_zoologys_mixers_are_its_configs_layer_by_layer(option: str) -> None:
     node = run_config(f"mixer={option}", "model.n_layers=6")["mixer"]
     assert (node["name"], node["label"]) == ("hybrid", option)
     assert node["pattern"] == ZOOLOGY_MIXERS[option]
+
+
+# MAD's harder settings, the first step of each task's ladder (../shared/reference/mad.md, from
+# athms/mad-lab's configs/tasks/*.yml): the one datamodule key experiment=mad changes, and to what.
+MAD_FIRST_STEPS = {
+    "mad_recall": ("vocab_size", 32),
+    "mad_fuzzy_recall": ("vocab_size", 32),
+    "mad_noisy_recall": ("frac_noise", 0.4),
+    "mad_selective_copy": ("num_tokens_to_copy", 32),
+    "mad_compression": ("vocab_size", 32),
+    "mad_memorization": ("vocab_size", 512),
+}
+
+
+def mad_settings() -> list[str]:
+    params = compose_config("experiment=mad", hydra=True).hydra.sweeper.params
+    return [name.strip() for name in params["mad_setting"].split(",")]
+
+
+def test_mad_sweeps_each_tasks_baseline_and_its_first_harder_step() -> None:
+    """Every option of conf/mad_setting/ is swept, and per task they are MAD's baseline (the
+    task's own config) and one setting that changes one key to its ladder's first step."""
+    assert sorted(mad_settings()) == sorted(conf_options("mad_setting"))
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for option in mad_settings():
+        task = run_config("experiment=mad", f"mad_setting={option}")["task"]
+        by_task.setdefault(task["name"], []).append(task["datamodule"])
+    assert sorted(by_task) == sorted(MAD_FIRST_STEPS)
+    for name, (key, harder) in MAD_FIRST_STEPS.items():
+        baseline = run_config("experiment=mad", f"task={name}")["task"]["datamodule"]
+        assert baseline in by_task[name] and len(by_task[name]) == 2, name
+        (other,) = [data for data in by_task[name] if data != baseline]
+        assert {k for k in other if other[k] != baseline[k]} == {key}, name
+        assert other[key] == harder, name
+
+
+def test_mad_grid_is_its_headers() -> None:
+    """The grid the sweep runs, 12 settings x 2 learning rates x 3 seeds for one mixer, is the
+    one the header states."""
+    params = compose_config("experiment=mad", hydra=True).hydra.sweeper.params
+    assert [float(x) for x in params["optim.lr"].split(",")] == [1e-3, 2e-3]
+    assert params["seed"] == "0,1,2" and "mixer" not in params  # the mixer is the user's
+    header = (files("mixerlab.conf") / "experiment" / "mad.yaml").read_text()
+    assert "the grid lr 1e-3, 2e-3" in header and "seeds 0, 1, 2" in header
+    jobs = study_plan.expand([Command(("experiment=mad", "mixer=plugin", "mixer.name=conv"), True)])
+    assert len(jobs) == 12 * 2 * 3
