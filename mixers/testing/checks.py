@@ -1,7 +1,7 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
 independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss, the
-``no_weight_decay`` and ``max_lr`` declarations and the output projections (the decoding checks
-follow in :mod:`mixerlab.mixers.testing.decoding`).
+``no_weight_decay`` and ``max_lr`` declarations, the output projections and the gradient mixing
+map (the decoding checks follow in :mod:`mixerlab.mixers.testing.decoding`).
 Each check builds small fp32 instances through its :class:`MixerCase` and raises
 ``ContractError`` naming what broke; ``@contract_check`` registers it in ``CHECKS`` in the order
 of this file."""
@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from mixerlab.mixers.mixing_map import gradient_map
 from mixerlab.mixers.testing.case import MixerCase, contract_check, max_abs_diff
 
 
@@ -321,4 +322,42 @@ def check_output_projections(case: MixerCase) -> None:
         raise case.fail(
             "with every output_projections() Linear zeroed the output is still "
             f"{float(y.abs().max()):.3g} somewhere: another path writes the output"
+        )
+
+
+@contract_check("gradient_map")
+def check_gradient_map(case: MixerCase) -> None:
+    """The gradient map (``mixers.mixing_map.gradient_map``), exact, has no entry above the
+    diagonal of a causal mixer and no real row reading a padded column; its estimate from 64
+    projections per position is within 0.25 (relative, whole map) of the exact map."""
+    mixer = case.build()
+    length = case.max_len // 2
+    x = case.randn(2, length, case.d_model)
+    mask = case.mask([length, length - 3], length)
+    exact = gradient_map(mixer, x, mask, probes=None)
+    scale = float(exact.max())
+    if not math.isfinite(scale) or scale <= 0:
+        raise case.fail(f"the exact gradient map's largest entry is {scale}: nothing mixes")
+    tolerance = 1e-5 * scale
+    if case.causal:
+        upper = exact.triu(1)
+        if upper.max() > tolerance:
+            b, t, s = (int(i) for i in (upper == upper.max()).nonzero()[0])
+            raise case.fail(
+                f"gradient map: output position {t} of row {b} reads input position {s} "
+                f"({float(upper.max()):.3g} of the map's largest {scale:.3g}): a causal mixer's "
+                "map is zero above the diagonal"
+            )
+    padded = exact[1, : length - 3, length - 3 :]
+    if padded.max() > tolerance:
+        raise case.fail(
+            f"gradient map: a real position of row 1 reads a padded column "
+            f"({float(padded.max()):.3g} of the map's largest {scale:.3g})"
+        )
+    probes = torch.Generator().manual_seed(case.seed)
+    estimate = gradient_map(mixer, x, mask, probes=64, generator=probes)
+    error = float((estimate - exact).norm() / exact.norm())
+    if error > 0.25:
+        raise case.fail(
+            f"gradient map: the 64-probe estimate is {error:.2f} (relative) from the exact map"
         )

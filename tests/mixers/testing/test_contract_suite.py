@@ -231,6 +231,7 @@ def test_checks_are_listed_in_order() -> None:
         "aux_loss",
         "no_weight_decay",
         "output_projections",
+        "gradient_map",
         "step",
         "prefill",
         "state_size",
@@ -250,9 +251,9 @@ def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixtu
     assert len(ran) == 2 * len(CHECKS)  # both modes by default
     assert ran["causal", "step"] == ran["encoder", "sees_future"] == "passed"
     assert ran["encoder", "step"] == ran["causal", "sees_future"] == "skipped"
-    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (30, 0, 6)
+    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (32, 0, 6)
     text = str(report)
-    assert text.startswith("contract of CumulativeMean: 30 passed, 0 failed, 6 skipped\n")
+    assert text.startswith("contract of CumulativeMean: 32 passed, 0 failed, 6 skipped\n")
     assert re.search(r"^  causal +step +passed$", text, re.MULTILINE)
     assert re.search(
         r"^  encoder +step +skipped \(runs only for causal=True mixers with supports_step\)$",
@@ -271,7 +272,7 @@ def test_decoder_only_mixer_refuses_the_encoder_mode_and_the_checks_skip_it() ->
     assert {(o.outcome, o.detail) for o in encoder} == {
         ("skipped", "decoder-only mixer: supports_encoder = False")
     }
-    assert report.count("passed") == 16
+    assert report.count("passed") == 17
     with pytest.raises(ValueError, match=r"'shapes' does not apply to DecoderOnly\(causal=False\)"):
         CHECKS["shapes"](DecoderOnly, causal=False)
 
@@ -308,6 +309,8 @@ BROKEN = [
     (MisnamedLrCap, True, "no_weight_decay", r"max_lr pattern 'vale.\*' of MisnamedLrCap"),
     (NamesItsInputProjection, True, "output_projections", r"another path writes the output"),
     (NamesAForeignLinear, False, "output_projections", r"must return Linear submodules"),
+    (LeaksFuture, True, "gradient_map", r"output position 0 of row 1 reads input position 1 "),
+    (IgnoresMask, False, "gradient_map", r"a real position of row 1 reads a padded column"),
 ]
 
 
@@ -338,10 +341,11 @@ def test_finite_scalar_aux_loss_passes() -> None:
 def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ContractError) as info:
         check_mixer(LeaksFuture, verbose=True)
-    assert "contract of LeaksFuture: 27 passed, 3 failed, 6 skipped" in capsys.readouterr().out
+    assert "contract of LeaksFuture: 28 passed, 4 failed, 6 skipped" in capsys.readouterr().out
     message = str(info.value)
-    assert message.startswith("3 contract check(s) failed:")
+    assert message.startswith("4 contract check(s) failed:")
     assert "[causality] LeaksFuture(causal=True): " in message
+    assert "[gradient_map] LeaksFuture(causal=True): " in message
     assert "[step] LeaksFuture(causal=True): step output at position 0" in message
 
 

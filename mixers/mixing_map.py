@@ -1,0 +1,89 @@
+"""How a token mixer moves information between positions: one L x L map per example.
+
+Every mixer has a gradient map, whatever its algorithm (the LSTM and plugins included): entry
+``[t, s]`` is the Frobenius norm of the Jacobian block ``dy_t / dx_s`` (d_model x d_model) at the
+given input, i.e. how strongly output position t responds to input position s. A causal mixer's
+map is zero above the diagonal, and no real position's row reads a padded column.
+
+Exactly, that is d_model backward passes per output position (one per output channel: the rows
+of the Jacobian). The default estimates it instead with ``probes`` Gaussian projections per
+position: for ``v ~ N(0, I)``, ``E ||v^T J||^2 = ||J||_F^2`` (Hutchinson's identity), so the
+mean over probes of the squared gradient norms is an unbiased estimate of each squared entry; its
+relative spread is at most ``sqrt(2 / probes)`` before the square root halves it.
+
+The backward passes run batched (``is_grads_batched``, PyTorch's vmap over the backward) in
+chunks that bound memory, and one at a time for a mixer with an operation vmap cannot batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# cotangents of one batched backward pass: each holds (batch, length, d_model) floats
+CHUNK = 256
+
+
+def _probe_vectors(
+    length: int, d_model: int, probes: int | None, generator: torch.Generator | None
+) -> Tensor:
+    """(length, P, d_model): the vectors that project each output position's Jacobian rows: the
+    d_model unit vectors (exact) or ``probes`` Gaussian ones."""
+    if probes is None:
+        return torch.eye(d_model).expand(length, d_model, d_model)
+    return torch.randn(length, probes, d_model, generator=generator)
+
+
+def _backward(y: Tensor, x: Tensor, cotangents: Tensor, batched: bool) -> Tensor:
+    """The input gradients of ``(cotangents * y).sum()`` for each cotangent: (n, *x.shape)."""
+    if batched:
+        (grads,) = torch.autograd.grad(y, x, cotangents, retain_graph=True, is_grads_batched=True)
+        return grads
+    rows = [torch.autograd.grad(y, x, c, retain_graph=True)[0] for c in cotangents]
+    return torch.stack(rows)
+
+
+def gradient_map(
+    mixer: nn.Module,
+    x: Tensor,
+    mask: Tensor | None = None,
+    *,
+    probes: int | None = 8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """(B, L, L): ``[b, t, s]`` = ||d y_t / d x_s||_F of ``mixer`` at ``x`` (B, L, d_model).
+
+    ``probes=None`` computes it exactly (d_model backward passes per position); an int estimates
+    it from that many Gaussian projections per position (the module docstring). Rows of padded
+    positions are zero (nothing reads them). The mixer runs in its current mode: put it in eval
+    mode for a map without dropout.
+    """
+    if probes is not None and probes < 1:
+        raise ValueError(f"probes must be a positive number of projections or None, got {probes}")
+    batch, length, d_model = x.shape
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = mixer(x, mask)
+    vectors = _probe_vectors(length, d_model, probes, generator).to(x)
+    count = vectors.shape[1]
+    positions = torch.arange(length, device=x.device).repeat_interleave(count)
+    flat = vectors.reshape(length * count, d_model)
+    squares = x.new_zeros(batch, length, length)
+    batched = True
+    for start in range(0, positions.numel(), CHUNK):
+        at = positions[start : start + CHUNK]
+        cotangents = x.new_zeros(at.numel(), batch, length, d_model)
+        cotangents[torch.arange(at.numel()), :, at] = flat[start : start + CHUNK, None, :]
+        try:
+            grads = _backward(y, x, cotangents, batched)
+        except RuntimeError:
+            if not batched:
+                raise
+            batched = False  # an operation vmap cannot batch: one backward pass at a time
+            grads = _backward(y, x, cotangents, batched)
+        squares.index_add_(1, at, grads.pow(2).sum(-1).transpose(0, 1))
+    mean = squares if probes is None else squares / count
+    weights = mean.sqrt()
+    if mask is not None:
+        weights = weights * mask[:, :, None]
+    return weights.detach()

@@ -1,0 +1,78 @@
+"""The gradient mixing map: exactly the Jacobian blocks' norms, for built-in mixers and for one
+whose backward vmap cannot batch; padded rows zero; bad arguments refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from mixerlab.mixers import TokenMixer, build_mixer
+from mixerlab.mixers.mixing_map import gradient_map
+
+
+def jacobian_norms(mixer: nn.Module, x: Tensor) -> Tensor:
+    """(L, L): ||d y_t / d x_s||_F from the full Jacobian of one example."""
+    jacobian = torch.autograd.functional.jacobian(lambda inp: mixer(inp[None])[0], x[0])
+    return jacobian.pow(2).sum(dim=(1, 3)).sqrt()  # (L, d, L, d) -> (L, L)
+
+
+class OpaqueScale(torch.autograd.Function):
+    """Doubles its input; its backward reads a tensor into Python (a finiteness check), which
+    vmap cannot batch, so a batched backward through it fails."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        if not torch.isfinite(grad).all().item():
+            raise FloatingPointError("non-finite gradient")
+        return 2 * grad
+
+
+class OpaqueCumsum(TokenMixer):
+    def __init__(self, d_model: int, *, causal: bool = True, max_len: int | None = None) -> None:
+        super().__init__(d_model, causal=causal, max_len=max_len)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return OpaqueScale.apply(self.proj(x)).cumsum(1)
+
+
+@pytest.mark.parametrize("name", ["attention", "rnn", "conv", "ssm"])
+def test_the_exact_map_is_the_jacobian_blocks_norms(name: str) -> None:
+    torch.manual_seed(0)
+    mixer = build_mixer(name, 8, causal=True, max_len=16).eval()
+    x = torch.randn(1, 6, 8)
+    expected = jacobian_norms(mixer, x)
+    assert torch.allclose(gradient_map(mixer, x, probes=None)[0], expected, atol=1e-5)
+
+
+def test_a_backward_vmap_cannot_batch_runs_one_pass_at_a_time() -> None:
+    torch.manual_seed(0)
+    mixer = OpaqueCumsum(8)
+    x = torch.randn(1, 5, 8)
+    with pytest.raises(RuntimeError):  # what makes gradient_map fall back
+        torch.autograd.grad(
+            mixer(x.requires_grad_()), x, torch.ones(2, 1, 5, 8), is_grads_batched=True
+        )
+    assert torch.allclose(gradient_map(mixer, x, probes=None)[0], jacobian_norms(mixer, x))
+
+
+def test_padded_rows_are_zero_and_the_estimate_is_seeded() -> None:
+    torch.manual_seed(0)
+    mixer = build_mixer("attention", 8, causal=False, max_len=16).eval()
+    x, mask = torch.randn(2, 6, 8), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    first = gradient_map(mixer, x, mask, generator=torch.Generator().manual_seed(1))
+    again = gradient_map(mixer, x, mask, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and first.shape == (2, 6, 6)
+    assert first[1, 4:].abs().max() == 0 and first[1, :4, :4].min() > 0
+
+
+def test_probes_must_be_positive() -> None:
+    mixer = build_mixer("conv", 8, causal=True)
+    with pytest.raises(ValueError, match="probes must be a positive number"):
+        gradient_map(mixer, torch.randn(1, 4, 8), probes=0)
