@@ -128,6 +128,7 @@ MAD = {
     "optim.betas": [0.9, 0.999],
     "optim.grad_clip": None,
     "optim.min_lr_ratio": 0.0,
+    "optim.scheduler.lr_lambda.total_steps": 20_000,  # 200 epochs of 100 steps
     "trainer.limit_val_batches": 1.0,
 }
 MAD_PER_MIXER = {
@@ -157,7 +158,7 @@ CUTS = {
     "mad": [
         ("model.d_model", 64, "width 64 (128)"),
         ("task.datamodule.batch_size", 32, "batch 32 (128)"),
-        ("trainer.max_steps", 3000, "20,000 steps of 128"),
+        ("trainer.max_steps", 4000, "4,000 steps (200 epochs:\n# 20,000 steps of 128)"),
         ("optim.weight_decay", 0.0, "weight decay 0\n# (0 and 0.1)"),
         ("optim.warmup_steps", 200, "200 warmup steps (none"),
     ],
