@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mixerlab.mixers._registry import Registry
+from mixerlab.mixers.mixing_map import MixingMap
 
 ENTRY_POINT_GROUP = "mixerlab.mixers"
 
@@ -167,6 +168,13 @@ class TokenMixer(nn.Module):
 
     def state_size(self, seq_len: int) -> int | None:
         """Floats of decoding state per sequence after ``seq_len`` tokens; None: not reported."""
+        return None
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap | None:
+        """The exact token-to-token map at ``x`` (B, L, d_model), for a mixer that weights values
+        by position: a :class:`~mixerlab.mixers.mixing_map.MixingMap` whose ``output()`` equals
+        ``forward(x, mask)`` at the real positions (in eval mode). None (the default): no exact
+        map; ``mixing_map.gradient_map`` gives every mixer one."""
         return None
 
     def output_projections(self) -> list[nn.Linear]:

@@ -6,6 +6,7 @@ Causal attention without padding takes SDPA's ``is_causal=True`` path, which nev
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer, register_mixer
+from mixerlab.mixers.mixing_map import MixingMap
 from mixerlab.mixers.model.positions import Rotary
 
 
@@ -107,6 +109,31 @@ class SelfAttention(TokenMixer):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
         return self._mix(*self._qkv(x, start=0), mask)
+
+    def _allowed(self, length: int, mask: Tensor | None, device: torch.device) -> Tensor | None:
+        """Which keys each query reads, (B or 1, 1, L, L) bool, as ``forward`` masks them; None:
+        every key."""
+        if mask is not None:
+            return padded_attention_mask(mask, self.causal)
+        if self.causal:
+            return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return None
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        """Each head's softmax weights (eval mode: no dropout), written out rather than fused:
+        ``softmax(q k^T / sqrt(head_dim))`` under the causal and padding masks, over v."""
+        self.check_input(x, mask)
+        batch, length, _ = x.shape
+        q, k, v = self._qkv(x, start=0)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        allowed = self._allowed(length, mask, x.device)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, -math.inf)
+
+        def finish(mixed: Tensor) -> Tensor:
+            return self.out(mixed.transpose(1, 2).reshape(batch, length, self.d_model))
+
+        return MixingMap(scores.softmax(dim=-1), v, finish, "heads")
 
     def _cache(self, k: Tensor, v: Tensor, position: int) -> dict[str, Any]:
         """The decoding state: every key and value so far (B, n_heads, position, head_dim).

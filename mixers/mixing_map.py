@@ -1,5 +1,9 @@
 """How a token mixer moves information between positions: one L x L map per example.
 
+A mixer that weights values by position has an exact map (``TokenMixer.mixing_map``, a
+:class:`MixingMap`): the weights it applies, per head or channel group, and how its output
+follows from them, which the contract checks by recomputing the output from the map.
+
 Every mixer has a gradient map, whatever its algorithm (the LSTM and plugins included): entry
 ``[t, s]`` is the Frobenius norm of the Jacobian block ``dy_t / dx_s`` (d_model x d_model) at the
 given input, i.e. how strongly output position t responds to input position s. A causal mixer's
@@ -17,11 +21,34 @@ chunks that bound memory, and one at a time for a mixer with an operation vmap c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 # cotangents of one batched backward pass: each holds (batch, length, d_model) floats
 CHUNK = 256
+
+
+@dataclass(frozen=True)
+class MixingMap:
+    """A mixer's exact map at one input: its output is ``finish(weights @ values)``.
+
+    ``weights`` (B, H, L, L): ``[b, h, t, s]`` is how much output position t takes of value s in
+    group h; ``groups`` says what the H groups are ("heads", "channels"). ``values`` (B, H, L, C)
+    are what the weights mix, ``finish`` maps the mixed values (B, H, L, C) to the mixer's output
+    (B, L, d_model): merging heads, gates, the output projection. Rows of padded positions are
+    whatever the mixer computes there (nothing reads them)."""
+
+    weights: Tensor
+    values: Tensor
+    finish: Callable[[Tensor], Tensor]
+    groups: str
+
+    def output(self) -> Tensor:
+        """The mixer's output recomputed from the map: what the contract compares with forward."""
+        return self.finish(self.weights @ self.values)
 
 
 def _probe_vectors(

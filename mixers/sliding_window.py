@@ -93,6 +93,15 @@ class SlidingWindowAttention(SelfAttention):
         gap = offset - torch.arange(span, device=device)[None, :]  # (W, K): t - s
         return (gap >= 0) & (gap <= w) if self.causal else gap.abs() <= w
 
+    def _allowed(self, length: int, mask: Tensor | None, device: torch.device) -> Tensor:
+        """SelfAttention's mask within the band (keys t - W .. t, or t +- W): what the blocks of
+        ``_mix`` read, written as one (L, L) mask for ``mixing_map``."""
+        positions = torch.arange(length, device=device)
+        gap = positions[:, None] - positions[None, :]  # t - s
+        band = (gap >= 0) & (gap <= self.window) if self.causal else gap.abs() <= self.window
+        allowed = super()._allowed(length, mask, device)
+        return band if allowed is None else allowed & band
+
     def _key_spans(self, t: Tensor) -> Tensor:
         """Cut (B, ..., N W, X) into each block's key span (B, ..., N, K, X), zeros outside."""
         w = self.window

@@ -1,7 +1,7 @@
 """The token-mixer contract, one check each: shapes, finiteness, causality, padding, batch
 independence, gradients, determinism, state_dict, max_len, FLOPs, aux_loss, the
-``no_weight_decay`` and ``max_lr`` declarations, the output projections and the gradient mixing
-map (the decoding checks follow in :mod:`mixerlab.mixers.testing.decoding`).
+``no_weight_decay`` and ``max_lr`` declarations, the output projections, the gradient mixing map
+and a mixer's exact map (the decoding checks follow in :mod:`mixerlab.mixers.testing.decoding`).
 Each check builds small fp32 instances through its :class:`MixerCase` and raises
 ``ContractError`` naming what broke; ``@contract_check`` registers it in ``CHECKS`` in the order
 of this file."""
@@ -361,3 +361,37 @@ def check_gradient_map(case: MixerCase) -> None:
         raise case.fail(
             f"gradient map: the 64-probe estimate is {error:.2f} (relative) from the exact map"
         )
+
+
+@contract_check("exact_map")
+def check_exact_map(case: MixerCase) -> None:
+    """A mixer's exact map (``mixing_map``, where it has one) recomputes its output
+    (``finish(weights @ values)`` equals forward at the real positions), and, like the gradient
+    map, is zero above a causal diagonal and where a real row meets a padded column."""
+    mixer = case.build()
+    length = case.max_len // 2
+    x = case.randn(2, length, case.d_model)
+    mask = case.mask([length, length - 3], length)
+    with torch.no_grad():
+        found = mixer.mixing_map(x, mask)
+        if found is None:
+            return
+        y = case.run(mixer, x, mask)
+        recomputed = found.output()
+    weights = found.weights
+    if weights.dim() != 4 or weights.shape[0] != 2 or weights.shape[2:] != (length, length):
+        raise case.fail(
+            f"mixing_map weights must be (batch, groups, length, length) = (2, H, {length}, "
+            f"{length}), got {tuple(weights.shape)}"
+        )
+    real = mask[:, :, None]
+    gap = float(((recomputed - y).abs() * real).max())
+    if gap > 10 * case.atol * max(1.0, float(y.abs().max())):
+        raise case.fail(
+            f"mixing_map does not recompute the output: finish(weights @ values) differs from "
+            f"forward by {gap:.3g} at a real position"
+        )
+    if case.causal and (weights.triu(1) * real[:, None]).abs().max() > case.atol:
+        raise case.fail("mixing_map: a causal mixer's weights are not zero above the diagonal")
+    if weights[1, :, : length - 3, length - 3 :].abs().max() > case.atol:
+        raise case.fail("mixing_map: a real position of row 1 weights a padded column")

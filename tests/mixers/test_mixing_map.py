@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mixerlab.mixers import TokenMixer, build_mixer
 from mixerlab.mixers.mixing_map import gradient_map
+from mixerlab.mixers.testing import CHECKS
 
 
 def jacobian_norms(mixer: nn.Module, x: Tensor) -> Tensor:
@@ -76,3 +77,15 @@ def test_probes_must_be_positive() -> None:
     mixer = build_mixer("conv", 8, causal=True)
     with pytest.raises(ValueError, match="probes must be a positive number"):
         gradient_map(mixer, torch.randn(1, 4, 8), probes=0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_sliding_windows_exact_map_is_its_band(causal: bool) -> None:
+    """With a window shorter than the input (the blocked path), the map recomputes the output
+    and weights no key farther than the window."""
+    CHECKS["exact_map"]("sliding_window", causal=causal, hparams={"window": 3})
+    mixer = build_mixer("sliding_window", 8, causal=causal, window=3).eval()
+    weights = mixer.mixing_map(torch.randn(1, 10, 8)).weights[0, 0]
+    gap = torch.arange(10)[:, None] - torch.arange(10)[None, :]
+    read = (gap >= 0) & (gap <= 3) if causal else gap.abs() <= 3
+    assert weights[~read].abs().max() == 0 and weights[read].min() > 0

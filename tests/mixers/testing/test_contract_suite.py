@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixerlab.mixers import TokenMixer, available_mixers, register_mixer
+from mixerlab.mixers.mixing_map import MixingMap
 from mixerlab.mixers.testing import CHECKS, ContractError, MixerCase, check_mixer
 
 
@@ -208,6 +209,25 @@ class NaNAuxLoss(CumulativeMean):
         return y
 
 
+class MappedMean(CumulativeMean):
+    """The reference mixer with its exact map: equal weights over the real positions read."""
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        batch, length, _ = x.shape
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.bool)
+        weights = mask[:, None, None, :].to(x.dtype).expand(batch, 1, length, length)
+        weights = weights.tril() if self.causal else weights
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1)
+        return MixingMap(weights, self.value(x)[:, None], lambda m: self.out(m[:, 0]), "channels")
+
+
+class MisreadMap(MappedMean):
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        found = super().mixing_map(x, mask)
+        return MixingMap(found.weights.transpose(-1, -2), found.values, found.finish, "channels")
+
+
 class ScalarAuxLoss(CumulativeMean):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         y = super().forward(x, mask)
@@ -232,6 +252,7 @@ def test_checks_are_listed_in_order() -> None:
         "no_weight_decay",
         "output_projections",
         "gradient_map",
+        "exact_map",
         "step",
         "prefill",
         "state_size",
@@ -243,6 +264,7 @@ def test_checks_are_listed_in_order() -> None:
 @pytest.mark.parametrize("causal", [True, False])
 def test_reference_mixer_passes_every_check(causal: bool) -> None:
     check_mixer(CumulativeMean, causal=causal)
+    check_mixer(MappedMean, causal=causal)  # and with an exact map to check
 
 
 def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixture) -> None:
@@ -251,9 +273,9 @@ def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixtu
     assert len(ran) == 2 * len(CHECKS)  # both modes by default
     assert ran["causal", "step"] == ran["encoder", "sees_future"] == "passed"
     assert ran["encoder", "step"] == ran["causal", "sees_future"] == "skipped"
-    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (32, 0, 6)
+    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (34, 0, 6)
     text = str(report)
-    assert text.startswith("contract of CumulativeMean: 32 passed, 0 failed, 6 skipped\n")
+    assert text.startswith("contract of CumulativeMean: 34 passed, 0 failed, 6 skipped\n")
     assert re.search(r"^  causal +step +passed$", text, re.MULTILINE)
     assert re.search(
         r"^  encoder +step +skipped \(runs only for causal=True mixers with supports_step\)$",
@@ -272,7 +294,7 @@ def test_decoder_only_mixer_refuses_the_encoder_mode_and_the_checks_skip_it() ->
     assert {(o.outcome, o.detail) for o in encoder} == {
         ("skipped", "decoder-only mixer: supports_encoder = False")
     }
-    assert report.count("passed") == 17
+    assert report.count("passed") == 18
     with pytest.raises(ValueError, match=r"'shapes' does not apply to DecoderOnly\(causal=False\)"):
         CHECKS["shapes"](DecoderOnly, causal=False)
 
@@ -311,6 +333,8 @@ BROKEN = [
     (NamesAForeignLinear, False, "output_projections", r"must return Linear submodules"),
     (LeaksFuture, True, "gradient_map", r"output position 0 of row 1 reads input position 1 "),
     (IgnoresMask, False, "gradient_map", r"a real position of row 1 reads a padded column"),
+    (MisreadMap, True, "exact_map", r"does not recompute the output"),
+    (MisreadMap, False, "exact_map", r"does not recompute the output"),
 ]
 
 
@@ -341,7 +365,7 @@ def test_finite_scalar_aux_loss_passes() -> None:
 def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ContractError) as info:
         check_mixer(LeaksFuture, verbose=True)
-    assert "contract of LeaksFuture: 28 passed, 4 failed, 6 skipped" in capsys.readouterr().out
+    assert "contract of LeaksFuture: 30 passed, 4 failed, 6 skipped" in capsys.readouterr().out
     message = str(info.value)
     assert message.startswith("4 contract check(s) failed:")
     assert "[causality] LeaksFuture(causal=True): " in message
