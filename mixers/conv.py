@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.kernels.fft_conv import fft_conv, fft_conv_flops
+from mixerlab.mixers.mixing_map import MixingMap
 
 GATES = ("silu", "linear", "none")
 
@@ -135,6 +136,30 @@ class ConvMixer(TokenMixer):
         if mask is not None:
             u = u.masked_fill(~mask[..., None], 0.0)
         return self._mix(u.transpose(1, 2), g)  # (B, d, L): the layout conv1d and fft_conv want
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        """Each channel's Toeplitz matrix: ``weights[b, c, t, s]`` is the tap that out[t] gives
+        u[s] (F.conv1d's taps read over the padding, so the global kernel's FFT path too); the
+        conv bias, the gate and out_proj are ``finish``."""
+        self.check_input(x, mask)
+        u, g = self._project(x)
+        if mask is not None:
+            u = u.masked_fill(~mask[..., None], 0.0)
+        positions = torch.arange(x.shape[1], device=x.device)
+        offset = positions[None, :] - positions[:, None] + self.padding[0]  # (t, s)
+        taps = self.conv.weight.shape[-1]
+        tap = offset.div(self.dilation, rounding_mode="floor")
+        reads = (offset % self.dilation == 0) & (tap >= 0) & (tap < taps)
+        toeplitz = self.conv.weight[:, 0][:, tap.clamp(0, taps - 1)] * reads  # (d, L, L)
+
+        def finish(mixed: Tensor) -> Tensor:
+            convolved = mixed[..., 0] + self.conv.bias[:, None]  # (B, d, L)
+            return self.out_proj(self._gated(convolved.transpose(1, 2), g))
+
+        weights = toeplitz.expand(x.shape[0], -1, -1, -1)
+        if mask is not None:  # padded inputs are zeroed before the convolution: nothing read
+            weights = weights * mask[:, None, None, :]
+        return MixingMap(weights, u.transpose(1, 2)[..., None], finish, "channels")
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One forward over the prompt; the state is its last conv inputs (all, if global)."""

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.attention import padded_attention_mask
+from mixerlab.mixers.mixing_map import MixingMap
 
 
 class SpatialMix(nn.Module):
@@ -185,6 +186,31 @@ class GatedMLPMixer(TokenMixer):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
         return self._unit(x, mask)[0]
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap | None:
+        """gMLP's spatial matrix per head, ``W[:L, :L]`` (lower-triangular if causal), over the
+        normalised gate inputs; the spatial bias, the product with u and proj_out are
+        ``finish``. aMLP (attn_dim > 0) adds attention to the same gate: no single map, None."""
+        self.check_input(x, mask)
+        if self.attn is not None:
+            return None
+        batch, length, _ = x.shape
+        u, v = F.gelu(self.proj_in(x)).chunk(2, dim=-1)
+        gate = self.gate_norm(v)
+        if mask is not None:
+            gate = gate.masked_fill(~mask[..., None], 0.0)
+        spatial = self.spatial
+        weights = spatial.weight[:, :length, :length]
+        weights = (weights.tril() if self.causal else weights).expand(batch, -1, -1, -1)
+        values = gate.view(batch, length, spatial.groups, -1).transpose(1, 2)  # (B, H, L, C)
+
+        def finish(mixed: Tensor) -> Tensor:
+            biased = mixed + spatial.bias[None, :, :length, None]  # (B, H, L, C)
+            return self.proj_out(u * biased.transpose(1, 2).reshape(batch, length, -1))
+
+        if mask is not None:
+            weights = weights * mask[:, None, None, :]
+        return MixingMap(weights, values, finish, "heads")
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One forward over the prompt; the gate inputs it normalised are the state."""

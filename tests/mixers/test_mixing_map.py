@@ -89,3 +89,21 @@ def test_a_sliding_windows_exact_map_is_its_band(causal: bool) -> None:
     gap = torch.arange(10)[:, None] - torch.arange(10)[None, :]
     read = (gap >= 0) & (gap <= 3) if causal else gap.abs() <= 3
     assert weights[~read].abs().max() == 0 and weights[read].min() > 0
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "hparams",
+    [{"kernel_size": 3, "dilation": 2}, {"kernel_size": -1}, {"kernel_size": 4, "gate": "none"}],
+    ids=["dilated", "global", "ungated"],
+)
+def test_a_convolutions_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
+    """The Toeplitz map of short, dilated and global (FFT) kernels, both modes."""
+    CHECKS["exact_map"]("conv", causal=causal, hparams=hparams)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gmlps_map_is_its_spatial_matrix_per_head_and_amlp_has_none(causal: bool) -> None:
+    CHECKS["exact_map"]("gmlp", causal=causal, hparams={"heads": 2}, perturb=0.5)
+    amlp = build_mixer("gmlp", 8, causal=causal, max_len=16, attn_dim=4)
+    assert amlp.mixing_map(torch.randn(1, 6, 8)) is None
