@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.conv import last_positions
 from mixerlab.mixers.kernels.selective_scan import selective_scan
+from mixerlab.mixers.mixing_map import MixingMap
 
 INITS = ("lin", "inv", "real")
 
@@ -142,6 +143,28 @@ class S4D(nn.Module):
             state["ssm"] = torch.view_as_real(h) if self.complex else h
         return self.post(y.transpose(1, 2).to(x.dtype)), state
 
+    def mixing_map(self, x: Tensor, mask: Tensor | None) -> MixingMap:
+        """Each channel's Toeplitz matrix, K[t - s] (the backward kernel's for s > t in an
+        encoder) plus D on the diagonal, over the masked inputs; ``post`` is ``finish``."""
+        length = x.shape[1]
+        u = x.to(torch.promote_types(x.dtype, torch.float32))
+        u = u if mask is None else u.masked_fill(~mask[..., None], 0.0)
+        kernels = self.kernel(length)[0]  # (dirs, H, L)
+        positions = torch.arange(length, device=x.device)
+        gap = positions[:, None] - positions[None, :]  # t - s
+        weights = kernels[0][:, gap.clamp(min=0)] * (gap >= 0)  # (H, L, L)
+        if not self.causal:
+            weights = weights + kernels[1][:, (-gap - 1).clamp(min=0)] * (gap < 0)
+        weights = weights + torch.diag_embed(self.D[:, None].expand(-1, length))
+        weights = weights.expand(x.shape[0], -1, -1, -1)
+        if mask is not None:
+            weights = weights * mask[:, None, None, :]
+
+        def finish(mixed: Tensor) -> Tensor:
+            return self.post(mixed[..., 0].transpose(1, 2).to(x.dtype))
+
+        return MixingMap(weights, u.transpose(1, 2)[..., None], finish, "channels")
+
     def init_state(self, batch_size: int) -> dict[str, Tensor]:
         """The diagonal state (B, H, M), stored as floats (real/imag pairs for complex modes)."""
         shape = (batch_size, *self.C.shape[1:])
@@ -205,6 +228,26 @@ class SelectiveSSM(nn.Module):
         y, h = selective_scan(xf, dt, A, B.float(), C.float(), h, chunk_size)
         return (y + xf * self.D).to(x.dtype), h
 
+    def mixing_map(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, E, L, L): ``[b, e, t, s]`` = C_t . exp(A (S_t - S_s)) dt_s B_s for s <= t, S the
+        running sum of dt, plus D on the diagonal: the scan's selective "attention", y = W x."""
+        dt, B, C = self.x_proj(x).split([self.dt_proj.in_features, self.d_state, self.d_state], -1)
+        dt = F.softplus(self.dt_proj(dt)).float()  # (B, L, E)
+        if mask is not None:
+            dt = dt.masked_fill(~mask[..., None], 0.0)
+        A = -torch.exp(self.A_log)  # (E, N)
+        total = dt.cumsum(1).transpose(1, 2)  # (B, E, L): S_t
+        length = x.shape[1]
+        reads = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        elapsed = (total[..., :, None] - total[..., None, :]).masked_fill(~reads, 0.0)
+        written = dt.transpose(1, 2)[..., None, :]  # (B, E, 1, L): dt_s
+        weights = x.new_zeros(x.shape[0], dt.shape[2], length, length, dtype=torch.float32)
+        for n in range(self.d_state):  # one state dimension at a time: (B, E, L, L) at most
+            pair = (C[..., n, None] * B[..., None, :, n]).float()[:, None]  # (B, 1, L, L)
+            weights += pair * torch.exp(A[:, n, None, None] * elapsed) * written
+        weights = weights * reads + torch.diag_embed(self.D[:, None].expand(-1, length))
+        return weights
+
     def flops_per_token(self) -> float:
         """x_proj, dt_proj, and per (channel, state) 7 FLOPs of scan: dt*A and its exp, dt x B,
         the multiply-add into h and the multiply-add into y; plus the D skip."""
@@ -258,6 +301,26 @@ class Mamba(nn.Module):
             back = None if mask is None else mask.flip(1)
             y = y + self.ssm[1](x.flip(1), back, h, self.chunk_size)[0].flip(1)
         return self.out_proj(y * F.silu(z)), {"conv": window, "ssm": h_last}
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None) -> MixingMap:
+        """Per inner channel, the selective scan's map (both directions' summed for an encoder,
+        the backward one flipped) over the short conv's SiLU outputs; the gate and out_proj are
+        ``finish``."""
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        if mask is not None:
+            x = x.masked_fill(~mask[..., None], 0.0)
+        x = F.silu(self.conv(F.pad(x.transpose(1, 2), self.padding)).transpose(1, 2))
+        weights = self.ssm[0].mixing_map(x, mask)
+        if not self.causal:
+            back = None if mask is None else mask.flip(1)
+            weights = weights + self.ssm[1].mixing_map(x.flip(1), back).flip(-1, -2)
+        if mask is not None:
+            weights = weights * mask[:, None, None, :]
+
+        def finish(mixed: Tensor) -> Tensor:
+            return self.out_proj(mixed[..., 0].transpose(1, 2).to(z.dtype) * F.silu(z))
+
+        return MixingMap(weights, x.float().transpose(1, 2)[..., None], finish, "channels")
 
     def init_state(self, batch_size: int) -> dict[str, Tensor]:
         """The last conv_kernel - 1 conv inputs (B, E, k - 1) and the SSM state (B, E, N)."""
@@ -383,6 +446,12 @@ class StateSpaceMixer(TokenMixer):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
         return self.layer(x, mask)[0]
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        """Per channel: S4D's Toeplitz kernel, or Mamba's input-dependent scan written as a
+        matrix (C_t exp(A (S_t - S_s)) dt_s B_s, the "hidden attention"); D on the diagonal."""
+        self.check_input(x, mask)
+        return self.layer.mixing_map(x, mask)
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One pass over the prompt (FFT convolution or the scan) that also returns the state."""

@@ -107,3 +107,14 @@ def test_gmlps_map_is_its_spatial_matrix_per_head_and_amlp_has_none(causal: bool
     CHECKS["exact_map"]("gmlp", causal=causal, hparams={"heads": 2}, perturb=0.5)
     amlp = build_mixer("gmlp", 8, causal=causal, max_len=16, attn_dim=4)
     assert amlp.mixing_map(torch.randn(1, 6, 8)) is None
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "hparams",
+    [{"selective": True, "d_state": 4}, {"selective": False, "d_state": 8, "init": "lin"}],
+    ids=["mamba", "s4d"],
+)
+def test_a_state_space_models_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
+    """Mamba's scan as a matrix (both directions for an encoder) and S4D's kernel."""
+    CHECKS["exact_map"]("ssm", causal=causal, hparams=hparams)
