@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.kernels.chunked_linear_attention import SUB_CHUNK, chunked_causal
+from mixerlab.mixers.mixing_map import MixingMap
 
 FEATURE_MAPS = ("identity", "elu", "relu", "taylor")
 DECAYS = ("none", "fixed", "gated")
@@ -76,6 +77,23 @@ NORM_EPS = 1e-5  # of the per-head norms (fla's GLA and PyTorch's GroupNorm use 
 def feature_size(feature_map: str, feature_dim: int) -> int:
     """Dphi, the width of phi(q) for a per-head q of width ``feature_dim``."""
     return 1 + feature_dim + feature_dim**2 if feature_map == "taylor" else feature_dim
+
+
+def decayed_scores(q: Tensor, k: Tensor, log_alpha: Tensor | None) -> Tensor:
+    """The causal map (B, H, L, L) of the recurrence: sum_f q_tf k_sf prod_{s<r<=t} alpha_rf for
+    s <= t, one feature at a time (a gated decay differs by feature)."""
+    length = q.shape[2]
+    reads = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    if log_alpha is None:
+        return (q @ k.mT) * reads
+    total = log_alpha.cumsum(dim=2)  # (B, H, L, 1 or Dphi)
+    weights = q.new_zeros(*q.shape[:3], length)
+    for f in range(q.shape[-1]):
+        column = min(f, total.shape[-1] - 1)  # a per-head decay has one column
+        elapsed = total[..., :, None, column] - total[..., None, :, column]  # (B, H, t, s)
+        decay = torch.exp(elapsed.masked_fill(~reads, 0.0))
+        weights += q[..., :, None, f] * k[..., None, :, f] * decay
+    return weights * reads
 
 
 @register_mixer("linear_attention")
@@ -226,6 +244,23 @@ class LinearAttention(TokenMixer):
         backward = chunked_causal(*flipped, self.chunk_size)[0].flip(2)
         diagonal = (q * k).sum(dim=-1, keepdim=True) * v  # s = t, in both passes
         return self._output(forward + backward - diagonal, x)
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        """Each head's phi(q_t) . phi(k_s), decayed by the gates between s and t (an encoder's
+        pairs s > t by those from t to s - 1, the diagonal once); ``finish`` is what follows the
+        recurrence (the normaliser of ``normalize="sum"``, whose column of ones rides in the
+        values, the per-head norm, the gate, the output projection)."""
+        self.check_input(x, mask)
+        q, k, v, log_alpha = self._project(x, mask)
+        if self.causal:
+            weights = decayed_scores(q, k, log_alpha)
+        elif log_alpha is None:
+            weights = q @ k.mT
+        else:
+            flipped = decayed_scores(q.flip(2), k.flip(2), log_alpha.flip(2)).flip(-1, -2)
+            diagonal = torch.diag_embed((q * k).sum(dim=-1))
+            weights = decayed_scores(q, k, log_alpha) + flipped - diagonal
+        return MixingMap(weights, v, lambda mixed: self._output(mixed, x), "heads")
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         """S (B, H, Dphi, Dv'), zeros; with normalize="sum" its last column is z."""

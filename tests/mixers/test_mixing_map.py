@@ -118,3 +118,18 @@ def test_gmlps_map_is_its_spatial_matrix_per_head_and_amlp_has_none(causal: bool
 def test_a_state_space_models_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
     """Mamba's scan as a matrix (both directions for an encoder) and S4D's kernel."""
     CHECKS["exact_map"]("ssm", causal=causal, hparams=hparams)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        {"decay": "gated", "normalize": "rms", "output_gate": "swish"},  # GLA
+        {"decay": "fixed", "normalize": "group", "output_gate": "swish"},  # RetNet
+        {"feature_map": "taylor", "feature_dim": 4, "decay": "none", "normalize": "sum"},  # Based
+        {"feature_map": "elu", "decay": "gated", "normalize": "sum"},
+    ],
+    ids=["gla", "retnet", "based", "elu-gated"],
+)
+def test_a_linear_attentions_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
+    CHECKS["exact_map"]("linear_attention", causal=causal, hparams={"chunk_size": 4, **hparams})
