@@ -61,6 +61,7 @@ from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.conv import last_positions
 from mixerlab.mixers.hyena import positional_features
 from mixerlab.mixers.kernels.fft_conv import fft_conv, fft_conv_flops
+from mixerlab.mixers.mixing_map import MixingMap, toeplitz
 
 FILTER_EMB_DIM = 3  # Zoology's ImplicitLongConvolution: d_emb (t and one cosine-sine pair)
 FILTER_HIDDEN = 16  # and d_hidden, the MLP's width
@@ -149,6 +150,35 @@ class BaseConvMixer(TokenMixer):
         self.check_input(x, mask)
         u = x if mask is None else x.masked_fill(~mask[..., None], 0.0)
         return self._base_conv(u)
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        """Each channel's matrix of conv(u) * (W u + b) + u: the convolution's Toeplitz matrix
+        (the long filter's plus the identity it adds) with its rows scaled by the projection of
+        this input, plus the skip's identity; the short conv's bias times the projection is
+        ``finish``'s."""
+        self.check_input(x, mask)
+        u = x if mask is None else x.masked_fill(~mask[..., None], 0.0)
+        length = x.shape[1]
+        gate = self.projection(u).transpose(1, 2)  # (B, d, L): the rows' scale
+        if self.global_mixing:
+            first = 0 if self.causal else 1 - length
+            taps = self.long_filter(torch.arange(first, length, device=x.device))
+            matrix = toeplitz(taps, length, first) + torch.eye(length, device=x.device)
+            bias = None
+        else:  # F.conv1d: tap j at offset left - j
+            span = self.kernel_size - 1
+            matrix = toeplitz(self.conv.weight[:, 0].flip(-1), length, self.padding[0] - span)
+            bias = self.conv.bias
+        identity = torch.eye(length, device=x.device)
+        weights = gate[..., :, None] * matrix + identity
+        if mask is not None:
+            weights = weights * mask[:, None, None, :]
+
+        def finish(mixed: Tensor) -> Tensor:
+            out = mixed[..., 0]
+            return (out if bias is None else out + bias[:, None] * gate).transpose(1, 2)
+
+        return MixingMap(weights, u.transpose(1, 2)[..., None], finish, "channels")
 
     def _held(self, position: int) -> int:
         """How many past inputs the decoding state holds after ``position`` of them."""

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.kernels.fft_conv import fft_conv, fft_conv_flops
-from mixerlab.mixers.mixing_map import MixingMap
+from mixerlab.mixers.mixing_map import MixingMap, toeplitz
 
 GATES = ("silu", "linear", "none")
 
@@ -145,18 +145,16 @@ class ConvMixer(TokenMixer):
         u, g = self._project(x)
         if mask is not None:
             u = u.masked_fill(~mask[..., None], 0.0)
-        positions = torch.arange(x.shape[1], device=x.device)
-        offset = positions[None, :] - positions[:, None] + self.padding[0]  # (t, s)
-        taps = self.conv.weight.shape[-1]
-        tap = offset.div(self.dilation, rounding_mode="floor")
-        reads = (offset % self.dilation == 0) & (tap >= 0) & (tap < taps)
-        toeplitz = self.conv.weight[:, 0][:, tap.clamp(0, taps - 1)] * reads  # (d, L, L)
+        # F.conv1d's out[t] = sum_j w[j] u[t - left + j dilation]: tap j at offset left - j d
+        dilated = self.conv.weight.new_zeros(self.d_model, self.span + 1)
+        dilated[:, :: self.dilation] = self.conv.weight[:, 0]
+        matrix = toeplitz(dilated.flip(-1), x.shape[1], self.padding[0] - self.span)
 
         def finish(mixed: Tensor) -> Tensor:
             convolved = mixed[..., 0] + self.conv.bias[:, None]  # (B, d, L)
             return self.out_proj(self._gated(convolved.transpose(1, 2), g))
 
-        weights = toeplitz.expand(x.shape[0], -1, -1, -1)
+        weights = matrix.expand(x.shape[0], -1, -1, -1)
         if mask is not None:  # padded inputs are zeroed before the convolution: nothing read
             weights = weights * mask[:, None, None, :]
         return MixingMap(weights, u.transpose(1, 2)[..., None], finish, "channels")

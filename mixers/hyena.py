@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from mixerlab.mixers._contract import TokenMixer, register_mixer
 from mixerlab.mixers.conv import last_positions
 from mixerlab.mixers.kernels.fft_conv import fft_conv, fft_conv_flops
+from mixerlab.mixers.mixing_map import MixingMap, toeplitz
 
 SHORT_KERNEL = 3  # taps of the short convolution on the projections (safari's short_filter_order)
 
@@ -218,6 +219,32 @@ class HyenaMixer(TokenMixer):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
         return self._operator(x, mask)[0]
+
+    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+        """Each channel's data-controlled operator as one matrix: diag(x_0) (T_N-1 + D) diag(x_N-1)
+        ... (T_1 + D) diag(x_1), each T a long filter's Toeplitz matrix and each x_i a gate
+        stream of this input, over the value stream v; out_proj is ``finish``."""
+        self.check_input(x, mask)
+        length = x.shape[1]
+        projected = self.in_proj(x).transpose(1, 2)
+        if mask is not None:
+            projected = projected.masked_fill(~mask[:, None, :], 0.0)
+        streams = self.short_conv(F.pad(projected, self.short_padding))
+        *gates, v = streams.split(self.d_model, dim=1)  # (B, d, L) each
+        first = 0 if self.causal else 1 - length
+        offsets = torch.arange(first, length, device=x.device)
+        filters = self.implicit_filter(offsets)  # (N - 1, d, taps)
+        real = torch.ones_like(v) if mask is None else mask[:, None, :].to(v.dtype)
+        weights = torch.diag_embed(real)  # (B, d, L, L): the identity on real positions
+        for gate, h, skip in zip(reversed(gates[1:]), filters, self.D, strict=True):
+            step = toeplitz(h, length, first) + torch.diag_embed(skip[:, None].expand(-1, length))
+            weights = step @ ((gate * real)[..., :, None] * weights)
+        weights = gates[0][..., :, None] * weights
+
+        def finish(mixed: Tensor) -> Tensor:
+            return self.out_proj(mixed[..., 0].transpose(1, 2))
+
+        return MixingMap(weights, v[..., None], finish, "channels")
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One forward over the prompt (FFT convolutions); its stream inputs are the state."""

@@ -51,6 +51,17 @@ class MixingMap:
         return self.finish(self.weights @ self.values)
 
 
+def toeplitz(kernel: Tensor, length: int, first_offset: int) -> Tensor:
+    """(C, L, L): the matrix of a depthwise convolution, ``[c, t, s] = kernel[c, t - s -
+    first_offset]`` where that index is in range, else 0. ``kernel`` (C, taps) lists the taps by
+    offset t - s, from ``first_offset`` up: 0 for a causal kernel, 1 - L for a centred one."""
+    positions = torch.arange(length, device=kernel.device)
+    index = positions[:, None] - positions[None, :] - first_offset  # (t, s)
+    taps = kernel.shape[-1]
+    inside = (index >= 0) & (index < taps)
+    return kernel[:, index.clamp(0, taps - 1)] * inside
+
+
 def _probe_vectors(
     length: int, d_model: int, probes: int | None, generator: torch.Generator | None
 ) -> Tensor:

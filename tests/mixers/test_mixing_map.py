@@ -133,3 +133,24 @@ def test_a_state_space_models_exact_map_recomputes_it(causal: bool, hparams: dic
 )
 def test_a_linear_attentions_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
     CHECKS["exact_map"]("linear_attention", causal=causal, hparams={"chunk_size": 4, **hparams})
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("order", [2, 3])
+def test_hyenas_exact_map_is_its_data_controlled_product(causal: bool, order: int) -> None:
+    CHECKS["exact_map"]("hyena", causal=causal, hparams={"order": order})
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "hparams",
+    [
+        {"kernel_size": 3},
+        {"kernel_size": 4},
+        {"kernel_size": -1},
+        {"kernel_size": -1, "implicit": False},
+    ],
+    ids=["short", "short-even", "implicit", "explicit"],
+)
+def test_base_convs_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
+    CHECKS["exact_map"]("base_conv", causal=causal, hparams=hparams)
