@@ -125,3 +125,64 @@ def gradient_map(
     if mask is not None:
         weights = weights * mask[:, :, None]
     return weights.detach()
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """One layer's map of one example: ``weights`` (H, L, L) and what H counts ("heads",
+    "channels", or "gradient": H = 1, the whole mixer's map), and whether it is exact."""
+
+    layer: int
+    weights: Tensor
+    groups: str
+    exact: bool
+
+
+def layer_maps(
+    model: nn.Module,
+    tokens: Tensor,
+    mask: Tensor | None = None,
+    *,
+    gradient: bool = False,
+    probes: int | None = 8,
+    generator: torch.Generator | None = None,
+) -> list[LayerMap]:
+    """Each layer's map of one example ``tokens`` (1, L) in a model with ``blocks`` (a
+    :class:`~mixerlab.mixers.SequenceModel`): the mixer's exact map where it has one (unless
+    ``gradient``), else its gradient map, at the input the mixer sees in that layer. The model
+    runs once in eval mode to record those inputs; its mode is restored after."""
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise ValueError(
+            f"layer_maps reads one example: tokens of shape (1, L), got {tokens.shape}"
+        )
+    inputs: list[tuple[Tensor, Tensor | None]] = []
+
+    def record(_module: nn.Module, args: tuple) -> None:
+        inputs.append((args[0].detach(), args[1] if len(args) > 1 else None))
+
+    training = model.training
+    hooks = [block.mixer.register_forward_pre_hook(record) for block in model.blocks]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(tokens, mask)
+        for hook in hooks:  # the maps below run the mixers again
+            hook.remove()
+        maps = []
+        for layer, (block, (x, layer_mask)) in enumerate(zip(model.blocks, inputs, strict=True)):
+            found = None
+            if not gradient:
+                with torch.no_grad():
+                    found = block.mixer.mixing_map(x, layer_mask)
+            if found is not None:
+                maps.append(LayerMap(layer, found.weights[0].detach(), found.groups, True))
+            else:
+                weights = gradient_map(
+                    block.mixer, x, layer_mask, probes=probes, generator=generator
+                )
+                maps.append(LayerMap(layer, weights, "gradient", probes is None))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(training)
+    return maps

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mixerlab.mixers import TokenMixer, build_mixer
-from mixerlab.mixers.mixing_map import gradient_map
+from mixerlab.mixers import SequenceModel, TokenMixer, build_mixer
+from mixerlab.mixers.mixing_map import gradient_map, layer_maps
 from mixerlab.mixers.testing import CHECKS
 
 
@@ -154,3 +154,26 @@ def test_hyenas_exact_map_is_its_data_controlled_product(causal: bool, order: in
 )
 def test_base_convs_exact_map_recomputes_it(causal: bool, hparams: dict) -> None:
     CHECKS["exact_map"]("base_conv", causal=causal, hparams=hparams)
+
+
+def test_layer_maps_give_each_layers_map_at_the_input_it_sees() -> None:
+    """A hybrid model: attention's exact map in layer 0, the LSTM's gradient map in layer 1,
+    each at its own input; the model's mode comes back."""
+    torch.manual_seed(0)
+    pattern = [{"name": "attention", "n_heads": 2}, {"name": "rnn"}]
+    model = SequenceModel(20, 16, 2, mixer="hybrid", mixer_hparams={"pattern": pattern})
+    model.train()
+    tokens = torch.randint(1, 20, (1, 7))
+    first, second = layer_maps(model, tokens, probes=None)
+    assert (first.groups, first.exact, tuple(first.weights.shape)) == ("heads", True, (2, 7, 7))
+    assert (second.groups, second.exact, tuple(second.weights.shape)) == (
+        "gradient",
+        True,
+        (1, 7, 7),
+    )
+    assert torch.allclose(first.weights.sum(-1), torch.ones(2, 7))  # softmax rows
+    assert second.weights.triu(1).abs().max() == 0 and model.training
+    forced = layer_maps(model, tokens, gradient=True, probes=None)[0]
+    assert forced.groups == "gradient" and forced.weights.shape == (1, 7, 7)
+    with pytest.raises(ValueError, match=r"one example: tokens of shape \(1, L\)"):
+        layer_maps(model, torch.randint(1, 20, (2, 7)))
