@@ -302,7 +302,8 @@ def test_flags_hydra_refuses_together_are_one_message(
 def test_each_command_is_a_module_that_declares_its_name_and_help() -> None:
     commands = cli.available_commands()
     assert [c.name for c in commands] == [
-        "bench", "compare", "dashboard", "list", "new-mixer", "study", "train", "wandb-sweep"
+        "bench", "compare", "dashboard", "list", "maps", "new-mixer", "study", "train",
+        "wandb-sweep",
     ]  # fmt: skip
     for command in commands:
         assert command.module.startswith("mixerlab.experiments.cli.") and command.help

@@ -1,0 +1,61 @@
+"""The figure of ``mixerlab maps``: one row of panels per run, one panel per layer and head.
+
+Each panel is an L x L map, output position t down the rows and input position s along the
+columns, the example's tokens as tick labels and the positions the task scores in red on the
+rows. A layer whose map is per head gets a panel per head (at most ``MAX_HEADS``); one whose map
+is per channel shows the mean of the channels' absolute weights; a gradient map is one panel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from mixerlab.experiments.compare.plots.base import new_figure, to_png
+from mixerlab.experiments.maps.trained import Example
+from mixerlab.mixers.mixing_map import LayerMap
+
+MAX_HEADS = 4
+MAX_LABELS = 32  # tick labels on an axis; a longer example labels every k-th position
+
+
+def panels(layer: LayerMap) -> list[tuple[str, Tensor]]:
+    """The titled (L, L) panels of one layer's map (the module docstring)."""
+    kind = "exact" if layer.exact else "estimated"
+    if layer.groups == "heads":
+        shown = layer.weights[:MAX_HEADS]
+        return [(f"layer {layer.layer} head {h}", w) for h, w in enumerate(shown)]
+    if layer.groups == "gradient":
+        return [(f"layer {layer.layer}: gradient ({kind})", layer.weights[0])]
+    return [(f"layer {layer.layer}: mean |weight| of channels", layer.weights.abs().mean(0))]
+
+
+def _label(ax, example: Example) -> None:
+    tokens = example.tokens[0].tolist()
+    step = max(1, -(-len(tokens) // MAX_LABELS))
+    ticks = list(range(0, len(tokens), step))
+    labels = [str(tokens[i]) for i in ticks]
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=6)
+    ax.set_yticks(ticks, labels, fontsize=6)
+    for tick, position in zip(ax.get_yticklabels(), ticks, strict=True):
+        if bool(example.scored[position]):
+            tick.set_color("red")
+
+
+def draw_maps(runs: Sequence[tuple[str, list[LayerMap]]], example: Example) -> bytes:
+    """The PNG of every run's maps of one example (rows: runs; columns: layers' panels)."""
+    rows = [(name, [p for layer in maps for p in panels(layer)]) for name, maps in runs]
+    columns = max(len(row) for _, row in rows)
+    fig: Figure = new_figure(height=2.6 * len(rows) + 0.6, width=2.6 * columns + 0.6)
+    grid = fig.subplots(len(rows), columns, squeeze=False)
+    for (name, row), axes in zip(rows, grid, strict=True):
+        for ax in axes[len(row) :]:
+            ax.set_axis_off()
+        for index, (ax, (title, weights)) in enumerate(zip(axes, row, strict=False)):
+            ax.imshow(weights.detach().float().numpy(), cmap="viridis", interpolation="nearest")
+            ax.set_title(f"{name}\n{title}" if index == 0 else title, fontsize=7)
+            _label(ax, example)
+    fig.suptitle("mixing maps: output position (rows) x input position (columns); red: scored")
+    return to_png(fig)
