@@ -195,18 +195,8 @@ class HyenaMixer(TokenMixer):
     def _operator(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:
         """The operator on x (B, L, d): its output, the short convolution's inputs (B, (N + 1) d,
         L) and each long convolution's input (B, d, L), which a decoder's state keeps."""
-        length = x.shape[1]
         pad = None if mask is None else ~mask[:, None, :]  # (B, 1, L), True at padding
-        projected = self.in_proj(x).transpose(1, 2)  # (B, (N + 1) d, L): time last, like conv1d
-        if pad is not None:
-            projected = projected.masked_fill(pad, 0.0)
-        streams = self.short_conv(F.pad(projected, self.short_padding))  # (B, (N + 1) d, L)
-        *gates, v = streams.split(self.d_model, dim=1)  # x_0..x_{N-1}, v: (B, d, L) each
-        if self.causal:
-            offsets = torch.arange(length, device=x.device)
-        else:
-            offsets = torch.arange(1 - length, length, device=x.device)
-        filters = self.implicit_filter(offsets)  # (N - 1, d, taps)
+        projected, gates, v, filters = self._streams(x, mask)
         inputs = []
         for gate, h, skip in zip(reversed(gates[1:]), filters, self.D, strict=True):
             v = v * gate
@@ -215,6 +205,25 @@ class HyenaMixer(TokenMixer):
             inputs.append(v)
             v = fft_conv(v, h, causal=self.causal) + v * skip[:, None]  # (B, d, L)
         return self.out_proj((v * gates[0]).transpose(1, 2)), projected, inputs
+
+    def _streams(
+        self, x: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+        """What the operator starts from: the projections (B, (N + 1) d, L), padding zeroed; the
+        gate streams x_0..x_{N-1} and the value stream v (B, d, L) after the short convolution;
+        and the long filters (N - 1, d, taps) over the offsets from ``self._first_offset``."""
+        length = x.shape[1]
+        projected = self.in_proj(x).transpose(1, 2)  # (B, (N + 1) d, L): time last, like conv1d
+        if mask is not None:
+            projected = projected.masked_fill(~mask[:, None, :], 0.0)
+        streams = self.short_conv(F.pad(projected, self.short_padding))  # (B, (N + 1) d, L)
+        *gates, v = streams.split(self.d_model, dim=1)  # x_0..x_{N-1}, v: (B, d, L) each
+        offsets = torch.arange(self._first_offset(length), length, device=x.device)
+        return projected, gates, v, self.implicit_filter(offsets)
+
+    def _first_offset(self, length: int) -> int:
+        """The long filters' first offset t - s: 0 causal, 1 - L centred."""
+        return 0 if self.causal else 1 - length
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
@@ -226,14 +235,8 @@ class HyenaMixer(TokenMixer):
         stream of this input, over the value stream v; out_proj is ``finish``."""
         self.check_input(x, mask)
         length = x.shape[1]
-        projected = self.in_proj(x).transpose(1, 2)
-        if mask is not None:
-            projected = projected.masked_fill(~mask[:, None, :], 0.0)
-        streams = self.short_conv(F.pad(projected, self.short_padding))
-        *gates, v = streams.split(self.d_model, dim=1)  # (B, d, L) each
-        first = 0 if self.causal else 1 - length
-        offsets = torch.arange(first, length, device=x.device)
-        filters = self.implicit_filter(offsets)  # (N - 1, d, taps)
+        first = self._first_offset(length)
+        _, gates, v, filters = self._streams(x, mask)
         real = torch.ones_like(v) if mask is None else mask[:, None, :].to(v.dtype)
         weights = torch.diag_embed(real)  # (B, d, L, L): the identity on real positions
         for gate, h, skip in zip(reversed(gates[1:]), filters, self.D, strict=True):

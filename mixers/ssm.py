@@ -215,15 +215,20 @@ class SelectiveSSM(nn.Module):
         self.A_log = nn.Parameter(torch.log(-A).repeat(d_inner, 1))  # (E, N)
         self.D = nn.Parameter(torch.ones(d_inner))
 
+    def _selection(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The scan's inputs from x (B, L, E): dt (B, L, E) in float32, zero at pads (a pad
+        neither decays nor writes), A (E, N), and B_t, C_t (B, L, N)."""
+        dt, B, C = self.x_proj(x).split([self.dt_proj.in_features, self.d_state, self.d_state], -1)
+        dt = F.softplus(self.dt_proj(dt)).float()
+        if mask is not None:
+            dt = dt.masked_fill(~mask[..., None], 0.0)
+        return dt, -torch.exp(self.A_log), B, C
+
     def forward(
         self, x: Tensor, mask: Tensor | None, h: Tensor, chunk_size: int
     ) -> tuple[Tensor, Tensor]:
         """x (B, L, E) -> y (B, L, E) from state h (B, E, N), and the state after x."""
-        dt, B, C = self.x_proj(x).split([self.dt_proj.in_features, self.d_state, self.d_state], -1)
-        dt = F.softplus(self.dt_proj(dt)).float()  # (B, L, E)
-        if mask is not None:
-            dt = dt.masked_fill(~mask[..., None], 0.0)  # a pad neither decays nor writes
-        A = -torch.exp(self.A_log)  # (E, N)
+        dt, A, B, C = self._selection(x, mask)
         xf = x.float()
         y, h = selective_scan(xf, dt, A, B.float(), C.float(), h, chunk_size)
         return (y + xf * self.D).to(x.dtype), h
@@ -231,11 +236,7 @@ class SelectiveSSM(nn.Module):
     def mixing_map(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """(B, E, L, L): ``[b, e, t, s]`` = C_t . exp(A (S_t - S_s)) dt_s B_s for s <= t, S the
         running sum of dt, plus D on the diagonal: the scan's selective "attention", y = W x."""
-        dt, B, C = self.x_proj(x).split([self.dt_proj.in_features, self.d_state, self.d_state], -1)
-        dt = F.softplus(self.dt_proj(dt)).float()  # (B, L, E)
-        if mask is not None:
-            dt = dt.masked_fill(~mask[..., None], 0.0)
-        A = -torch.exp(self.A_log)  # (E, N)
+        dt, A, B, C = self._selection(x, mask)
         total = dt.cumsum(1).transpose(1, 2)  # (B, E, L): S_t
         length = x.shape[1]
         reads = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
