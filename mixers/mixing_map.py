@@ -21,7 +21,7 @@ chunks that bound memory, and one at a time for a mixer with an operation vmap c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -146,15 +146,23 @@ def layer_maps(
     gradient: bool = False,
     probes: int | None = 8,
     generator: torch.Generator | None = None,
+    layers: Sequence[int] | None = None,
 ) -> list[LayerMap]:
     """Each layer's map of one example ``tokens`` (1, L) in a model with ``blocks`` (a
     :class:`~mixerlab.mixers.SequenceModel`): the mixer's exact map where it has one (unless
-    ``gradient``), else its gradient map, at the input the mixer sees in that layer. The model
-    runs once in eval mode to record those inputs; its mode is restored after."""
+    ``gradient``), else its gradient map, at the input the mixer sees in that layer. ``layers``
+    picks the layers mapped (default: all). The model runs once in eval mode to record those
+    inputs; its mode is restored after."""
     if tokens.dim() != 2 or tokens.shape[0] != 1:
         raise ValueError(
             f"layer_maps reads one example: tokens of shape (1, L), got {tokens.shape}"
         )
+    count = len(model.blocks)
+    if outside := [layer for layer in layers or () if not 0 <= layer < count]:
+        raise ValueError(
+            f"layer {outside[0]} is out of range: the model has {count} layers, 0 to {count - 1}"
+        )
+    chosen = set(range(count) if layers is None else layers)
     inputs: list[tuple[Tensor, Tensor | None]] = []
 
     def record(_module: nn.Module, args: tuple) -> None:
@@ -170,6 +178,8 @@ def layer_maps(
             hook.remove()
         maps = []
         for layer, (block, (x, layer_mask)) in enumerate(zip(model.blocks, inputs, strict=True)):
+            if layer not in chosen:
+                continue
             found = None
             if not gradient:
                 with torch.no_grad():

@@ -82,3 +82,19 @@ def scratch_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     for registry in (MIXERS, TASKS):
         monkeypatch.setattr(registry, "classes", dict(registry.classes))
         monkeypatch.setattr(registry, "plugins_loaded", registry.plugins_loaded)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two tiny runs trained for real (attention and the LSTM on the quick task, a few steps),
+    checkpoints kept: what ``mixerlab maps`` and ``compare --maps`` read."""
+    from mixerlab.experiments.cli.train import main as train
+
+    root = tmp_path_factory.mktemp("trained")
+    sweep = ["-m", "experiment=quick", "mixer=attention,rnn", "debug=default", "seed=0"]
+    sweep += ["model.d_model=16", "logger=none", "callbacks.progress_bar=false", "study=tiny"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MIXERLAB_CACHE", str(root / "cache"))
+        assert train(sweep) == 0
+    return sorted(p for p in (root / "studies" / "tiny" / "runs").iterdir() if p.is_dir())

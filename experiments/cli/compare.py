@@ -1,7 +1,7 @@
 """Compare finished runs: tables, curves and a report, aggregated over seeds.
 
 mixerlab compare PATH... [--by KEYS] [--metric NAME] [--best-over KEYS] [--also METRICS] [--x KEYS]
-                 [--reference NAME|FILE] [--write-reference NAME|FILE] [--out DIR]
+                 [--reference NAME|FILE] [--write-reference NAME|FILE] [--maps [N]] [--out DIR]
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -21,6 +22,9 @@ from mixerlab.experiments.compare.runs import Run, load_runs
 from mixerlab.experiments.compare.scaling import add_scaling, check_x
 from mixerlab.experiments.compare.suite import SUITES, add_suite, find_suite, varying_setting_keys
 from mixerlab.experiments.compare.terminal import print_report
+
+if TYPE_CHECKING:
+    from mixerlab.experiments.maps.comparison import MapsFigure
 
 COMMAND = "compare"
 HELP = "compare finished runs: tables and curves"
@@ -107,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
         "baselines/ by the suite's name, or a .json file",
     )
     parser.add_argument(
+        "--maps",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="N",
+        help="draw each group's mixing maps on validation example N (default 0) of each task: "
+        "its best run with a checkpoint, into maps.png and report.html (`mixerlab maps` draws "
+        "any runs)",
+    )
+    parser.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default: <first PATH>/comparison)"
     )
     return parser
@@ -144,6 +158,13 @@ def _compare(args: argparse.Namespace, runs: list[Run]) -> Comparison:
     return comparison
 
 
+def _maps(comparison: Comparison, example: int) -> list[MapsFigure]:
+    """The mixing maps' figures (their code loads models with torch: imported when asked for)."""
+    from mixerlab.experiments.maps.comparison import comparison_maps
+
+    return comparison_maps(comparison, example)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mixerlab compare``: 0 when written, 1 when no run finished, 2 on bad input."""
     args = _parser().parse_args(argv)
@@ -161,8 +182,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        maps = [] if args.maps is None else _maps(comparison, args.maps)
+    except ValueError as err:
+        print(f"mixerlab compare: error: --maps: {err}", file=sys.stderr)
+        return 2
     out = args.out or _default_out(args.paths[0])
-    written = write_outputs(comparison, out)
+    written = write_outputs(comparison, out, maps)
     print_report(comparison, console)
     console.print(f"written to {out}: {', '.join(p.name for p in written)}", highlight=False)
     return 0

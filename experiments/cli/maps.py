@@ -1,11 +1,14 @@
-"""mixerlab maps: how each trained run's mixers mix one validation example, layer by layer.
+"""mixerlab maps: how each run's mixers mix one example, layer by layer.
 
-    mixerlab maps RUN_DIR [RUN_DIR ...] [--example N] [--gradient] [--probes K] [--out FILE]
+    mixerlab maps [RUN_DIR ...] [--untrained OVERRIDES ...] [--example N | --tokens IDS]
+                  [--layers K,...] [--gradient] [--probes K] [--out FILE]
 
-Every run is drawn on the same example (row N of the first validation set, so the runs must
-share a task): each layer's exact map where its mixer has one (``TokenMixer.mixing_map``),
-else its gradient map (``mixers.mixing_map.gradient_map``, estimated from ``--probes``
-projections per position); ``--gradient`` draws gradient maps for every mixer.
+Every run is drawn on the same example (row N of the first validation set, or the token ids of
+``--tokens``, so the runs must share a task): each layer's exact map where its mixer has one
+(``TokenMixer.mixing_map``), else its gradient map (``mixers.mixing_map.gradient_map``,
+estimated from ``--probes`` projections per position); ``--gradient`` draws gradient maps for
+every mixer. ``--untrained "mixer=mamba experiment=mqar"`` adds a model as ``mixerlab train``
+would start it, before any training.
 """
 
 from __future__ import annotations
@@ -14,20 +17,30 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 COMMAND = "maps"
-HELP = "draw each layer's token-to-token mixing map of trained runs on one example"
-# The longest example drawn: an exact map is (heads or channels) x L x L floats per layer, and a
-# gradient map L x probes backward passes.
-MAX_LENGTH = 1024
+HELP = "draw each layer's token-to-token mixing map of runs on one example"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixerlab maps", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders")
+    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="run folders")
     parser.add_argument(
+        "--untrained",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
+        help="an untrained model from `mixerlab train` overrides, quoted as one argument "
+        "(repeat for more)",
+    )
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--example", type=int, default=0, metavar="N", help="validation example (default 0)"
+    )
+    chosen.add_argument(
+        "--tokens", metavar="IDS", help="draw this input instead: token ids, e.g. '3 9 4 9'"
+    )
+    parser.add_argument(
+        "--layers", metavar="K,...", help="the layers to draw, from 0 (default: every layer)"
     )
     parser.add_argument(
         "--gradient", action="store_true", help="gradient maps for every mixer, exact or not"
@@ -40,46 +53,51 @@ def _parser() -> argparse.ArgumentParser:
         help="projections per position of the gradient estimate; 0: the exact gradient map",
     )
     parser.add_argument(
-        "--out", type=Path, metavar="FILE", help="PNG to write (default: maps.png in the first run)"
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="PNG to write (default: maps.png in the first run, ./maps.png for untrained ones)",
     )
     return parser
 
 
+def _layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(word) for word in text.split(",") if word.strip()]
+    except ValueError:
+        raise ValueError(f"--layers takes layer numbers from 0, e.g. 0,1; got {text!r}") from None
+
+
 def _maps(args: argparse.Namespace) -> tuple[bytes, Path]:
     """The figure's PNG and where it goes; ValueError for bad input."""
-    from mixerlab.experiments.maps.draw import draw_maps
-    from mixerlab.experiments.maps.trained import load_run, validation_example
-    from mixerlab.mixers.mixing_map import layer_maps
+    from mixerlab.experiments.maps.draw import draw_runs
+    from mixerlab.experiments.maps.trained import (
+        given_example,
+        load_run,
+        untrained_run,
+        validation_example,
+    )
 
+    if not args.runs and not args.untrained:
+        raise ValueError("nothing to draw: give run folders, --untrained OVERRIDES, or both")
     if args.probes < 0:
         raise ValueError(f"--probes is a count of projections (0: exact), got {args.probes}")
+    layers = _layers(args.layers)
     runs = [load_run(path) for path in args.runs]
+    runs += [untrained_run(overrides) for overrides in args.untrained]
     tasks = {str(run.config["task"]) for run in runs}
     if len(tasks) > 1:
         raise ValueError("the runs have different tasks: maps compare runs on one example")
-    example = validation_example(runs[0].data, args.example)
-    length = example.tokens.shape[1]
-    if length > MAX_LENGTH:
-        raise ValueError(
-            f"example {args.example} has {length} tokens, more than the {MAX_LENGTH} drawn: "
-            "pick a shorter example"
-        )
-    generator = torch.Generator().manual_seed(0)
-    drawn = [
-        (
-            run.name,
-            layer_maps(
-                run.model,
-                example.tokens,
-                gradient=args.gradient,
-                probes=args.probes or None,
-                generator=generator,
-            ),
-        )
-        for run in runs
-    ]
-    out = args.out or args.runs[0] / "maps.png"
-    return draw_maps(drawn, example), out
+    if args.tokens is not None:
+        example = given_example(args.tokens, runs[0].model.vocab_size)
+    else:
+        example = validation_example(runs[0].data, args.example)
+    png = draw_runs(
+        runs, example, gradient=args.gradient, probes=args.probes or None, layers=layers
+    )
+    return png, args.out or (args.runs[0] if args.runs else Path.cwd()) / "maps.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,5 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"mixerlab maps: error: {err}", file=sys.stderr)
         return 2
-    print(f"mixing maps of {len(args.runs)} run(s) written to {out}")
+    count = len(args.runs) + len(args.untrained)
+    print(f"mixing maps of {count} run(s) written to {out}")
     return 0

@@ -7,6 +7,7 @@ import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mixerlab.experiments.compare.chance import at_chance
 from mixerlab.experiments.compare.comparison import Comparison
@@ -37,6 +38,9 @@ from mixerlab.experiments.compare.tables import (
     unreadable_rows,
 )
 from mixerlab.lightning_modules.record import write_atomic
+
+if TYPE_CHECKING:
+    from mixerlab.experiments.maps.comparison import MapsFigure
 
 STATS = ("mean", "std")
 
@@ -133,9 +137,11 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([cells(header), "|" + "---|" * len(header), *map(cells, rows)])
 
 
-def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
+def render_markdown(
+    comparison: Comparison, plots: Sequence[Plot], maps: Sequence[MapsFigure] = ()
+) -> str:
     """comparison.md: the table, the compute spent, the grid points kept, runs left out (unfinished,
-    unreadable), warnings, links to the plots."""
+    unreadable), warnings, links to the plots and the mixing maps."""
     parts = [
         f"# {title(comparison)}",
         "",
@@ -163,20 +169,29 @@ def render_markdown(comparison: Comparison, plots: Sequence[Plot]) -> str:
     if comparison.warnings:
         parts += ["", "## Warnings", "", *(f"- {w}" for w in comparison.warnings)]
     parts += ["", "## Plots", "", *(f"![{plot.description}]({plot.file})" for plot in plots)]
+    if maps:
+        parts += ["", "## Mixing maps"]
+    for figure in maps:
+        parts += ["", f"### {figure.task}", ""]
+        if figure.png is not None:
+            parts += [f"![{figure.description}]({figure.file})", ""]
+        parts += [f"- drawn: {run}" for run in figure.drawn]
+        parts += [f"- not drawn: {why}" for why in figure.left_out]
     return "\n".join(parts) + "\n"
 
 
-def write_outputs(comparison: Comparison, out: Path) -> list[Path]:
-    """Write csv, md, every registered plot's PNG and report.html into ``out``; returns the
-    paths written."""
+def write_outputs(comparison: Comparison, out: Path, maps: Sequence[MapsFigure] = ()) -> list[Path]:
+    """Write csv, md, every registered plot's PNG, the mixing maps' PNGs and report.html into
+    ``out``; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     plots = render_plots(comparison)
     files: dict[str, bytes | str] = {
         "comparison.csv": render_csv(comparison),
-        "comparison.md": render_markdown(comparison, list(plots)),
+        "comparison.md": render_markdown(comparison, list(plots), maps),
         **({CSV_FILE: render_suite_csv(comparison.suite)} if comparison.suite else {}),
         **{plot.file: png for plot, png in plots.items()},
-        "report.html": render_html(comparison, plots, metric_figures(comparison)),
+        **{figure.file: figure.png for figure in maps if figure.png is not None},
+        "report.html": render_html(comparison, plots, metric_figures(comparison), maps),
     }
     for name, data in files.items():
         write_atomic(out / name, data)

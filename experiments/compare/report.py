@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from matplotlib.colors import to_hex
 
@@ -39,6 +40,9 @@ from mixerlab.experiments.compare.tables import (
     unfinished_rows,
     unreadable_rows,
 )
+
+if TYPE_CHECKING:
+    from mixerlab.experiments.maps.comparison import MapsFigure
 
 STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
@@ -147,11 +151,31 @@ def _metric_menu(comparison: Comparison, figures: Mapping[str, bytes]) -> str:
     )
 
 
+def _maps_section(maps: Sequence[MapsFigure]) -> str:
+    """Each task's mixing maps with what they show, the runs drawn and the groups left out."""
+    esc = html.escape
+    parts = ["<h2 id='mixing-maps'>Mixing maps</h2>"]
+    for figure in maps:
+        parts.append(f"<figure class='maps' data-task='{esc(figure.task)}'>")
+        if figure.png is not None:
+            parts.append(_png(figure.png, f"mixing maps on {figure.task}"))
+        drawn = "; ".join(figure.drawn) or "none"
+        parts.append(f"<figcaption>{esc(figure.description)}. Drawn: {esc(drawn)}.")
+        if figure.left_out:
+            parts.append(f" Not drawn: {esc('; '.join(figure.left_out))}.")
+        parts.append("</figcaption></figure>")
+    return "".join(parts)
+
+
 def render_html(
-    comparison: Comparison, plots: Mapping[Plot, bytes], figures: Mapping[str, bytes]
+    comparison: Comparison,
+    plots: Mapping[Plot, bytes],
+    figures: Mapping[str, bytes],
+    maps: Sequence[MapsFigure] = (),
 ) -> str:
     """report.html: tables, notes, full error texts, the metric menu over ``figures`` (PNG by
-    metric) and the registered ``plots``, every image embedded."""
+    metric), the registered ``plots`` and the mixing ``maps`` (``compare --maps``), every image
+    embedded."""
     esc = html.escape
     parts = [
         "<pre id='script-errors' hidden></pre>",
@@ -195,6 +219,8 @@ def render_html(
     for plot, png in plots.items():
         parts.append(f"<figure>{_png(png, plot.description)}")
         parts.append(f"<figcaption>{esc(plot.description)}</figcaption></figure>")
+    if maps:
+        parts.append(_maps_section(maps))
     script = f"<script>{METRIC_MENU}</script>" if figures else ""
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"

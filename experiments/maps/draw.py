@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from mixerlab.experiments.compare.plots.base import new_figure, to_png
-from mixerlab.experiments.maps.trained import Example
-from mixerlab.mixers.mixing_map import LayerMap
+from mixerlab.experiments.maps.trained import Example, TrainedRun
+from mixerlab.mixers.mixing_map import LayerMap, layer_maps
 
+# The longest example drawn: an exact map is (heads or channels) x L x L floats per layer, and a
+# gradient map L x probes backward passes.
+MAX_LENGTH = 1024
 MAX_HEADS = 4
 MAX_LABELS = 32  # tick labels on an axis; a longer example labels every k-th position
 
@@ -59,3 +63,38 @@ def draw_maps(runs: Sequence[tuple[str, list[LayerMap]]], example: Example) -> b
             _label(ax, example)
     fig.suptitle("mixing maps: output position (rows) x input position (columns); red: scored")
     return to_png(fig)
+
+
+def draw_runs(
+    runs: Sequence[TrainedRun],
+    example: Example,
+    *,
+    gradient: bool = False,
+    probes: int | None = 8,
+    layers: Sequence[int] | None = None,
+) -> bytes:
+    """The PNG of ``runs``' maps of ``example`` (``layer_maps``' arguments; the gradient
+    estimate's probes drawn from seed 0, so a figure is the same every time); ValueError for an
+    example over ``MAX_LENGTH`` tokens or a layer a model does not have."""
+    length = example.tokens.shape[1]
+    if length > MAX_LENGTH:
+        raise ValueError(
+            f"the example has {length} tokens, more than the {MAX_LENGTH} drawn: pick a shorter "
+            "example"
+        )
+    generator = torch.Generator().manual_seed(0)
+    drawn = []
+    for run in runs:
+        try:
+            maps = layer_maps(
+                run.model,
+                example.tokens,
+                gradient=gradient,
+                probes=probes,
+                generator=generator,
+                layers=layers,
+            )
+        except ValueError as err:
+            raise ValueError(f"{run.name}: {err}") from None
+        drawn.append((run.name, maps))
+    return draw_maps(drawn, example)

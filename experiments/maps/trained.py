@@ -1,13 +1,15 @@
-"""A finished run's trained model and one validation example of its task, for ``mixerlab maps``.
+"""The models ``mixerlab maps`` draws and the example it draws them on.
 
-The run is rebuilt from its record (``results.json``'s resolved config, the one place that says
-what ran) and the weights of ``checkpoints/best.ckpt`` (else ``last.ckpt``); the example is row
-``index`` of the first validation set, cut to its real tokens.
+A trained run is rebuilt from its record (``results.json``'s resolved config, the one place that
+says what ran) and the weights of ``checkpoints/best.ckpt`` (else ``last.ckpt``); an untrained
+one from Hydra overrides, as ``mixerlab train`` would start it. The example is row ``index`` of
+the first validation set, cut to its real tokens, or token ids given on the command line.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ CHECKPOINTS = ("best.ckpt", "last.ckpt")
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A run's name (its folder), its model with the trained weights, and its task's data."""
+    """A run's name (its folder, or the overrides of an untrained one), its model with the
+    trained (or initial) weights, and its task's data."""
 
     name: str
     model: SequenceModel
@@ -41,6 +44,12 @@ class Example:
     scored: Tensor
 
 
+def checkpoint_of(run_dir: Path) -> Path | None:
+    """The checkpoint a run's maps are drawn from: its best, else its last; None if neither."""
+    found = [run_dir / "checkpoints" / name for name in CHECKPOINTS]
+    return next((path for path in found if path.is_file()), None)
+
+
 def load_run(run_dir: Path) -> TrainedRun:
     """The run in ``run_dir`` with its trained weights; ValueError naming what is missing."""
     record = run_dir / "results.json"
@@ -51,8 +60,7 @@ def load_run(run_dir: Path) -> TrainedRun:
     config = json.loads(record.read_text()).get("config")
     if not isinstance(config, dict):
         raise ValueError(f"{record} holds no config: the run did not start")
-    found = [run_dir / "checkpoints" / name for name in CHECKPOINTS]
-    checkpoint = next((path for path in found if path.is_file()), None)
+    checkpoint = checkpoint_of(run_dir)
     if checkpoint is None:
         raise ValueError(
             f"{run_dir}: no checkpoints/best.ckpt or last.ckpt (a study's clone keeps only the "
@@ -65,10 +73,32 @@ def load_run(run_dir: Path) -> TrainedRun:
     return TrainedRun(run_dir.name, model.eval(), data, config)
 
 
+def untrained_run(overrides: str) -> TrainedRun:
+    """The model ``mixerlab train <overrides>`` would start from: the config composed and
+    checked, the weights those of its seed's initialisation; ValueError for a bad config."""
+    import pytorch_lightning as pl
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from mixerlab.experiments.cli._train_errors import PREFIX, composition_error_message
+    from mixerlab.experiments.run.schema import validate_config
+
+    try:
+        with initialize_config_module(config_module="mixerlab.conf", version_base="1.3"):
+            cfg = compose("config", overrides=shlex.split(overrides))
+    except HydraException as err:
+        raise ValueError(composition_error_message(err).removeprefix(PREFIX)) from None
+    config = validate_config(cfg)
+    data = build_datamodule(config)
+    pl.seed_everything(config["seed"], workers=True, verbose=False)  # as training starts
+    model = build_model(config, data)
+    return TrainedRun(f"untrained: {overrides}", model.eval(), data, config)
+
+
 def validation_example(data: TaskDataModule, index: int) -> Example:
     """Row ``index`` of the first validation set, its real tokens only."""
     if index < 0:
-        raise ValueError(f"--example counts from 0, got {index}")
+        raise ValueError(f"examples count from 0, got example {index}")
     loader = data.val_dataloader()
     first = loader[0] if isinstance(loader, (list, tuple)) else loader
     seen = 0
@@ -84,4 +114,21 @@ def validation_example(data: TaskDataModule, index: int) -> Example:
                 scored = torch.ones(length, dtype=torch.bool)
             return Example(batch["input"][row : row + 1, :length], scored)
         seen += rows
-    raise ValueError(f"--example {index} is past the validation set's {seen} examples")
+    raise ValueError(f"example {index} is past the validation set's {seen} examples")
+
+
+def given_example(text: str, vocab_size: int) -> Example:
+    """The token ids in ``text`` (separated by spaces or commas) as one example; nothing is
+    scored on it."""
+    try:
+        ids = [int(word) for word in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"--tokens takes token ids, integers, got {text!r}") from None
+    if not ids:
+        raise ValueError("--tokens is empty: give the ids of at least one token")
+    if wrong := [i for i in ids if not 0 <= i < vocab_size]:
+        raise ValueError(
+            f"--tokens: id {wrong[0]} is outside the vocabulary, 0 to {vocab_size - 1}"
+        )
+    tokens = torch.tensor([ids])
+    return Example(tokens, torch.zeros(len(ids), dtype=torch.bool))

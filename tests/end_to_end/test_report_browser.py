@@ -110,3 +110,26 @@ def test_a_script_error_is_caught_and_shown(report, tmp_path):
     dom, console = browse(tmp_path, page.as_uri())
     assert "undefinedCall is not defined" in console
     assert re.search(r'<pre id="script-errors">script error: [^<]*undefinedCall', dom)
+
+
+def test_the_mixing_maps_section_shows_its_figure(trained_runs, tmp_path):
+    """``compare --maps`` on two really trained runs: the section renders without errors and
+    its embedded PNG decodes and is laid out on the page (the probe script reports both)."""
+    assert main([*map(str, trained_runs), "--maps", "--out", str(tmp_path / "out")]) == 0
+    probe = (
+        "<script>window.addEventListener('load', function () {"
+        "var image = document.querySelector('#mixing-maps + figure.maps img');"
+        "document.title = image.naturalWidth + 'x' + image.naturalHeight + ' drawn ' +"
+        " Math.round(image.getBoundingClientRect().width); });</script>"
+    )
+    page = tmp_path / "report.html"
+    page.write_text(
+        (tmp_path / "out" / "report.html").read_text().replace("</body>", f"{probe}</body>")
+    )
+    dom, console = browse(tmp_path, page.as_uri())
+    assert not console, console
+    assert '<pre id="script-errors" hidden=""></pre>' in dom
+    size = re.search(r"<title>(\d+)x(\d+) drawn (\d+)</title>", dom)
+    assert size, dom[:500]
+    width, height, drawn = map(int, size.groups())
+    assert width > 500 and height > 300 and drawn > 500  # two rows of panels, laid out

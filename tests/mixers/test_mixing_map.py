@@ -177,3 +177,14 @@ def test_layer_maps_give_each_layers_map_at_the_input_it_sees() -> None:
     assert forced.groups == "gradient" and forced.weights.shape == (1, 7, 7)
     with pytest.raises(ValueError, match=r"one example: tokens of shape \(1, L\)"):
         layer_maps(model, torch.randint(1, 20, (2, 7)))
+
+
+def test_layer_maps_map_the_layers_asked_for_and_refuse_others() -> None:
+    torch.manual_seed(0)
+    model = SequenceModel(20, 16, 3, mixer="attention", mixer_hparams={"n_heads": 2})
+    tokens = torch.randint(1, 20, (1, 7))
+    everything = layer_maps(model, tokens)
+    (second,) = layer_maps(model, tokens, layers=[1])
+    assert second.layer == 1 and torch.equal(second.weights, everything[1].weights)
+    with pytest.raises(ValueError, match="layer 3 is out of range: the model has 3 layers, 0 to 2"):
+        layer_maps(model, tokens, layers=[0, 3])
