@@ -2,15 +2,18 @@
 
 Each panel is an L x L map, output position t down the rows and input position s along the
 columns, the example's tokens as tick labels and the positions the task scores in red on the
-rows. A layer whose map is per head gets a panel per head (at most ``MAX_HEADS``); one whose map
-is per channel shows the mean of the channels' absolute weights; a gradient map is one panel.
+rows, with its own colour bar (``_colors`` says which scale). A layer whose map is per head gets
+a panel per head (at most ``MAX_HEADS``); one whose map is per channel shows the mean of the
+channels' absolute weights; a gradient map is one panel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from matplotlib.colors import CenteredNorm, PowerNorm
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -58,11 +61,25 @@ def draw_maps(runs: Sequence[tuple[str, list[LayerMap]]], example: Example) -> b
         for ax in axes[len(row) :]:
             ax.set_axis_off()
         for index, (ax, (title, weights)) in enumerate(zip(axes, row, strict=False)):
-            ax.imshow(weights.detach().float().numpy(), cmap="viridis", interpolation="nearest")
+            values = weights.detach().float().numpy()
+            image = ax.imshow(values, interpolation="nearest", **_colors(values))
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=5)
             ax.set_title(f"{name}\n{title}" if index == 0 else title, fontsize=7)
             _label(ax, example)
-    fig.suptitle("mixing maps: output position (rows) x input position (columns); red: scored")
+    fig.suptitle(
+        "mixing maps: output position (rows) x input position (columns); red: scored",
+        fontsize=min(12, 4 + 3 * columns),
+    )
     return to_png(fig)
+
+
+def _colors(values: np.ndarray) -> dict:
+    """A signed map (gMLP's spatial matrix) on a diverging scale with zero white; a map that is
+    never negative on a square-root scale from zero, so that weights a hundredth of the largest
+    (a decay's tail beside a skip's diagonal) still show."""
+    if values.min() < 0:
+        return {"cmap": "RdBu_r", "norm": CenteredNorm(vcenter=0.0)}
+    return {"cmap": "viridis", "norm": PowerNorm(0.5, vmin=0.0)}
 
 
 def draw_runs(
