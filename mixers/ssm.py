@@ -243,9 +243,9 @@ class SelectiveSSM(nn.Module):
         elapsed = (total[..., :, None] - total[..., None, :]).masked_fill(~reads, 0.0)
         written = dt.transpose(1, 2)[..., None, :]  # (B, E, 1, L): dt_s
         weights = x.new_zeros(x.shape[0], dt.shape[2], length, length, dtype=torch.float32)
-        for n in range(self.d_state):  # one state dimension at a time: (B, E, L, L) at most
+        for n in range(self.d_state):  # one state dimension at a time, in place: (B, E, L, L)
             pair = (C[..., n, None] * B[..., None, :, n]).float()[:, None]  # (B, 1, L, L)
-            weights += pair * torch.exp(A[:, n, None, None] * elapsed) * written
+            weights += (A[:, n, None, None] * elapsed).exp_().mul_(pair).mul_(written)
         weights = weights * reads + torch.diag_embed(self.D[:, None].expand(-1, length))
         return weights
 
