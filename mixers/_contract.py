@@ -227,13 +227,7 @@ class TokenMixer(nn.Module):
 
 def register_mixer(name: str) -> Callable[[type[TokenMixer]], type[TokenMixer]]:
     """Class decorator: make a :class:`TokenMixer` subclass buildable as ``build_mixer(name)``."""
-
-    def decorate(cls: type[TokenMixer]) -> type[TokenMixer]:
-        MIXERS.add(name, cls)
-        cls.registry_name = name
-        return cls
-
-    return decorate
+    return MIXERS.decorator(name)
 
 
 MIXERS: Registry[TokenMixer] = Registry(

@@ -63,6 +63,17 @@ class Registry(Generic[T]):
             )
         self.classes[name] = cls
 
+    def decorator(self, name: str) -> Callable[[type[T]], type[T]]:
+        """A class decorator that registers its class as ``name`` and tells the class its name
+        (``registry_name``, what configs and tables call it)."""
+
+        def decorate(cls: type[T]) -> type[T]:
+            self.add(name, cls)
+            cls.registry_name = name
+            return cls
+
+        return decorate
+
     def _load_plugins(self) -> None:
         if self.plugins_loaded:
             return

@@ -4,7 +4,9 @@ norm -> head``.
 ``sequence_model.py`` is the model, read top to bottom; ``layer_plan.py`` which registered mixer
 each layer gets; ``blocks.py`` the pre-norm residual block, the channel mixers and norms;
 ``moe.py`` the mixture-of-experts channel mixer; ``positions.py`` the position tables and rotary
-positions; ``readout.py`` the last-state read-out (MAD's compression decoder).
+positions; ``readout.py`` the last-state read-out (MAD's compression decoder);
+``cross_mixers.py`` the layers with which an encoder-decoder's decoder reads the encoder (their
+own contract and registry: they read a second sequence).
 """
 
 from mixerlab.mixers.model.blocks import FFN_KINDS, NORM_KINDS, Block
