@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer
+from mixerlab.mixers.model.cross_mixers import CrossMixer
 from mixerlab.mixers.model.moe import MoEFeedForward
 
 FFN_KINDS = ("mlp", "glu", "moe", "none")
@@ -81,7 +82,8 @@ def make_ffn(
 
 
 class Block(nn.Module):
-    """One pre-norm residual block: token mixer, then channel mixer."""
+    """One pre-norm residual block: token mixer, then (in an encoder-decoder's decoder) a
+    cross-mixer reading the encoder's ``memory``, then channel mixer."""
 
     def __init__(
         self,
@@ -89,30 +91,46 @@ class Block(nn.Module):
         ffn: nn.Module | None,
         norm: str = "layernorm",
         dropout: float = 0.0,
+        cross: CrossMixer | None = None,
     ) -> None:
         super().__init__()
         self.mixer_norm = make_norm(norm, mixer.d_model)
         self.mixer = mixer
+        self.cross_norm = make_norm(norm, mixer.d_model) if cross is not None else None
+        self.cross = cross
         self.ffn_norm = make_norm(norm, mixer.d_model) if ffn is not None else None
         self.ffn = ffn
         self.dropout = nn.Dropout(dropout)
 
+    def _read(self, x: Tensor, memory: Any) -> Tensor:
+        """The cross-mixer's residual on x (B, L, d_model): x itself in a block without one."""
+        if self.cross is None:
+            return x
+        if memory is None:
+            raise ValueError(
+                "this block reads an encoder: pass the memories of its cross-mixers "
+                "(SequenceModel.memories(encoder output, source mask))"
+            )
+        return x + self.dropout(self.cross.read(self.cross_norm(x), memory))
+
     def _channel(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """The second half of the block, on x (B, L, d_model): the channel mixer's residual."""
+        """The last part of the block, on x (B, L, d_model): the channel mixer's residual."""
         if self.ffn is None:
             return x
         return x + self.dropout(self.ffn(self.ffn_norm(x), mask))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, memory: Any = None) -> Tensor:
         x = x + self.dropout(self.mixer(self.mixer_norm(x), mask))
-        return self._channel(x, mask)
+        return self._channel(self._read(x, memory), mask)
 
-    def prefill(self, x: Tensor) -> tuple[Tensor, Any]:
+    def prefill(self, x: Tensor, memory: Any = None) -> tuple[Tensor, Any]:
         """``forward`` over a prompt x (B, T, d_model) and the mixer's decoding state after it."""
         y, state = self.mixer.prefill(self.mixer_norm(x))
-        return self._channel(x + self.dropout(y)), state
+        return self._channel(self._read(x + self.dropout(y), memory)), state
 
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """One position of ``forward`` for incremental decoding; ``x_t`` is (B, d_model)."""
+    def step(self, x_t: Tensor, state: Any, memory: Any = None) -> tuple[Tensor, Any]:
+        """One position of ``forward`` for incremental decoding; ``x_t`` is (B, d_model). A
+        cross-mixer reads the memory made once from the encoder, so it has no state to carry."""
         y_t, state = self.mixer.step(self.mixer_norm(x_t), state)
-        return self._channel((x_t + self.dropout(y_t))[:, None])[:, 0], state
+        x = self._read((x_t + self.dropout(y_t))[:, None], memory)
+        return self._channel(x)[:, 0], state

@@ -61,6 +61,11 @@ class CrossMixer(nn.Module):
     def memory_flops_per_token(self) -> float:
         raise NotImplementedError
 
+    def output_projections(self) -> list[nn.Linear]:
+        """The Linears that write into the residual stream, which the model's ``mixer_init``
+        initialises as it does a token mixer's (none by default)."""
+        return []
+
     def forward(self, x: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         return self.read(x, self.memory(context, context_mask))
 
@@ -127,6 +132,9 @@ class _Heads(CrossMixer):
     def _split(self, x: Tensor) -> Tensor:
         """(B, L, d) -> (B, H, L, d / H)."""
         return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+    def output_projections(self) -> list[nn.Linear]:
+        return [self.out_proj]
 
     def _merge(self, y: Tensor) -> Tensor:
         """(B, H, T, d / H) -> the output (B, T, d)."""

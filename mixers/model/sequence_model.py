@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from mixerlab.mixers._contract import count_params
 from mixerlab.mixers.hybrid import LayerSpec
 from mixerlab.mixers.model.blocks import Block, check_choice, make_ffn, make_norm
+from mixerlab.mixers.model.cross_mixers import build_cross_mixer
 from mixerlab.mixers.model.layer_plan import build_layers
 from mixerlab.mixers.model.moe import MoEFeedForward
 from mixerlab.mixers.model.positions import sinusoidal_table
@@ -96,6 +97,8 @@ class SequenceModel(nn.Module):
         num_classes: int | None = None,
         mixer_init: str = "depth_scaled",
         readout: str = "per_position",
+        cross_mixer: str | None = None,
+        cross_hparams: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if vocab_size <= 0 or n_layers <= 0:
@@ -137,15 +140,21 @@ class SequenceModel(nn.Module):
             max_len=max_len,
             rope=pos == "rope",
         )
+        if cross_mixer is None and cross_hparams:
+            raise ValueError("cross_hparams configure a cross-mixer: pass cross_mixer= too")
         self.blocks = nn.ModuleList(
             Block(
                 layer_mixer,
                 make_ffn(ffn, d_model, round(ffn_mult * d_model), dropout, dict(ffn_hparams or {})),
                 norm=norm,
                 dropout=dropout,
+                cross=None
+                if cross_mixer is None
+                else build_cross_mixer(cross_mixer, d_model, **dict(cross_hparams or {})),
             )
             for layer_mixer in mixers
         )
+        self.reads_encoder = cross_mixer is not None
         self.last_state_decoder = (
             LastStateDecoder(d_model, max_len, norm) if readout == "last_state" else None
         )
@@ -179,7 +188,9 @@ class SequenceModel(nn.Module):
                 nn.init.normal_(linear.weight, std=0.02)
                 if linear.bias is not None:
                     nn.init.zeros_(linear.bias)
-            for linear in block.mixer.output_projections() if mixer_init != "own" else ():
+            writers = [*block.mixer.output_projections()]
+            writers += block.cross.output_projections() if block.cross is not None else []
+            for linear in writers if mixer_init != "own" else ():
                 if mixer_init == "mamba":  # PyTorch's default Linear init, scaled down by depth
                     nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
                     linear.weight.data.div_(math.sqrt(residuals * n_layers))
@@ -215,8 +226,52 @@ class SequenceModel(nn.Module):
                 f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}"
             )
 
+    def _layer_memories(self, memories: Sequence[Any] | None) -> Sequence[Any]:
+        """One memory per block: the encoder's, made by :meth:`memories`, in a model that reads
+        one; nothing otherwise."""
+        if memories is None:
+            if self.reads_encoder:
+                raise ValueError(
+                    "this model's blocks read an encoder: pass memories=model.memories(encoder "
+                    "output, source mask)"
+                )
+            return [None] * len(self.blocks)
+        if not self.reads_encoder or len(memories) != len(self.blocks):
+            raise ValueError(
+                f"memories: one per block of a model that reads an encoder ({len(self.blocks)} "
+                f"blocks, cross_mixer {'set' if self.reads_encoder else 'None'}), got "
+                f"{len(memories)}"
+            )
+        return memories
+
+    def memories(self, context: Tensor, context_mask: Tensor | None = None) -> list[Any]:
+        """What each block's cross-mixer keeps of an encoder's output (B, S, d_model), made once
+        per source for ``forward``, ``prefill``, ``step`` and ``generate``."""
+        if not self.reads_encoder:
+            raise ValueError("memories need a model built with a cross_mixer")
+        return [block.cross.memory(context, context_mask) for block in self.blocks]
+
+    def _hidden(
+        self, tokens: Tensor, mask: Tensor | None, memories: Sequence[Any] | None
+    ) -> Tensor:
+        """The blocks' output (B, L, d_model), before the final norm."""
+        x = self.dropout(self._embed(tokens, 0))
+        for block, memory in zip(self.blocks, self._layer_memories(memories), strict=True):
+            x = block(x, mask, memory)
+        return x
+
+    def encode(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Each position's final state (B, L, d_model), normed, as a head would read it: what an
+        encoder hands its decoder."""
+        self._check_tokens(tokens, mask)
+        return self.norm(self._hidden(tokens, mask, None))
+
     def forward(
-        self, tokens: Tensor, mask: Tensor | None = None, scored: Tensor | None = None
+        self,
+        tokens: Tensor,
+        mask: Tensor | None = None,
+        scored: Tensor | None = None,
+        memories: Sequence[Any] | None = None,
     ) -> Tensor:
         self._check_tokens(tokens, mask)
         if scored is not None and (self.num_classes is not None or scored.shape != tokens.shape):
@@ -225,9 +280,7 @@ class SequenceModel(nn.Module):
                 f"{tuple(tokens.shape)}, got {tuple(scored.shape)} on a model with "
                 f"num_classes={self.num_classes}; pass scored=None"
             )
-        x = self.dropout(self._embed(tokens, 0))
-        for block in self.blocks:
-            x = block(x, mask)
+        x = self._hidden(tokens, mask, memories)
         if self.last_state_decoder is not None:
             return self.head(self.norm(self.last_state_decoder(x, mask, scored)))
         x = self.norm(x)
@@ -257,24 +310,43 @@ class SequenceModel(nn.Module):
         """Parameters, counting tied embeddings once."""
         return count_params(self)
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Analytic forward FLOPs per token: mixers, channel mixers and the output head."""
+    def _source_len(self, source_len: int | None) -> int:
+        if self.reads_encoder and source_len is None:
+            raise ValueError("this model reads an encoder: pass source_len, the source's length")
+        return source_len or 0
+
+    def flops_per_token(self, seq_len: int, source_len: int | None = None) -> float:
+        """Analytic forward FLOPs per token: mixers, cross-mixers reading a source of
+        ``source_len`` tokens (their memories' own cost is per source token, counted by
+        :meth:`memory_flops_per_source_token`), channel mixers and the output head."""
+        source_len = self._source_len(source_len)
         total = 2.0 * self.d_model * self.head.out_features
         if self.last_state_decoder is not None:
             total += self.last_state_decoder.flops_per_token()
         for block in self.blocks:
             total += block.mixer.flops_per_token(seq_len)
+            if block.cross is not None:
+                total += block.cross.flops_per_token(source_len)
             if block.ffn is not None:
                 total += block.ffn.flops_per_token()
         return total
 
-    def state_size(self, seq_len: int) -> int | None:
+    def memory_flops_per_source_token(self) -> float:
+        """FLOPs per source token of making the cross-mixers' memories (0 without them)."""
+        return sum(
+            block.cross.memory_flops_per_token() for block in self.blocks if block.cross is not None
+        )
+
+    def state_size(self, seq_len: int, source_len: int | None = None) -> int | None:
         """Floats of decoding state per sequence after ``seq_len`` tokens, summed over the
-        layers' mixers (Zoology's state-size axis); None for a model that cannot decode step by
-        step (an encoder, a mixer without ``step``) or a mixer that does not report its own."""
+        layers' mixers (Zoology's state-size axis) and, reading an encoder, the cross-mixers'
+        memories of a ``source_len`` source; None for a model that cannot decode step by step
+        (an encoder, a mixer without ``step``) or a mixer that does not report its own."""
+        source_len = self._source_len(source_len)
         if not self.supports_step:
             return None
         sizes = [block.mixer.state_size(seq_len) for block in self.blocks]
+        sizes += [block.cross.memory_size(source_len) for block in self.blocks if block.cross]
         return None if None in sizes else sum(sizes)
 
     # -- incremental decoding -----------------------------------------------------------------
@@ -287,10 +359,13 @@ class SequenceModel(nn.Module):
             and all(block.mixer.supports_step for block in self.blocks)
         )
 
-    def init_state(self, batch_size: int) -> dict[str, Any]:
+    def init_state(self, batch_size: int, memories: Sequence[Any] | None = None) -> dict[str, Any]:
+        """The state before the first token; a model that reads an encoder keeps its
+        ``memories`` in it, made once."""
         return {
             "position": 0,
             "blocks": [block.mixer.init_state(batch_size) for block in self.blocks],
+            "memories": list(self._layer_memories(memories)),
         }
 
     def step(self, token_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
@@ -302,23 +377,28 @@ class SequenceModel(nn.Module):
             )
         x = self._embed(token_t[:, None], position)[:, 0]
         new_states = []
-        for block, block_state in zip(self.blocks, state["blocks"], strict=True):
-            x, block_state = block.step(x, block_state)
+        layers = zip(self.blocks, state["blocks"], state["memories"], strict=True)
+        for block, block_state, memory in layers:
+            x, block_state = block.step(x, block_state, memory)
             new_states.append(block_state)
-        return self.head(self.norm(x)), {"position": position + 1, "blocks": new_states}
+        return self.head(self.norm(x)), {**state, "position": position + 1, "blocks": new_states}
 
-    def prefill(self, tokens: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def prefill(
+        self, tokens: Tensor, memories: Sequence[Any] | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
         """Logits (B, T, vocab) of a prompt (B, T) and the decoding state after it, from one
         parallel pass per layer (each mixer's ``prefill``); equals ``init_state`` and T steps."""
         self._check_tokens(tokens, None)
         if not self.supports_step:
             raise ValueError("prefill needs a causal language model whose mixers all step")
+        memories = list(self._layer_memories(memories))
         x = self._embed(tokens, 0)
         states = []
-        for block in self.blocks:
-            x, block_state = block.prefill(x)
+        for block, memory in zip(self.blocks, memories, strict=True):
+            x, block_state = block.prefill(x, memory)
             states.append(block_state)
-        return self.head(self.norm(x)), {"position": tokens.shape[1], "blocks": states}
+        state = {"position": tokens.shape[1], "blocks": states, "memories": memories}
+        return self.head(self.norm(x)), state
 
     @torch.no_grad()
     def generate(
@@ -328,12 +408,14 @@ class SequenceModel(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        memories: Sequence[Any] | None = None,
     ) -> Tensor:
         """Sample ``max_new_tokens`` after ``prompt`` (B, T): prompt and continuation (B, T+n).
 
         When every mixer steps, the prompt is prefilled in one parallel pass and each new token
         is one ``step`` (KV cache, RNN state, conv window, ...); otherwise ``forward`` re-runs on
-        the sequence so far. ``temperature=0`` is greedy.
+        the sequence so far. ``temperature=0`` is greedy. A model that reads an encoder reads
+        its ``memories`` (:meth:`memories`) throughout.
         """
         if not self.causal or self.num_classes is not None or self.last_state_decoder is not None:
             raise ValueError(
@@ -353,10 +435,10 @@ class SequenceModel(nn.Module):
             )
         tokens = prompt
         if self.supports_step:
-            logits, state = self.prefill(prompt)
+            logits, state = self.prefill(prompt, memories)
             logits = logits[:, -1]
         else:
-            logits = self(prompt)[:, -1]
+            logits = self(prompt, memories=memories)[:, -1]
         for _ in range(max_new_tokens):
             next_token = _sample(logits, temperature, top_k, generator)
             tokens = torch.cat((tokens, next_token[:, None]), dim=1)
@@ -365,7 +447,7 @@ class SequenceModel(nn.Module):
             if self.supports_step:
                 logits, state = self.step(next_token, state)
             else:
-                logits = self(tokens)[:, -1]
+                logits = self(tokens, memories=memories)[:, -1]
         return tokens
 
 
