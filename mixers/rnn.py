@@ -62,6 +62,25 @@ class RecurrentMixer(TokenMixer):
         self.drop = nn.Dropout(dropout)
         self.merge = None if causal else nn.Linear(2 * d_model, d_model)
 
+    def _recur(
+        self, x: Tensor, hidden: Any = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        """The fused kernel over x (B, L, d_model), packed by ``lengths`` when given, in its
+        weights' dtype (float32) with autocast off whatever the run's precision: oneDNN has no
+        LSTM for bf16 inputs under CPU autocast, and a state rounded to bf16 every step would
+        forget its low bits (as the selective scan's would). Outputs come back in x's dtype."""
+        inputs = x.to(self.rnn.weight_hh_l0.dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if lengths is None:
+                y, hidden = self.rnn(inputs, hidden)
+            else:
+                packed = pack_padded_sequence(
+                    inputs, lengths, batch_first=True, enforce_sorted=False
+                )
+                y, hidden = self.rnn(packed, hidden)
+                y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        return y.to(x.dtype), hidden
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         self.check_input(x, mask)
         # Packing needs the lengths on the CPU: the one host sync, only for encoders given a mask.
@@ -69,14 +88,10 @@ class RecurrentMixer(TokenMixer):
         if lengths is not None and bool((lengths < x.shape[1]).any()):
             # A sequence with no real token runs over one step of padding (its outputs are
             # unspecified) since packing rejects length 0.
-            packed = pack_padded_sequence(
-                x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False
-            )
-            y, _ = self.rnn(packed)
-            y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+            y, _ = self._recur(x, lengths=lengths.clamp(min=1))
         else:
             # Right padding comes after every real token, so a forward-only pass never reads it.
-            y, _ = self.rnn(x)
+            y, _ = self._recur(x)
         y = self.drop(y)
         if self.merge is not None:
             y = self.merge(y)
@@ -94,13 +109,13 @@ class RecurrentMixer(TokenMixer):
     def step(self, x_t: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """Advance the same recurrent module by one length-1 input from the carried state."""
         self.check_step(state["position"])
-        y, hidden = self.rnn(x_t[:, None, :], state["hidden"])
+        y, hidden = self._recur(x_t[:, None, :], state["hidden"])
         return self.drop(y[:, 0]), {"hidden": hidden, "position": state["position"] + 1}
 
     def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One fused pass over the prompt; the kernel returns the last (h, c) with the outputs."""
         self.check_prefill(x)
-        y, hidden = self.rnn(x)
+        y, hidden = self._recur(x)
         return self.drop(y), {"hidden": hidden, "position": x.shape[1]}
 
     def state_size(self, seq_len: int) -> int:
