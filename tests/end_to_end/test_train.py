@@ -108,6 +108,23 @@ def test_tiny_training_of_every_mixer(mixer: str, cli_env: dict, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_bf16_mixed_trains_on_the_cpu(cli_env: dict, tmp_path: Path) -> None:
+    """Lightning's bf16-mixed on the CPU: autocast around each step. The LSTM is the mixer
+    whose fused kernel had no bf16 path there; every preset's forward and backward under the
+    same autocast is checked in tests/mixers/test_bf16.py."""
+    run_dir = tmp_path / "run"
+    argv = ["train", "mixer=rnn", "trainer.precision=bf16-mixed", *TINY, f"hydra.run.dir={run_dir}"]
+    proc = mixerlab(cli_env, tmp_path, *argv)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (
+        results["status"] == "finished"
+        and results["config"]["trainer"]["precision"] == "bf16-mixed"
+    )
+    assert math.isfinite(results["best"]["val/loss"])
+
+
+@pytest.mark.slow
 def test_a_runs_output_is_its_own_and_its_log_is_kept(cli_env: dict, tmp_path: Path) -> None:
     """Steps (not Lightning's epoch count, "Epoch 0/-2"), the model's FLOPs (not Lightning's
     FLOPs column, which reads 0), no tips or W&B banners; the run's log lines in train.log."""
