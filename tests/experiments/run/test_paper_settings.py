@@ -132,7 +132,7 @@ MAD = {
     "trainer.limit_val_batches": 1.0,
 }
 MAD_PER_MIXER = {
-    "attention": {"mixer.n_heads": 4, "model.pos": "rope"},  # mh-attention.yml: rotary, heads
+    "attention": {"mixer.n_heads": 8, "model.pos": "rope"},  # mh-attention.yml: head width 8
     "gla": {"model.pos": "none"},
     "mamba": {"mixer.d_state": 4, "mixer.expand": 2, "mixer.conv_kernel": 4},  # mamba.yml
     "hyena": {"mixer.order": 2, "mixer.filter_order": 4, "mixer.filter_emb_dim": 3},
