@@ -102,8 +102,8 @@ def _final_stats(runs: Sequence[Run], metric: str) -> Stats | None:
     return summarize(values) if values else None
 
 
-def _rank(mean: float, mode: str) -> float:
-    """Sort key, smaller is better; NaN ranks last."""
+def rank_key(mean: float, mode: str) -> float:
+    """Sort key of a metric value under ``mode``, smaller is better; NaN ranks last."""
     if math.isnan(mean):
         return math.inf
     return mean if mode == "min" else -mean
@@ -150,7 +150,7 @@ def select_point(
         else grid[point]
         for point, group in by_point.items()
     }
-    best = min(grid, key=lambda point: _rank(ranked[point].mean, mode))
+    best = min(grid, key=lambda point: rank_key(ranked[point].mean, mode))
     return best, grid
 
 
@@ -290,7 +290,7 @@ def build_comparison(
     def task_of(group: Group) -> tuple[str, ...]:
         return tuple(group.label[index] for index in task_at)
 
-    groups.sort(key=lambda g: (task_of(g), _rank(g.metric.mean, mode), g.label))
+    groups.sort(key=lambda g: (task_of(g), rank_key(g.metric.mean, mode), g.label))
     by_task: dict[tuple[str, ...], list[Group]] = {}
     for group in groups:
         by_task.setdefault(task_of(group), []).append(group)

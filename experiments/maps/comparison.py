@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 
+from mixerlab.experiments.compare.aggregate import rank_key
 from mixerlab.experiments.compare.comparison import Comparison, Group
 from mixerlab.experiments.compare.runs import Run
 from mixerlab.experiments.maps.draw import draw_runs
@@ -58,11 +59,7 @@ def task_labels(tasks: list[dict]) -> list[tuple[str, str]]:
 
 def _drawn_run(group: Group, metric: str, mode: str) -> Run | None:
     """The group's best run by ``metric`` that kept a checkpoint (NaN last)."""
-    sign = -1.0 if mode == "max" else 1.0
-    ranked = sorted(
-        group.runs,
-        key=lambda run: (run.best(metric) != run.best(metric), sign * run.best(metric)),
-    )
+    ranked = sorted(group.runs, key=lambda run: rank_key(run.best(metric), mode))
     return next((run for run in ranked if checkpoint_of(run.dir) is not None), None)
 
 

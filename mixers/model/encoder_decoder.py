@@ -139,8 +139,7 @@ class EncoderDecoderModel(nn.Module):
     def flops_per_source_token(self, source_len: int) -> float:
         """Forward FLOPs per source token: the encoder's blocks, and the decoder's cross-mixers
         making their memories of it."""
-        head = 2.0 * self.encoder.d_model * self.encoder.head.out_features  # never run
-        encoder = self.encoder.flops_per_token(source_len) - head
+        encoder = self.encoder.blocks_flops_per_token(source_len)
         return encoder + self.decoder.memory_flops_per_source_token()
 
     def flops_per_target_token(self, target_len: int, source_len: int) -> float:

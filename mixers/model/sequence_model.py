@@ -154,7 +154,6 @@ class SequenceModel(nn.Module):
             )
             for layer_mixer in mixers
         )
-        self.reads_encoder = cross_mixer is not None
         self.last_state_decoder = (
             LastStateDecoder(d_model, max_len, norm) if readout == "last_state" else None
         )
@@ -225,6 +224,11 @@ class SequenceModel(nn.Module):
             raise ValueError(
                 f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}"
             )
+
+    @property
+    def reads_encoder(self) -> bool:
+        """Whether the blocks read an encoder (they were built with a cross-mixer)."""
+        return any(block.cross is not None for block in self.blocks)
 
     def _layer_memories(self, memories: Sequence[Any] | None) -> Sequence[Any]:
         """One memory per block: the encoder's, made by :meth:`memories`, in a model that reads
@@ -319,10 +323,16 @@ class SequenceModel(nn.Module):
         """Analytic forward FLOPs per token: mixers, cross-mixers reading a source of
         ``source_len`` tokens (their memories' own cost is per source token, counted by
         :meth:`memory_flops_per_source_token`), channel mixers and the output head."""
-        source_len = self._source_len(source_len)
         total = 2.0 * self.d_model * self.head.out_features
         if self.last_state_decoder is not None:
             total += self.last_state_decoder.flops_per_token()
+        return total + self.blocks_flops_per_token(seq_len, source_len)
+
+    def blocks_flops_per_token(self, seq_len: int, source_len: int | None = None) -> float:
+        """The blocks' share of :meth:`flops_per_token`: what an encoder, whose head never runs,
+        spends per token."""
+        source_len = self._source_len(source_len)
+        total = 0.0
         for block in self.blocks:
             total += block.mixer.flops_per_token(seq_len)
             if block.cross is not None:
