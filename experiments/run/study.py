@@ -39,11 +39,18 @@ DEFAULT_JOB = "default"  # the folder of a job with no override that names it
 NAME_RULE = re.compile(r"[A-Za-z0-9_-]+")
 NAME_RULE_TEXT = "letters, digits, '_' and '-' only (a folder name under studies/, no '/')"
 MAX_NAME_CHARS = 100
-# Overrides that say nothing about what a run learns, only how one launch shows and stores it (the
-# progress bar, W&B, the data cache, overwrite=true): left out of the command a study records, so
-# launching it again with another of them is the same command. A key matches itself and every key
-# below it (logger matches logger.mode).
-LAUNCH_ONLY_KEYS = ("callbacks.progress_bar", "logger", "cache_dir", "overwrite")
+# Overrides that say nothing about what a run learns, only how one launch runs, shows and stores
+# it (the progress bar, W&B, the data cache, overwrite=true, the launcher and its settings): left
+# out of the command a study records, so launching it again with another of them (joblib here,
+# SLURM there) is the same command. A key matches itself and every key below it.
+LAUNCH_ONLY_KEYS = (
+    "callbacks.progress_bar",
+    "logger",
+    "cache_dir",
+    "overwrite",
+    "launcher",
+    "hydra.launcher",
+)
 # Overrides that leave a job's folder name: the same for every job of a study (which study, the
 # experiment or sweep preset, the launcher, Hydra's own settings), or launch-only.
 NAMELESS_KEYS = ("study", "experiment", "sweep", "launcher", "hydra", *LAUNCH_ONLY_KEYS)

@@ -125,6 +125,8 @@ def test_the_study_a_command_line_trains_in_and_the_command_it_records() -> None
     assert launch == ("lr", Command(("seed=0,1",), multirun=True))  # logger: this launch's only
     shown = ["optim.lr=1e-3", "callbacks.progress_bar=false", "overwrite=true", "study=lr"]
     assert study_launch(shown) == ("lr", Command(("optim.lr=1e-3",)))
+    parallel = ["-m", "seed=0,1", "launcher=joblib", "hydra.launcher.n_jobs=2", "study=lr"]
+    assert study_launch(parallel) == ("lr", Command(("seed=0,1",), multirun=True))  # how, not what
     assert study_launch(["seed=1", "study='2024'"]) == ("2024", Command(("seed=1",)))
     for no_study in (["seed=1"], ["study=null"], ["--cfg", "job", "study=x"], ["study=x", "-i"]):
         assert study_launch(no_study) is None
