@@ -1,5 +1,5 @@
-"""LightningModules around a :class:`~mixerlab.mixers.SequenceModel`: language modelling and
-classification.
+"""LightningModules around a :class:`~mixerlab.mixers.SequenceModel` (language modelling and
+classification) or an :class:`~mixerlab.mixers.EncoderDecoderModel` (seq2seq).
 
 Both take the optimiser and LR scheduler as factories (what ``hydra.utils.instantiate`` makes
 of a ``_partial_: true`` node, see ``conf/optim/``): the optimiser is called with
@@ -96,22 +96,47 @@ def parameter_groups(model: nn.Module, lr: float | None = None) -> list[dict[str
 
 
 class _ValSet(nn.Module):
-    """Loss and accuracy accumulated over one validation set (or all of them)."""
+    """Loss and accuracy accumulated over one validation set (or all of them), and with
+    ``sequences`` the share of sequences whose every scored token is right."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, sequences: bool = False) -> None:
         super().__init__()
         self.loss = MeanMetric()
         self.acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
+        self.exact_acc = MeanMetric() if sequences else None
 
-    def update(self, loss: Tensor, n_scored: Tensor, preds: Tensor, target: Tensor) -> None:
+    def update(
+        self,
+        loss: Tensor,
+        n_scored: Tensor,
+        preds: Tensor,
+        target: Tensor,
+        exact: Tensor | None = None,
+    ) -> None:
         self.loss.update(loss, weight=n_scored)
         self.acc.update(preds, target)
+        if self.exact_acc is not None and exact is not None:
+            self.exact_acc.update(exact)
 
-    def compute_and_reset(self) -> tuple[Tensor, Tensor]:
-        loss, acc = self.loss.compute(), self.acc.compute()
-        self.loss.reset()
-        self.acc.reset()
-        return loss, acc
+    def compute_and_reset(self) -> dict[str, Tensor]:
+        """``loss``, ``acc`` and, for sequences, ``exact_acc``, by name."""
+        metrics = {"loss": self.loss.compute(), "acc": self.acc.compute()}
+        if self.exact_acc is not None:
+            metrics["exact_acc"] = self.exact_acc.compute()
+        for metric in self.children():
+            metric.reset()
+        return metrics
+
+
+def exact_sequences(rows: Tensor, correct: Tensor, n_rows: int) -> Tensor:
+    """1.0 for each of ``n_rows`` sequences whose scored tokens (``correct``, one per scored
+    position, in order, ``rows`` their sequence) are all right, 0.0 otherwise; sequences with no
+    scored token are left out."""
+    wrong = torch.zeros(n_rows, device=correct.device).index_add_(0, rows, (~correct).float())
+    scored = torch.zeros(n_rows, device=correct.device).index_add_(
+        0, rows, torch.ones_like(wrong[rows])
+    )
+    return (wrong[scored > 0] == 0).float()
 
 
 class _SequenceModule(pl.LightningModule):
@@ -126,7 +151,10 @@ class _SequenceModule(pl.LightningModule):
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         val_set_names: Sequence[str] = ("val",),
         compile: bool = False,
+        sequences: bool = False,
     ) -> None:
+        """``sequences``: also score whole sequences (``val/exact_acc``: every scored token of a
+        sequence right)."""
         super().__init__()
         if not val_set_names:
             raise ValueError("val_set_names needs at least one name (one per val dataloader)")
@@ -138,8 +166,11 @@ class _SequenceModule(pl.LightningModule):
         self.val_set_names = list(val_set_names)
         # per-set metrics only when there are several sets; val_all covers them all together
         several = len(self.val_set_names) > 1
-        self.val_sets = nn.ModuleList(_ValSet(num_classes) for _ in self.val_set_names if several)
-        self.val_all = _ValSet(num_classes)
+        self.val_sets = nn.ModuleList(
+            _ValSet(num_classes, sequences) for _ in self.val_set_names if several
+        )
+        self.val_all = _ValSet(num_classes, sequences)
+        self.sequences = sequences
         self.grad_norm: Tensor | None = None  # of the last optimiser step, before clipping
 
     # -- to be provided by the task-specific subclasses ---------------------------------------
@@ -174,15 +205,22 @@ class _SequenceModule(pl.LightningModule):
         loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
         loss = loss / n_scored.clamp_min(1)
         preds = logits.argmax(dim=-1)
+        exact = None
+        if self.sequences:  # per-position targets: the scored positions' rows, in order
+            rows = (batch["target"] != IGNORE_INDEX).nonzero()[:, 0]
+            exact = exact_sequences(rows, preds == target, batch["target"].shape[0])
         if self.val_sets:
-            self.val_sets[dataloader_idx].update(loss, n_scored, preds, target)
-        self.val_all.update(loss, n_scored, preds, target)
+            self.val_sets[dataloader_idx].update(loss, n_scored, preds, target, exact)
+        self.val_all.update(loss, n_scored, preds, target, exact)
 
     def on_validation_epoch_end(self) -> None:
         metrics: dict[str, Tensor] = {}
         for name, val_set in zip(self.val_set_names, self.val_sets, strict=False):
-            metrics[f"val/loss@{name}"], metrics[f"val/acc@{name}"] = val_set.compute_and_reset()
-        loss, metrics["val/acc"] = self.val_all.compute_and_reset()
+            for metric, value in val_set.compute_and_reset().items():
+                metrics[f"val/{metric}@{name}"] = value
+        overall = self.val_all.compute_and_reset()
+        loss = overall.pop("loss")
+        metrics.update({f"val/{metric}": value for metric, value in overall.items()})
         metrics.update(self._val_extras(loss))
         # torchmetrics has already reduced over DDP ranks; sync_dist only silences the warning
         self.log_dict(metrics, sync_dist=True)
@@ -191,9 +229,10 @@ class _SequenceModule(pl.LightningModule):
     def val_metric_names(self) -> list[str]:
         """Every name ``on_validation_epoch_end`` logs, known before training: a run checks its
         checkpoint monitor against them, and W&B summarises them."""
-        names = ["val/loss", "val/acc", *self._val_extras(torch.zeros(()))]
+        per_set = ["loss", "acc", *(["exact_acc"] if self.sequences else [])]
+        names = ["val/loss", *[f"val/{m}" for m in per_set[1:]], *self._val_extras(torch.zeros(()))]
         for name in self.val_set_names if self.val_sets else ():
-            names += [f"val/loss@{name}", f"val/acc@{name}"]
+            names += [f"val/{metric}@{name}" for metric in per_set]
         return names
 
     # -- optimisation --------------------------------------------------------------------------
@@ -251,6 +290,31 @@ class LanguageModelModule(_SequenceModule):
         if self.bytes_per_token is not None:
             extras["val/bpb"] = loss / math.log(2) / self.bytes_per_token
         return extras
+
+
+class Seq2SeqModule(_SequenceModule):
+    """A target written token by token from a source (an encoder-decoder's task): cross-entropy
+    over the target's tokens, its end token included, and ``val/exact_acc``, the share of targets
+    whose every token is right.
+
+    That share is read teacher-forced, and equals greedy decoding's exact match: if every token
+    is the argmax given the true prefix, greedy decoding writes exactly the target (each step's
+    prefix is the true one), and if greedy decoding writes the target, each of its steps was
+    such an argmax. One forward pass per batch thus scores what generation would.
+    """
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, num_classes=model.vocab_size, sequences=True, **kwargs)
+
+    def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        scored = batch["target"] != IGNORE_INDEX
+        logits = self.model(
+            batch["source"], batch["input"], batch["source_mask"], batch["mask"], scored=scored
+        )
+        return logits, batch["target"][scored]
+
+    def _val_extras(self, loss: Tensor) -> dict[str, Tensor]:
+        return {"val/ppl": loss.exp()}
 
 
 class ClassificationModule(_SequenceModule):

@@ -26,11 +26,12 @@ from mixerlab.mixers._contract import (
     mixer_hparams,
     register_mixer,
 )
-from mixerlab.mixers.model import SequenceModel
+from mixerlab.mixers.model import EncoderDecoderModel, SequenceModel
 
 import_public_modules(__name__, __path__)
 
 __all__ = [
+    "EncoderDecoderModel",
     "SequenceModel",
     "TokenMixer",
     "available_mixers",

@@ -4,7 +4,8 @@ Holding d_model equal does not hold the model equal: at one width gMLP's and sML
 weights grow with max_len squared and an LSTM carries four gates. A budget holds the cost equal
 instead, counted as the model counts it: every parameter (embeddings, head, norms, every mixer's
 weights, every MoE expert; tied embeddings once), or the forward FLOPs per token at the task's
-max_len (``SequenceModel.flops_per_token``).
+max_len (``SequenceModel.flops_per_token``; an encoder-decoder's per token read or written, at
+the task's longest source and target).
 
 The rule (``model.budget.solve_for``):
 
@@ -42,7 +43,7 @@ import torch
 from mixerlab.experiments.run.mixer_node import mixer_label, model_mixer
 from mixerlab.experiments.run.schema import ConfigError
 from mixerlab.lightning_modules.tasks import TaskDataModule
-from mixerlab.mixers import SequenceModel
+from mixerlab.mixers import EncoderDecoderModel, SequenceModel
 
 MEASURES = ("params", "flops_per_token")
 MAX_WIDTH = 1 << 16  # the search gives up beyond: ~10^11 parameters at 2 layers
@@ -79,10 +80,52 @@ class BudgetRecord:
 
 @dataclass(frozen=True)
 class Sizing:
-    """``SequenceModel`` keyword arguments of the run's model, and how a budget set them."""
+    """``SequenceModel`` keyword arguments of the run's model (with ``encoder`` and
+    ``max_source_len`` for an encoder-decoder), and how a budget set them."""
 
     arguments: dict[str, Any]
     budget: BudgetRecord | None
+
+    def build(self) -> SequenceModel | EncoderDecoderModel:
+        """The model these arguments describe."""
+        return model_of(self.arguments)
+
+
+def model_of(arguments: dict[str, Any]) -> SequenceModel | EncoderDecoderModel:
+    """One stack, or with ``arguments["encoder"]`` (``model.encoder``) an encoder-decoder: the
+    decoder takes the run's mixer and ``n_layers``, the encoder ``encoder.n_layers`` of its own
+    mixer (null: the run's), and both stacks share the rest."""
+    arguments = dict(arguments)
+    encoder = arguments.pop("encoder", None)
+    max_source_len = arguments.pop("max_source_len", None)
+    if encoder is None:
+        return SequenceModel(**arguments)
+    node = encoder["mixer"]
+    if node is None:
+        encoder_mixer, encoder_hparams = arguments["mixer"], arguments["mixer_hparams"]
+    else:
+        encoder_mixer, encoder_hparams = model_mixer(
+            {"name": node} if isinstance(node, str) else node
+        )
+    for only_one_stack in ("causal", "num_classes", "readout"):  # the design fixes them
+        arguments.pop(only_one_stack)
+    vocab_size = arguments.pop("vocab_size")
+    return EncoderDecoderModel(
+        vocab_size,
+        vocab_size,
+        n_encoder_layers=encoder["n_layers"],
+        n_decoder_layers=arguments.pop("n_layers"),
+        encoder_mixer=encoder_mixer,
+        encoder_hparams=encoder_hparams,
+        decoder_mixer=arguments.pop("mixer"),
+        decoder_hparams=arguments.pop("mixer_hparams"),
+        cross_mixer=encoder["cross_mixer"],
+        cross_hparams=encoder["cross_hparams"],
+        share_embeddings=encoder["share_embeddings"],
+        max_source_len=max_source_len,
+        max_target_len=arguments.pop("max_len"),
+        **arguments,
+    )
 
 
 def size_model(config: dict[str, Any], dm: TaskDataModule) -> Sizing:
@@ -91,14 +134,15 @@ def size_model(config: dict[str, Any], dm: TaskDataModule) -> Sizing:
     A reconstruction task's targets are all read from the last position's state (MAD's
     compression read-out); every other task reads each position's own."""
     readout = "last_state" if dm.task_type == "reconstruction" else "per_position"
-    shape = (dm.vocab_size, dm.max_len, dm.causal, dm.num_classes, readout)
+    shape = (dm.vocab_size, dm.max_len, dm.causal, dm.num_classes, readout, dm.max_source_len)
     key = json.dumps([config["mixer"], config["model"], shape], sort_keys=True)
     return copy.deepcopy(_size_model(key))  # the caller may change what it is given
 
 
 @functools.cache
 def _size_model(key: str) -> Sizing:
-    mixer_node, model_node, (vocab_size, max_len, causal, num_classes, readout) = json.loads(key)
+    mixer_node, model_node, shape = json.loads(key)
+    vocab_size, max_len, causal, num_classes, readout, max_source_len = shape
     mixer, hparams = model_mixer(mixer_node)
     budget = model_node.pop("budget", None) or {}
     arguments = {
@@ -111,6 +155,10 @@ def _size_model(key: str) -> Sizing:
         "readout": readout,
         **model_node,
     }
+    if arguments["encoder"] is None:
+        del arguments["encoder"]  # one stack: SequenceModel's arguments alone
+    else:
+        arguments["max_source_len"] = max_source_len
     measure = next((m for m in MEASURES if budget.get(m) is not None), None)  # one: the schema
     if measure is None:
         return Sizing(arguments, None)
@@ -154,7 +202,7 @@ def _counter(
             sized["ffn_mult"] = width / arguments["d_model"]
         try:
             with torch.device("meta"):
-                model = SequenceModel(**sized)
+                model = model_of(sized)
         except ValueError:
             return None
         except (NotImplementedError, RuntimeError) as err:

@@ -30,10 +30,14 @@ from mixerlab.lightning_modules.callbacks import (
 )
 from mixerlab.lightning_modules.loggers import HistoryLogger
 from mixerlab.lightning_modules.metric_names import mode_of
-from mixerlab.lightning_modules.modules import ClassificationModule, LanguageModelModule
+from mixerlab.lightning_modules.modules import (
+    ClassificationModule,
+    LanguageModelModule,
+    Seq2SeqModule,
+)
 from mixerlab.lightning_modules.record import CHECKPOINT_DIR, read_results
 from mixerlab.lightning_modules.tasks import TaskDataModule, build_task
-from mixerlab.mixers import SequenceModel
+from mixerlab.mixers import EncoderDecoderModel, SequenceModel
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +57,11 @@ def build_datamodule(config: dict[str, Any]) -> TaskDataModule:
     return dm
 
 
-def build_model(config: dict[str, Any], dm: TaskDataModule) -> SequenceModel:
-    """The SequenceModel for this task: vocabulary, length, causality and head come from it, and
-    its width from ``model.budget`` when one is set (:mod:`mixerlab.experiments.run.budget`)."""
-    return SequenceModel(**size_model(config, dm).arguments)
+def build_model(config: dict[str, Any], dm: TaskDataModule) -> SequenceModel | EncoderDecoderModel:
+    """The model for this task (a SequenceModel, or an EncoderDecoderModel with
+    ``model.encoder``): vocabulary, lengths, causality and head come from it, and its width from
+    ``model.budget`` when one is set (:mod:`mixerlab.experiments.run.budget`)."""
+    return size_model(config, dm).build()
 
 
 def check_model_memory(config: dict[str, Any], dm: TaskDataModule) -> None:
@@ -103,7 +108,7 @@ def _size(n_bytes: float) -> str:
 
 
 def build_module(
-    config: dict[str, Any], model: SequenceModel, dm: pl.LightningDataModule
+    config: dict[str, Any], model: SequenceModel | EncoderDecoderModel, dm: pl.LightningDataModule
 ) -> pl.LightningModule:
     """The task type's LightningModule, with the optimiser and LR schedule ``optim`` names."""
     optim = config["optim"]
@@ -115,6 +120,8 @@ def build_module(
     }
     if dm.task_type == "classification":
         return ClassificationModule(model, **kwargs)
+    if dm.task_type == "seq2seq":
+        return Seq2SeqModule(model, **kwargs)
     return LanguageModelModule(model, bytes_per_token=dm.bytes_per_token, **kwargs)
 
 

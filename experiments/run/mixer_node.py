@@ -47,30 +47,38 @@ def model_mixer(node: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return node["name"], hparams
 
 
-def check_mixer_node(node: Mapping[str, Any], n_layers: int, problems: list[str]) -> None:
-    """One mixer's node, or a hybrid's pattern entry by entry (dividing the depth evenly)."""
+def check_mixer_node(
+    node: Mapping[str, Any],
+    n_layers: int,
+    problems: list[str],
+    where: str = "mixer",
+    layers_key: str = "model.n_layers",
+) -> None:
+    """One mixer's node, or a hybrid's pattern entry by entry (dividing the depth evenly);
+    ``where`` and ``layers_key`` are the keys of the node and its depth (an encoder's:
+    ``model.encoder.mixer`` and ``model.encoder.n_layers``)."""
     if not isinstance(node.get("label"), (str, type(None))):
-        problems.append(f"mixer.label must be a string, got {node['label']!r}")
+        problems.append(f"{where}.label must be a string, got {node['label']!r}")
     hybrid = node.get("name") == HYBRID
     if hybrid:
         extra = sorted(set(node) - {"name", "pattern", "label"})
         problems += [
-            unknown_key(f"mixer.{k}", ["label", "name", "pattern"], "a hybrid") for k in extra
+            unknown_key(f"{where}.{k}", ["label", "name", "pattern"], "a hybrid") for k in extra
         ]
         pattern = node.get("pattern")
         if not isinstance(pattern, list) or not pattern:
             problems.append(
-                "mixer.pattern must be a non-empty list: 'mixer.pattern=[conv,attention]'"
+                f"{where}.pattern must be a non-empty list: '{where}.pattern=[conv,attention]'"
             )
             return
         if n_layers % len(pattern):
             problems.append(
-                f"model.n_layers={n_layers} is not a multiple of the hybrid pattern's "
+                f"{layers_key}={n_layers} is not a multiple of the hybrid pattern's "
                 f"{len(pattern)} entries; the pattern repeats over the depth, so set "
-                "model.n_layers to a multiple"
+                f"{layers_key} to a multiple"
             )
     for i, entry in enumerate(pattern_entries(node)):
-        _check_entry(entry, f"mixer.pattern[{i}]" if hybrid else "mixer", problems)
+        _check_entry(entry, f"{where}.pattern[{i}]" if hybrid else where, problems)
 
 
 def _check_entry(node: Mapping[str, Any], where: str, problems: list[str]) -> None:

@@ -24,6 +24,7 @@ from mixerlab.lightning_modules.tasks import available_tasks, get_task_class, ta
 from mixerlab.lightning_modules.tasks._base import RUN_ARGUMENTS
 from mixerlab.mixers import available_mixers, get_mixer_class
 from mixerlab.mixers.model import FFN_KINDS, MIXER_INITS, NORM_KINDS, POS_KINDS
+from mixerlab.mixers.model.cross_mixers import CROSS_MIXERS, available_cross_mixers
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,18 @@ class BudgetConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """``model.encoder`` (``model=encoder_decoder``): an encoder-decoder's encoder stack and the
+    cross-mixers with which its decoder reads it (mixerlab.mixers.EncoderDecoderModel)."""
+
+    n_layers: Annotated[int, Allowed(lo=1)]
+    mixer: Any  # null (the run's mixer), a registered name or a mixer node: _check_encoder
+    cross_mixer: str  # checked against the cross-mixer registry: _check_encoder
+    cross_hparams: dict[str, Any]
+    share_embeddings: bool
+
+
+@dataclass
 class ModelConfig:
     d_model: Annotated[int, Allowed(lo=1)]
     n_layers: Annotated[int, Allowed(lo=1)]
@@ -69,6 +82,7 @@ class ModelConfig:
     tie_embeddings: bool
     mixer_init: Annotated[str, Allowed(choices=MIXER_INITS)]
     budget: BudgetConfig
+    encoder: EncoderConfig | None
 
 
 @dataclass
@@ -165,6 +179,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         _check_logger(plain["logger"], problems)
         _check_study(plain, problems)
         _check_cross(plain, problems)
+        _check_encoder(plain, problems)
     if problems:
         raise _invalid(problems)
     return plain
@@ -214,6 +229,11 @@ def _check(node: Any, schema: type, path: str, problems: list[str]) -> None:
 def _check_value(value: Any, tp: Any, allowed: Allowed, key: str, problems: list[str]) -> None:
     if is_dataclass(tp):
         _check(value, tp, f"{key}.", problems)
+        return
+    node = [arg for arg in get_args(tp) if is_dataclass(arg)]  # an optional node: X | None
+    if node:
+        if value is not None:
+            _check(value, node[0], f"{key}.", problems)
         return
     if not matches(value, tp):
         problems.append(f"{key} must be {type_name(tp)}, got {shown(value)}")
@@ -345,3 +365,59 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
             f"{task['name']!r} is an encoder task (causal=False); pick a causal task or a "
             "mixer that supports encoders"
         )
+
+
+def _check_encoder(cfg: Mapping[str, Any], problems: list[str]) -> None:
+    """A seq2seq task needs an encoder-decoder and an encoder-decoder a seq2seq task; the
+    encoder's mixer must encode and the cross-mixer be registered, with its own arguments."""
+    task, encoder = cfg["task"], cfg["model"]["encoder"]
+    seq2seq = task.get("type") == "seq2seq"  # filled in from the registration, when known
+    if "type" in task and seq2seq != (encoder is not None):
+        if seq2seq:
+            problems.append(
+                f"task {task['name']!r} is a seq2seq task (a source to read, a target to write): "
+                "it needs an encoder-decoder; add model=encoder_decoder"
+            )
+        else:
+            seq2seq_tasks = [
+                n for n in available_tasks() if get_task_class(n).task_type == "seq2seq"
+            ]
+            problems.append(
+                f"model.encoder is set (model=encoder_decoder) but task {task['name']!r} is a "
+                f"{task['type']} task with no source to encode; pick a seq2seq task "
+                f"({', '.join(seq2seq_tasks)}) or leave out model=encoder_decoder"
+            )
+    if encoder is None:
+        return
+    mixer = encoder["mixer"]
+    if isinstance(mixer, str):
+        mixer = {"name": mixer}
+    if isinstance(mixer, Mapping):
+        check_mixer_node(
+            mixer, encoder["n_layers"], problems, "model.encoder.mixer", "model.encoder.n_layers"
+        )
+    elif mixer is not None:
+        problems.append(
+            f"model.encoder.mixer must be null (the run's mixer), a mixer's name or a mixer "
+            f"node (+mixer@model.encoder.mixer=<name>), got {shown(mixer)}"
+        )
+    encoding = mixer if isinstance(mixer, Mapping) else cfg["mixer"]
+    for name in mixer_names(encoding) if mixer is None or isinstance(mixer, Mapping) else []:
+        if name in available_mixers() and not get_mixer_class(name).supports_encoder:
+            problems.append(
+                f"mixer {name!r} is decoder-only (supports_encoder = False) and cannot be the "
+                "encoder; give the encoder a mixer that encodes (model.encoder.mixer=<name>)"
+            )
+    cross = encoder["cross_mixer"]
+    if cross not in available_cross_mixers():
+        problems.append(
+            f"model.encoder.cross_mixer={cross!r} is not a registered cross-mixer; known "
+            f"cross-mixers: {', '.join(available_cross_mixers())}"
+        )
+        return
+    accepted = CROSS_MIXERS.arguments(cross)
+    for key in encoder["cross_hparams"]:
+        if key not in accepted:
+            problems.append(
+                unknown_key(f"model.encoder.cross_hparams.{key}", list(accepted), f"{cross!r}")
+            )

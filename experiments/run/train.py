@@ -70,7 +70,7 @@ from mixerlab.lightning_modules.callbacks.run_record import flops_per_token
 from mixerlab.lightning_modules.checkpoints import SafeCheckpointIO
 from mixerlab.lightning_modules.loggers import HistoryLogger
 from mixerlab.lightning_modules.record import RESULTS_FILE, RunResults, write_atomic
-from mixerlab.mixers import SequenceModel
+from mixerlab.mixers import EncoderDecoderModel, SequenceModel
 
 log = logging.getLogger(__name__)  # Hydra sends it to the terminal and <run dir>/train.log
 # Noise from Lightning on newer torch releases, printed once per process; nothing to act on.
@@ -140,7 +140,7 @@ def _train(
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
-    model: SequenceModel | None = None
+    model: SequenceModel | EncoderDecoderModel | None = None
     trainer: pl.Trainer | None = None
     status, error, config_error = "failed", None, False
     try:
@@ -214,15 +214,28 @@ def _train(
 
 
 def _describe(
-    config: dict[str, Any], model: SequenceModel, run_dir: Path, budget: BudgetRecord | None
+    config: dict[str, Any],
+    model: SequenceModel | EncoderDecoderModel,
+    run_dir: Path,
+    budget: BudgetRecord | None,
 ) -> str:
     """The run in one line, where Lightning's model summary would stand."""
     flops = flops_per_token(model)
     counted = "not counted by the mixer" if math.isnan(flops) else f"{flops:,.0f}"
     sized = f" ({budget.describe()})" if budget else ""
+    design, length = "", f"length {model.max_len}"
+    encoder = config["model"]["encoder"]
+    if encoder is not None:
+        node = encoder["mixer"]
+        encoding = mixer_label({"name": node} if isinstance(node, str) else node or config["mixer"])
+        design = (
+            f" (the decoder; encoder {encoding} x {encoder['n_layers']}, cross-mixer "
+            f"{encoder['cross_mixer']})"
+        )
+        length = f"source length {model.max_source_len} and target length {model.max_len}"
     return (
-        f"mixerlab: {mixer_label(config['mixer'])} on {config['task']['name']}, "
-        f"{model.num_params():,} params{sized}, forward FLOPs per token at length {model.max_len}: "
+        f"mixerlab: {mixer_label(config['mixer'])}{design} on {config['task']['name']}, "
+        f"{model.num_params():,} params{sized}, forward FLOPs per token at {length}: "
         f"{counted}; {config['trainer']['max_steps']:,} steps into {run_dir}"
     )
 

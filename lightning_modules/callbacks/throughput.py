@@ -31,7 +31,8 @@ COMPUTE_DTYPES = {
 class ThroughputMonitor(pl.Callback):
     """Training throughput, counted once per logging interval with what a run counts.
 
-    Items are real tokens (``mask.sum()``: padding does not inflate the rate); FLOPs are the
+    Items are real tokens (``mask.sum()``, and a seq2seq batch's source tokens: padding does
+    not inflate the rate); FLOPs are the
     training FLOPs of those tokens from the model's own accounting,
     ``TRAINING_FLOPS_PER_FORWARD x model.flops_per_token(seq_len)`` per token (none for a model
     that does not count its FLOPs); batches are optimiser steps. The counts stay on the device
@@ -49,7 +50,7 @@ class ThroughputMonitor(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._flops_per_token: dict[int, float | None] = {}
+        self._flops_per_token: dict[tuple[int, ...], float | None] = {}
         self.tokens = 0  # real training tokens through the last logged step
         self.seconds = 0.0  # training seconds they took
 
@@ -58,14 +59,14 @@ class ThroughputMonitor(pl.Callback):
         """Training tokens per second of this process, over every interval it logged."""
         return self.tokens / self.seconds if self.seconds else float("nan")
 
-    def _training_flops_per_token(self, model: nn.Module, seq_len: int) -> float | None:
-        if seq_len not in self._flops_per_token:
+    def _training_flops_per_token(self, model: nn.Module, lengths: tuple[int, ...]) -> float | None:
+        if lengths not in self._flops_per_token:
             try:
-                flops = TRAINING_FLOPS_PER_FORWARD * model.flops_per_token(seq_len)
+                flops = TRAINING_FLOPS_PER_FORWARD * model.flops_per_token(*lengths)
             except NotImplementedError:  # a plugin mixer without its FLOP count
                 flops = None
-            self._flops_per_token[seq_len] = flops
-        return self._flops_per_token[seq_len]
+            self._flops_per_token[lengths] = flops
+        return self._flops_per_token[lengths]
 
     @rank_zero_only
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -93,11 +94,16 @@ class ThroughputMonitor(pl.Callback):
         if self._paused_at is not None:
             self._t0 += time.perf_counter() - self._paused_at
             self._paused_at = None
-        per_token = self._training_flops_per_token(pl_module.model, batch["mask"].shape[1])
+        # a seq2seq batch: its source is read as well (the model counts FLOPs per token of both)
+        source = batch.get("source_mask")
+        lengths = (batch["mask"].shape[1], *(() if source is None else (source.shape[1],)))
+        per_token = self._training_flops_per_token(pl_module.model, lengths)
         if self._baseline_s is None:  # rates start at the first batch, not at loader start-up
             no_flops = None if per_token is None else 0.0
             self._baseline_s = self._update_throughput(trainer, 0, no_flops)
         tokens = batch["mask"].sum()  # stays on the device until the next logged step
+        if source is not None:
+            tokens = tokens + source.sum()
         self._pending_tokens = self._pending_tokens + tokens
         if per_token is None or self._pending_flops is None:
             self._pending_flops = None

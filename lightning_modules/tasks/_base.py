@@ -25,14 +25,18 @@ from mixerlab.mixers._registry import Registry
 ENTRY_POINT_GROUP = "mixerlab.tasks"
 # lm: per-position targets, each read from its own position's state; reconstruction: the same
 # batches, every target read from the last position's state (MAD's compression); classification:
-# one label per sequence.
-TASK_TYPES = ("lm", "reconstruction", "classification")
+# one label per sequence; seq2seq: a source the model reads whole and a target it writes token by
+# token (an encoder-decoder's task).
+TASK_TYPES = ("lm", "reconstruction", "classification", "seq2seq")
 # Set by the run (its top-level keys), never by a task's config.
 RUN_ARGUMENTS = ("seed", "cache_dir")
 # Batches are right-padded with token id 0 in every task; per-position targets are -100 where
 # a position is not scored (padding included), the value the LightningModules' loss ignores.
 PAD_ID = 0
 IGNORE_INDEX = -100
+# A seq2seq target starts after BOS_ID (the decoder's first input) and ends with EOS_ID (scored:
+# a model must say where the target ends); a seq2seq task's own tokens come after them.
+BOS_ID, EOS_ID = 1, 2
 
 
 @dataclass(frozen=True)
@@ -81,15 +85,18 @@ class TaskDataModule(pl.LightningDataModule):
     ``setup("fit")``: ``vocab_size``, ``max_len`` (the longest sequence any loader yields),
     ``num_classes`` (None but for "classification"), ``val_set_names`` (one per validation
     loader, in order), ``bytes_per_token`` (None where bytes mean nothing, e.g. synthetic
-    tokens) and ``fingerprint`` (JSON-serialisable values identifying the data, logged with the
-    config).
+    tokens), ``fingerprint`` (JSON-serialisable values identifying the data, logged with the
+    config) and, for "seq2seq" only, ``max_source_len`` (the longest source).
     After ``setup``, :meth:`baselines` says what learning nothing scores on each validation set.
 
     Batches are dicts ``{"input": (B, L) long, "target": (B, L) or (B,) long, "mask": (B, L)
     bool, True at real tokens}``, right-padded with :data:`PAD_ID`, targets :data:`IGNORE_INDEX`
-    where unscored. The constructor takes keyword arguments only, among them ``seed`` and
-    ``cache_dir``, which the run sets; its defaults are the task's ``conf/task/<name>.yaml``, so
-    ``build_task(name)`` builds the data ``task=<name>`` does (a test compares them).
+    where unscored. A "seq2seq" batch adds ``"source"`` (B, S) and ``"source_mask"``; its
+    ``"input"`` is the target shifted right after :data:`BOS_ID`, its ``"target"`` the target
+    sequence ending in :data:`EOS_ID`. The constructor takes keyword arguments only, among them
+    ``seed`` and ``cache_dir``, which the run sets; its defaults are the task's
+    ``conf/task/<name>.yaml``, so ``build_task(name)`` builds the data ``task=<name>`` does (a
+    test compares them).
     """
 
     name: ClassVar[str]
@@ -102,6 +109,7 @@ class TaskDataModule(pl.LightningDataModule):
     val_set_names: list[str]
     bytes_per_token: float | None = None
     fingerprint: dict[str, Any]
+    max_source_len: int | None = None
 
     def baselines(self) -> dict[str, Baseline]:
         """What a model that learned nothing scores on each validation set, by the names in
@@ -130,6 +138,13 @@ class TaskDataModule(pl.LightningDataModule):
                     _names(getattr(self, "val_set_names", None)),
                 ),
                 ("fingerprint", "a dict", isinstance(getattr(self, "fingerprint", None), dict)),
+                (
+                    "max_source_len",
+                    "a positive int for seq2seq, else None",
+                    _positive_int(self.max_source_len)
+                    if self.task_type == "seq2seq"
+                    else self.max_source_len is None,
+                ),
             )
             if not ok
         ]

@@ -12,18 +12,29 @@ from torch.utils.data import Dataset as TorchDataset
 
 
 class PaddedExamples(TorchDataset):
-    """A split held in memory as right-padded tensors; items are the unpadded examples."""
+    """A split held in memory as right-padded tensors; items are the unpadded examples.
 
-    def __init__(self, inputs: Tensor, targets: Tensor, lengths: Tensor) -> None:
+    Per-position targets are as long as their inputs unless ``target_lengths`` says otherwise
+    (a seq2seq target); a 1-d ``targets`` holds one label per example."""
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        lengths: Tensor,
+        target_lengths: Tensor | None = None,
+    ) -> None:
         self.inputs, self.targets, self.lengths = inputs, targets, lengths
+        self.target_lengths = lengths if target_lengths is None else target_lengths
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         n = int(self.lengths[index])
-        target = self.targets[index, :n] if self.targets.dim() == 2 else self.targets[index]
-        return self.inputs[index, :n], target
+        if self.targets.dim() == 1:
+            return self.inputs[index, :n], self.targets[index]
+        return self.inputs[index, :n], self.targets[index, : int(self.target_lengths[index])]
 
 
 class FreshEpochs(TorchDataset):

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from mixerlab.lightning_modules.record import write_atomic
-from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, PAD_ID, TaskDataModule
+from mixerlab.lightning_modules.tasks._base import BOS_ID, IGNORE_INDEX, PAD_ID, TaskDataModule
 from mixerlab.lightning_modules.tasks._resumable import EpochShuffle, ResumableLoader
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,27 @@ def pad_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     else:
         batch_target = pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX)
     return {"input": batch_input, "target": batch_target, "mask": mask}
+
+
+def seq2seq_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """Right-pad ``(source, target)`` examples into a seq2seq batch: ``source`` and
+    ``source_mask`` as :func:`pad_collate` pads inputs, ``target`` padded with -100, and the
+    decoder's ``input``, the target shifted right after ``BOS_ID`` (teacher forcing), with its
+    ``mask``."""
+    sources = [source for source, _ in examples]
+    targets = [target for _, target in examples]
+    inputs = [torch.cat([target.new_full((1,), BOS_ID), target[:-1]]) for target in targets]
+    source = pad_sequence(sources, batch_first=True, padding_value=PAD_ID)
+    decoder_input = pad_sequence(inputs, batch_first=True, padding_value=PAD_ID)
+    source_lengths = torch.tensor([len(s) for s in sources])
+    target_lengths = torch.tensor([len(t) for t in targets])
+    return {
+        "source": source,
+        "source_mask": torch.arange(source.shape[1]) < source_lengths[:, None],
+        "input": decoder_input,
+        "target": pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX),
+        "mask": torch.arange(decoder_input.shape[1]) < target_lengths[:, None],
+    }
 
 
 def build_loader(

@@ -27,13 +27,14 @@ import itertools
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import datasets
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, PAD_ID, TaskDataModule
@@ -45,6 +46,7 @@ from mixerlab.lightning_modules.tasks._loading import (
     check_positive,
     default_cache_dir,
     pad_collate,
+    seq2seq_collate,
 )
 from mixerlab.lightning_modules.tasks._resumable import EpochShuffle
 
@@ -190,8 +192,9 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         """Draw ``n`` examples as ``(inputs, targets)``.
 
         ``inputs`` is an (n, L) array or a list of n 1-d arrays (variable length). ``targets``
-        has the inputs' shape (per-position, -100 where unscored) for "lm" tasks and is an (n,)
-        label array for "classification".
+        has the inputs' shape (per-position, -100 where unscored) for "lm" tasks, is an (n,)
+        label array for "classification", and for "seq2seq" holds each input's target sequence
+        (any length, ending in ``EOS_ID``).
         """
 
     def shared_rng(self) -> np.random.Generator:
@@ -304,11 +307,20 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         inputs, lengths = _column_to_padded(ds.data.column("input"), PAD_ID)
         if self.task_type == "classification":
             targets = ds.data.column("target").to_numpy().astype(np.int64)
+            target_lengths = lengths
         else:
-            targets, _ = _column_to_padded(ds.data.column("target"), IGNORE_INDEX)
+            targets, target_lengths = _column_to_padded(ds.data.column("target"), IGNORE_INDEX)
         return PaddedExamples(
-            torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(lengths)
+            torch.from_numpy(inputs),
+            torch.from_numpy(targets),
+            torch.from_numpy(lengths),
+            torch.from_numpy(target_lengths),
         )
+
+    @property
+    def collate(self) -> Callable[[Sequence[tuple[Tensor, Tensor]]], dict[str, Tensor]]:
+        """How the task's examples become batches: a seq2seq task's carry a source."""
+        return seq2seq_collate if self.task_type == "seq2seq" else pad_collate
 
     def _loader(self, examples: PaddedExamples | None, shuffle: bool) -> DataLoader:
         if examples is None:
@@ -316,7 +328,7 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         return build_loader(
             examples,
             batch_size=self.batch_size,
-            collate_fn=pad_collate,
+            collate_fn=self.collate,
             num_workers=self.num_workers,
             shuffle_seed=self.seed if shuffle else None,
         )
@@ -334,7 +346,7 @@ class SyntheticTaskDataModule(TaskDataModule, ABC):
         return build_loader(
             FreshEpochs(self._train, self._draw_epoch),
             batch_size=self.batch_size,
-            collate_fn=pad_collate,
+            collate_fn=self.collate,
             num_workers=self.num_workers,
             # the fixed split's order, each index keyed by its epoch
             sampler=EpochShuffle(self._train, self.seed, keyed=True),

@@ -147,7 +147,34 @@ class EncoderDecoderModel(nn.Module):
         source) and its head."""
         return self.decoder.flops_per_token(target_len, source_len)
 
-    def state_size(self, target_len: int, source_len: int) -> int | None:
+    def flops_per_token(self, target_len: int, source_len: int | None = None) -> float:
+        """Forward FLOPs per token read or written: a ``source_len`` source (default: the
+        longest) and a ``target_len`` target cost this much times ``source_len + target_len``,
+        the unit in which a decoder-only model reading the source as its prefix is counted."""
+        source_len = self._source_len(source_len)
+        source = source_len * self.flops_per_source_token(source_len)
+        target = target_len * self.flops_per_target_token(target_len, source_len)
+        return (source + target) / (source_len + target_len)
+
+    def state_size(self, target_len: int, source_len: int | None = None) -> int | None:
         """Decoding state per sequence: the decoder's mixers' state after ``target_len`` tokens
-        plus the cross-mixers' memories of the source (None where a mixer does not report)."""
-        return self.decoder.state_size(target_len, source_len)
+        plus the cross-mixers' memories of a ``source_len`` source (default: the longest; None
+        where a mixer does not report)."""
+        return self.decoder.state_size(target_len, self._source_len(source_len))
+
+    @property
+    def max_len(self) -> int | None:
+        """The longest target the decoder takes."""
+        return self.decoder.max_len
+
+    @property
+    def max_source_len(self) -> int | None:
+        """The longest source the encoder takes."""
+        return self.encoder.max_len
+
+    def _source_len(self, source_len: int | None) -> int:
+        if source_len is not None:
+            return source_len
+        if self.max_source_len is None:
+            raise ValueError("the encoder has no max_len: give source_len")
+        return self.max_source_len

@@ -438,10 +438,11 @@ class SequenceModel(nn.Module):
                 f"{tuple(prompt.shape)}; start from at least one token (e.g. a BOS token)"
             )
         total = prompt.shape[1] + max_new_tokens
-        if self.max_len is not None and total > self.max_len:
+        if self.max_len is not None and total - 1 > self.max_len:  # the last token is not read
             raise ValueError(
-                f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} "
-                f"exceeds the model's max_len {self.max_len}"
+                f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) needs the model "
+                f"to read {total - 1} positions (the last token is only written), more than its "
+                f"max_len {self.max_len}"
             )
         tokens = prompt
         if self.supports_step:

@@ -1,0 +1,108 @@
+"""What the synthetic seq2seq tasks share: a source of random length, a target the task derives
+from it, and the chance level of a decoder that ignores the source.
+
+Ids: 0 pad, 1 starts the target (the decoder's first input, never a target), 2 ends it (scored:
+writing a target of the right length is part of the task), then the task's own tokens. Source
+lengths are drawn from ``[min_length, max_length]``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mixerlab.lightning_modules.tasks._base import BOS_ID, EOS_ID, IGNORE_INDEX, Baseline
+from mixerlab.lightning_modules.tasks._loading import check_positive
+from mixerlab.lightning_modules.tasks._synthetic import Part, SyntheticTaskDataModule
+
+FIRST_TOKEN_ID = max(BOS_ID, EOS_ID) + 1
+
+
+class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
+    """A synthetic seq2seq task: a subclass draws sources (:meth:`draw_sources`) and maps each to
+    its target (:meth:`target_of`); this class adds the end token, sizes the vocabulary and the
+    lengths, and derives the chance level from the examples."""
+
+    def __init__(
+        self,
+        *,
+        params: Mapping[str, Any],
+        n_tokens: int,
+        min_length: int,
+        max_length: int,
+        max_target_length: int,
+        num_train: int,
+        num_val: int,
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        fresh_every_epoch: bool = False,
+    ) -> None:
+        """``n_tokens`` ids after the special ones; ``max_target_length`` the longest target
+        before its end token."""
+        check_positive(min_length=min_length, max_length=max_length, n_tokens=n_tokens)
+        if min_length > max_length:
+            raise ValueError(
+                f"{self.name}: min_length={min_length} exceeds max_length={max_length}; "
+                "give min_length <= max_length"
+            )
+        settings = {"min_length": min_length, "max_length": max_length}
+        super().__init__(
+            params=params,
+            train_parts=[Part("train", num_train, settings)],
+            val_parts=[Part("val", num_val, settings)],
+            vocab_size=FIRST_TOKEN_ID + n_tokens,
+            max_len=max_target_length + 1,  # the decoder reads BOS and the target but its end
+            batch_size=batch_size,
+            seed=seed,
+            num_workers=num_workers,
+            cache_dir=cache_dir,
+            fresh_every_epoch=fresh_every_epoch,
+        )
+        self.max_source_len = self.source_length(max_length)
+
+    def source_length(self, length: int) -> int:
+        """The number of source tokens an example of ``length`` has (the drawn length itself,
+        unless a task adds tokens around it)."""
+        return length
+
+    @abstractmethod
+    def draw_sources(
+        self, rng: np.random.Generator, n: int, min_length: int, max_length: int
+    ) -> list[np.ndarray]:
+        """``n`` sources as token ids, their lengths drawn in ``[min_length, max_length]``."""
+
+    @abstractmethod
+    def target_of(self, source: np.ndarray) -> np.ndarray:
+        """The target the task asks for ``source``, without its end token."""
+
+    def generate(
+        self, rng: np.random.Generator, n: int, *, min_length: int, max_length: int
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        sources = self.draw_sources(rng, n, min_length, max_length)
+        targets = [np.append(self.target_of(source), EOS_ID) for source in sources]
+        return sources, targets
+
+    def baselines(self) -> dict[str, Baseline]:
+        """The target tokens' frequencies in training (the end token among them), scored on each
+        validation set: the best a decoder that ignores the source and its own past can do."""
+        if self._train is None:
+            raise RuntimeError(f"{self.name} baselines come from the data: call setup() first")
+        answers = slice(EOS_ID, self.vocab_size)  # pad and start are never targets
+        fitted = _token_counts(self._train.targets, self.vocab_size)[answers]
+        baselines = {}
+        for name, examples in zip(self.val_set_names, self._vals, strict=True):
+            scored = _token_counts(examples.targets, self.vocab_size)[answers]
+            how = "the target tokens' training frequencies (the end token among them)"
+            baselines[name] = Baseline.prior("chance", fitted, scored, how)
+        return baselines
+
+
+def _token_counts(targets: Any, vocab_size: int) -> np.ndarray:
+    """How often each id is a scored target in a padded (rows, length) target tensor."""
+    values = targets.numpy().ravel()
+    return np.bincount(values[values != IGNORE_INDEX], minlength=vocab_size).astype(np.float64)
