@@ -86,14 +86,15 @@ class TaskDataModule(pl.LightningDataModule):
     ``num_classes`` (None but for "classification"), ``val_set_names`` (one per validation
     loader, in order), ``bytes_per_token`` (None where bytes mean nothing, e.g. synthetic
     tokens), ``fingerprint`` (JSON-serialisable values identifying the data, logged with the
-    config) and, for "seq2seq" only, ``max_source_len`` (the longest source).
+    config) and, for "seq2seq" only, ``max_source_len`` (the longest source) and ``start_id``
+    (the decoder's first input: :data:`BOS_ID` for the synthetic tasks).
     After ``setup``, :meth:`baselines` says what learning nothing scores on each validation set.
 
     Batches are dicts ``{"input": (B, L) long, "target": (B, L) or (B,) long, "mask": (B, L)
     bool, True at real tokens}``, right-padded with :data:`PAD_ID`, targets :data:`IGNORE_INDEX`
     where unscored. A "seq2seq" batch adds ``"source"`` (B, S) and ``"source_mask"``; its
-    ``"input"`` is the target shifted right after :data:`BOS_ID`, its ``"target"`` the target
-    sequence ending in :data:`EOS_ID`. The constructor takes keyword arguments only, among them
+    ``"input"`` is the target shifted right after ``start_id``, its ``"target"`` the target
+    sequence, ending in an end token. The constructor takes keyword arguments only, among them
     ``seed`` and ``cache_dir``, which the run sets; its defaults are the task's
     ``conf/task/<name>.yaml``, so ``build_task(name)`` builds the data ``task=<name>`` does (a
     test compares them).
@@ -110,6 +111,7 @@ class TaskDataModule(pl.LightningDataModule):
     bytes_per_token: float | None = None
     fingerprint: dict[str, Any]
     max_source_len: int | None = None
+    start_id: int | None = None
 
     def baselines(self) -> dict[str, Baseline]:
         """What a model that learned nothing scores on each validation set, by the names in
@@ -138,12 +140,15 @@ class TaskDataModule(pl.LightningDataModule):
                     _names(getattr(self, "val_set_names", None)),
                 ),
                 ("fingerprint", "a dict", isinstance(getattr(self, "fingerprint", None), dict)),
-                (
-                    "max_source_len",
-                    "a positive int for seq2seq, else None",
-                    _positive_int(self.max_source_len)
-                    if self.task_type == "seq2seq"
-                    else self.max_source_len is None,
+                *(
+                    (
+                        key,
+                        "a positive int for seq2seq, else None",
+                        _positive_int(getattr(self, key))
+                        if self.task_type == "seq2seq"
+                        else getattr(self, key) is None,
+                    )
+                    for key in ("max_source_len", "start_id")
                 ),
             )
             if not ok

@@ -64,6 +64,7 @@ class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
             fresh_every_epoch=fresh_every_epoch,
         )
         self.max_source_len = self.source_length(max_length)
+        self.start_id = BOS_ID
 
     def source_length(self, length: int) -> int:
         """The number of source tokens an example of ``length`` has (the drawn length itself,

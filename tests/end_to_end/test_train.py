@@ -232,3 +232,21 @@ def test_multirun_jobs_are_separate_runs(cli_env: dict, tmp_path: Path) -> None:
     ids = {json.loads((p / "results.json").read_text())["wandb_run_id"] for p in runs}
     assert len(ids) == 2
     assert {leet_summary(p)["config"]["mixer"]["name"] for p in runs} == {"attention", "conv"}
+
+
+@pytest.mark.slow  # the embedded corpus is tokenized once (about 15 s), then a few steps
+def test_span_corruption_trains_an_encoder_decoder_on_the_embedded_corpus(
+    cli_env: dict, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    argv = [
+        "train", "task=span_corruption", "model=encoder_decoder", *TINY,
+        "model.encoder.n_layers=1", "logger=none", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    proc = mixerlab(cli_env, tmp_path, *argv)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "finished" and results["task"] == "span_corruption"
+    assert results["config"]["task"]["datamodule"]["source"] == "stdlib"  # the embedded corpus
+    assert {"val/loss", "val/acc", "val/exact_acc"} <= set(results["best"])
+    assert results["chance"]["val/acc"]["label"] == "unigram"
