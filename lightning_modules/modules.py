@@ -304,7 +304,7 @@ class Seq2SeqModule(_SequenceModule):
     """
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, num_classes=model.vocab_size, sequences=True, **kwargs)
+        super().__init__(model, num_classes=model.vocab_size, **{"sequences": True, **kwargs})
 
     def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         scored = batch["target"] != IGNORE_INDEX

@@ -117,6 +117,7 @@ def build_module(
         "scheduler": _factory(optim, "scheduler"),
         "val_set_names": dm.val_set_names,
         "compile": config["compile"],
+        "sequences": dm.scores_sequences,
     }
     if dm.task_type == "classification":
         return ClassificationModule(model, **kwargs)

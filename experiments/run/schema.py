@@ -266,7 +266,10 @@ def _check_task(node: dict[str, Any], problems: list[str]) -> None:
         )
         return
     cls = get_task_class(name)
-    registered = {"type": cls.task_type, "causal": cls.causal}
+    datamodule = node.get("datamodule")
+    given = datamodule if isinstance(datamodule, Mapping) else {}
+    declared = cls.declared({**task_arguments(name), **given})  # a layout may change them
+    registered = dict(zip(("type", "causal"), declared, strict=True))
     for key in sorted(set(node) - {"name", "datamodule"}):
         if key not in registered:
             problems.append(unknown_key(f"task.{key}", ["name", "datamodule"], "task"))
@@ -275,7 +278,6 @@ def _check_task(node: dict[str, Any], problems: list[str]) -> None:
                 f"task.{key}={node[key]!r} contradicts task {name!r}, registered with "
                 f"{key}={registered[key]!r}; remove task.{key}: the registration sets it"
             )
-    datamodule = node.get("datamodule")
     if not isinstance(datamodule, Mapping):
         problems.append(f"task.datamodule must be a mapping, got {datamodule!r}")
         return

@@ -13,7 +13,7 @@ once, at registration; the rest depends on the task's arguments and is set per i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -112,6 +112,16 @@ class TaskDataModule(pl.LightningDataModule):
     fingerprint: dict[str, Any]
     max_source_len: int | None = None
     start_id: int | None = None
+    # Whether a sequence is right only when all its scored tokens are (val/exact_acc is logged):
+    # a written answer, as in the seq2seq tasks, in whichever layout.
+    scores_sequences: ClassVar[bool] = False
+
+    @classmethod
+    def declared(cls, datamodule: Mapping[str, Any]) -> tuple[str, bool]:
+        """The task type and causality of the batches this task makes with the arguments
+        ``datamodule``: the registration's, unless the task lays its examples out in more than
+        one way (the synthetic seq2seq tasks' ``layout``)."""
+        return cls.task_type, cls.causal
 
     def baselines(self) -> dict[str, Baseline]:
         """What a model that learned nothing scores on each validation set, by the names in

@@ -4,6 +4,15 @@ from it, and the chance level of a decoder that ignores the source.
 Ids: 0 pad, 1 starts the target (the decoder's first input, never a target), 2 ends it (scored:
 writing a target of the right length is part of the task), then the task's own tokens. Source
 lengths are drawn from ``[min_length, max_length]``.
+
+The same examples come in three layouts (``layout``), one per design that can solve the task:
+
+- ``seq2seq``: source and target apart, for an encoder-decoder (``model=encoder_decoder``);
+- ``prefix``: one sequence ``source, start, target`` for a decoder-only model (an ``lm`` task,
+  causal), scored on the target's tokens only: the source is read as a prefix, causally;
+- ``tagging``: ``source, start`` for an encoder (an ``lm`` task, not causal) that writes the
+  target's i-th token at position i, all at once; it needs every target (with its end token) to
+  be at most one longer than its source, as reversal, sorting, copying and addition are.
 """
 
 from __future__ import annotations
@@ -19,12 +28,16 @@ from mixerlab.lightning_modules.tasks._loading import check_positive
 from mixerlab.lightning_modules.tasks._synthetic import Part, SyntheticTaskDataModule
 
 FIRST_TOKEN_ID = max(BOS_ID, EOS_ID) + 1
+# layout -> (task type, causal) of the batches it makes
+LAYOUTS = {"seq2seq": ("seq2seq", True), "prefix": ("lm", True), "tagging": ("lm", False)}
 
 
 class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
     """A synthetic seq2seq task: a subclass draws sources (:meth:`draw_sources`) and maps each to
     its target (:meth:`target_of`); this class adds the end token, sizes the vocabulary and the
     lengths, and derives the chance level from the examples."""
+
+    scores_sequences = True
 
     def __init__(
         self,
@@ -37,34 +50,49 @@ class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
         num_train: int,
         num_val: int,
         batch_size: int,
+        layout: str = "seq2seq",
         seed: int = 0,
         num_workers: int = 0,
         cache_dir: str | None = None,
         fresh_every_epoch: bool = False,
     ) -> None:
         """``n_tokens`` ids after the special ones; ``max_target_length`` the longest target
-        before its end token."""
+        before its end token; ``layout`` one of :data:`LAYOUTS` (module docstring)."""
         check_positive(min_length=min_length, max_length=max_length, n_tokens=n_tokens)
         if min_length > max_length:
             raise ValueError(
                 f"{self.name}: min_length={min_length} exceeds max_length={max_length}; "
                 "give min_length <= max_length"
             )
+        if layout not in LAYOUTS:
+            raise ValueError(
+                f"{self.name}: layout={layout!r} is not a layout; choose one of "
+                f"{', '.join(LAYOUTS)}"
+            )
+        self.layout = layout
+        self.task_type, self.causal = LAYOUTS[layout]
+        source, target = self.source_length(max_length), max_target_length + 1  # with its end
+        max_len = {"seq2seq": target, "prefix": source + target, "tagging": source + 1}[layout]
         settings = {"min_length": min_length, "max_length": max_length}
         super().__init__(
-            params=params,
+            params={**params, **({} if layout == "seq2seq" else {"layout": layout})},
             train_parts=[Part("train", num_train, settings)],
             val_parts=[Part("val", num_val, settings)],
             vocab_size=FIRST_TOKEN_ID + n_tokens,
-            max_len=max_target_length + 1,  # the decoder reads BOS and the target but its end
+            max_len=max_len,
             batch_size=batch_size,
             seed=seed,
             num_workers=num_workers,
             cache_dir=cache_dir,
             fresh_every_epoch=fresh_every_epoch,
         )
-        self.max_source_len = self.source_length(max_length)
-        self.start_id = BOS_ID
+        if layout == "seq2seq":
+            self.max_source_len, self.start_id = source, BOS_ID
+
+    @classmethod
+    def declared(cls, datamodule: Mapping[str, Any]) -> tuple[str, bool]:
+        """The layout's task type and causality."""
+        return LAYOUTS.get(datamodule.get("layout", "seq2seq"), (cls.task_type, cls.causal))
 
     def source_length(self, length: int) -> int:
         """The number of source tokens an example of ``length`` has (the drawn length itself,
@@ -86,7 +114,25 @@ class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         sources = self.draw_sources(rng, n, min_length, max_length)
         targets = [np.append(self.target_of(source), EOS_ID) for source in sources]
-        return sources, targets
+        if self.layout == "seq2seq":
+            return sources, targets
+        pairs = list(zip(sources, targets, strict=True))
+        if self.layout == "prefix":  # source, start, target; scored where the target is
+            inputs = [np.concatenate([source, [BOS_ID], target[:-1]]) for source, target in pairs]
+            unscored = [np.full(len(source), IGNORE_INDEX) for source in sources]
+            return inputs, [np.concatenate([u, t]) for u, t in zip(unscored, targets, strict=True)]
+        tagged = []  # tagging: the target's tokens at the source's positions and one more
+        for source, target in pairs:
+            if len(target) > len(source) + 1:
+                raise ValueError(
+                    f"{self.name}: a target of {len(target)} tokens (its end token included) "
+                    f"does not fit the {len(source) + 1} positions of its source and the start "
+                    "token, so an encoder cannot tag it; use layout=seq2seq or prefix"
+                )
+            tagged.append(
+                np.pad(target, (0, len(source) + 1 - len(target)), constant_values=IGNORE_INDEX)
+            )
+        return [np.append(source, BOS_ID) for source in sources], tagged
 
     def baselines(self) -> dict[str, Baseline]:
         """The target tokens' frequencies in training (the end token among them), scored on each

@@ -115,6 +115,8 @@ class SpanCorruptionDataModule(MaskedLMDataModule):
     compression rate of the text).
     """
 
+    scores_sequences = True
+
     def __init__(self, *, mean_span_length: float = MEAN_SPAN_LENGTH, **mlm_arguments: Any) -> None:
         super().__init__(**mlm_arguments)
         if not mean_span_length >= 1:

@@ -14,6 +14,7 @@ from mixerlab.experiments.run.budget import size_model
 from mixerlab.experiments.run.build import build_datamodule, build_model
 from mixerlab.experiments.run.schema import ConfigError
 from mixerlab.experiments.run.train import train
+from mixerlab.lightning_modules.tasks import build_task
 from mixerlab.mixers import EncoderDecoderModel, get_mixer_class, register_mixer
 
 SEQ2SEQ = (
@@ -21,6 +22,8 @@ SEQ2SEQ = (
     "model.encoder.n_layers=1", "task.datamodule.max_length=6", "task.datamodule.num_train=64",
     "task.datamodule.num_val=16", "task.datamodule.batch_size=8",
 )  # fmt: skip
+# The data of SEQ2SEQ alone, for the designs to choose the model.
+DATA = tuple(o for o in SEQ2SEQ if o.startswith(("task", "model.d_model")))
 RUN = ("debug=default", "logger=none", "callbacks.progress_bar=false")
 # Every shipped preset (plugin and hybrid are templates: a name or a pattern to fill in).
 PRESETS = [m for m in conf_options("mixer") if m not in ("plugin", "hybrid")]
@@ -32,9 +35,11 @@ def _depth(preset: str) -> int:
     return len(node.pattern) if node.name == "hybrid" else 1
 
 
-def _train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str) -> dict:
+def _train(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str, base: tuple = SEQ2SEQ
+) -> dict:
     monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
-    train(compose_config(*SEQ2SEQ, *RUN, *overrides), tmp_path / "run")
+    train(compose_config(*base, *RUN, *overrides), tmp_path / "run")
     return json.loads((tmp_path / "run" / "results.json").read_text())
 
 
@@ -135,3 +140,43 @@ def test_a_decoder_only_mixer_decodes_but_cannot_encode() -> None:
         run_config(*SEQ2SEQ, "mixer=conv", "mixer.name=_test_decoder_only")
     decoder = ("mixer=conv", "mixer.name=_test_decoder_only", "model.encoder.mixer=conv")
     assert run_config(*SEQ2SEQ, *decoder)["mixer"]["name"] == "_test_decoder_only"
+
+
+DESIGNS = {  # design -> (task type, causal, an encoder-decoder)
+    "encoder_decoder": ("seq2seq", True, True),
+    "decoder_only": ("lm", True, False),
+    "encoder_only": ("lm", False, False),
+}
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_each_design_reads_the_task_its_way_and_scores_whole_sequences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, design: str
+) -> None:
+    for task in ("reversal", "sorting", "copying", "addition"):
+        config = run_config(*DATA, f"task={task}", f"design={design}")
+        task_type, causal, encoder = DESIGNS[design]
+        assert (config["task"]["type"], config["task"]["causal"]) == (task_type, causal)
+        assert (config["model"]["encoder"] is not None) == encoder
+    results = _train(tmp_path, monkeypatch, f"design={design}", base=DATA)
+    assert results["status"] == "finished"
+    assert {"val/acc", "val/exact_acc"} <= set(results["best"])
+
+
+def test_the_experiment_sizes_every_design_to_one_budget(tmp_path: Path) -> None:
+    sized = {}
+    for design in DESIGNS:
+        config = run_config(
+            "experiment=seq2seq_designs", f"design={design}", f"cache_dir={tmp_path}"
+        )
+        task = config["task"]
+        sized[design] = size_model(
+            config, build_task(task["name"], seed=0, cache_dir=None, **task["datamodule"])
+        ).budget
+    assert {b.measure for b in sized.values()} == {"params"}
+    assert all(abs(b.relative_error) <= 0.08 for b in sized.values())
+
+
+def test_an_encoder_decoder_does_not_read_a_prefix_layout() -> None:
+    with pytest.raises(ConfigError, match=r"task 'reversal' is a lm task with no source to encode"):
+        run_config("task=reversal", "task.datamodule.layout=prefix", "model=encoder_decoder")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixerlab.lightning_modules.tasks import IGNORE_INDEX, PAD_ID, build_task
+from mixerlab.lightning_modules.tasks import IGNORE_INDEX, PAD_ID, build_task, get_task_class
 from mixerlab.lightning_modules.tasks._base import BOS_ID, EOS_ID
 from mixerlab.lightning_modules.tasks.addition import DIGIT_ID, PLUS_ID
 
@@ -123,3 +123,37 @@ def test_bad_lengths_are_refused_with_the_fix():
         build_task("addition", seed=0, cache_dir=None, max_length=19)
     with pytest.raises(ValueError, match="min_length"):
         build_task("copying", seed=0, cache_dir=None, min_length=0)
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_the_prefix_layout_is_one_causal_sequence_scored_on_the_target(tmp_path, name):
+    pairs = examples(build(tmp_path / "apart", name))
+    dm = build(tmp_path / "prefix", name, layout="prefix")
+    assert (dm.task_type, dm.causal, dm.max_source_len, dm.start_id) == ("lm", True, None, None)
+    for (source, target), x, y in zip(
+        pairs, dm.train_dataset["input"], dm.train_dataset["target"], strict=True
+    ):
+        n = len(source)
+        assert x == [*source, BOS_ID, *target[:-1]] and len(x) <= dm.max_len
+        assert y == [IGNORE_INDEX] * n + list(target)  # position n reads the start token
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_the_tagging_layout_writes_the_target_at_the_sources_positions(tmp_path, name):
+    pairs = examples(build(tmp_path / "apart", name))
+    dm = build(tmp_path / "tagging", name, layout="tagging")
+    assert (dm.task_type, dm.causal) == ("lm", False)
+    for (source, target), x, y in zip(
+        pairs, dm.train_dataset["input"], dm.train_dataset["target"], strict=True
+    ):
+        assert x == [*source, BOS_ID] and len(x) <= dm.max_len
+        assert y == [*target, *[IGNORE_INDEX] * (len(source) + 1 - len(target))]
+
+
+def test_a_layout_is_declared_before_the_task_is_built() -> None:
+    reversal = get_task_class("reversal")
+    assert reversal.declared({"layout": "seq2seq"}) == ("seq2seq", True)
+    assert reversal.declared({"layout": "prefix"}) == ("lm", True)
+    assert reversal.declared({"layout": "tagging"}) == ("lm", False)
+    with pytest.raises(ValueError, match="layout='bidirectional' is not a layout; choose one of"):
+        build_task("reversal", seed=0, cache_dir=None, layout="bidirectional")
