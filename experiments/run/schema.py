@@ -387,7 +387,8 @@ def _check_encoder(cfg: Mapping[str, Any], problems: list[str]) -> None:
             problems.append(
                 f"model.encoder is set (model=encoder_decoder) but task {task['name']!r} is a "
                 f"{task['type']} task with no source to encode; pick a seq2seq task "
-                f"({', '.join(seq2seq_tasks)}) or leave out model=encoder_decoder"
+                f"({', '.join(seq2seq_tasks)}), or model=default (a seq2seq task's prefix and "
+                "tagging layouts: design=decoder_only or design=encoder_only)"
             )
     if encoder is None:
         return

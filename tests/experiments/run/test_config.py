@@ -34,9 +34,7 @@ def test_every_shipped_option_composes_and_validates(override: str) -> None:
     node = OmegaConf.to_container(compose_config(override).mixer)
     # a hybrid preset's pattern must divide the depth: validate it at a depth it fits
     depth = [f"model.n_layers={len(node['pattern'])}"] if node["name"] == HYBRID else []
-    seq2seq = group == "task" and get_task_class(option).task_type == "seq2seq"
-    design = ["model=encoder_decoder"] if seq2seq else []  # the model a seq2seq task needs
-    cfg = validate_config(compose_config(override, *depth, *design))
+    cfg = validate_config(compose_config(override, *depth))
     if group == "mixer" and option in available_mixers():
         assert cfg["mixer"]["name"] == option
     elif group == "mixer":  # a preset: a registered mixer with other settings, or a hybrid

@@ -104,7 +104,10 @@ def test_flops_per_token_count_the_source_and_the_target(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("task=copying",), r"task 'copying' is a seq2seq task .* add model=encoder_decoder"),
+        (
+            ("task=copying", "model=default"),
+            r"task 'copying' is a seq2seq task .* add model=encoder_decoder",
+        ),
         (
             ("model=encoder_decoder", "task=mqar"),
             r"task 'mqar' is a lm task with no source to encode; pick a seq2seq task \(",
@@ -178,5 +181,10 @@ def test_the_experiment_sizes_every_design_to_one_budget(tmp_path: Path) -> None
 
 
 def test_an_encoder_decoder_does_not_read_a_prefix_layout() -> None:
-    with pytest.raises(ConfigError, match=r"task 'reversal' is a lm task with no source to encode"):
-        run_config("task=reversal", "task.datamodule.layout=prefix", "model=encoder_decoder")
+    with pytest.raises(ConfigError, match=r"'reversal' is a lm task .* design=decoder_only"):
+        run_config("task=reversal", "task.datamodule.layout=prefix")  # the task's default model
+
+
+def test_a_seq2seq_task_brings_its_encoder_decoder() -> None:
+    assert run_config("task=sorting")["model"]["encoder"]["cross_mixer"] == "attention"
+    assert run_config("task=sorting", "design=decoder_only")["model"]["encoder"] is None

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from configs import conf_options, run_config
 
-from mixerlab.lightning_modules.tasks import available_tasks, build_task, get_task_class
+from mixerlab.lightning_modules.tasks import available_tasks, build_task
 
 
 def _state(dm: Any) -> dict[str, Any]:
@@ -24,8 +24,7 @@ def test_every_registered_task_has_a_config() -> None:
 
 @pytest.mark.parametrize("name", available_tasks())
 def test_python_and_the_command_line_build_the_same_data(name: str, tmp_path: Path) -> None:
-    seq2seq = get_task_class(name).task_type == "seq2seq"
-    config = run_config(f"task={name}", *(["model=encoder_decoder"] if seq2seq else []))
+    config = run_config(f"task={name}")
     from_cli = build_task(name, seed=0, cache_dir=str(tmp_path), **config["task"]["datamodule"])
     from_python = build_task(name, seed=0, cache_dir=str(tmp_path))
     assert _state(from_python) == _state(from_cli)
