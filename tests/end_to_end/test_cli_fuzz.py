@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from configs import compose_config, conf_options
 from hydra import compose, initialize_config_module
 from hypothesis import HealthCheck, Phase, given, settings
@@ -68,7 +69,14 @@ NODES = {key.rsplit(".", i)[0] for key in DEFAULTS for i in range(key.count(".")
 # Nodes whose keys are a `_target_`'s keyword arguments: building the run checks them.
 FREE_FORM = ("optim.optimizer.", "optim.scheduler.", "model.ffn_hparams.", "callbacks.extra.")
 CHECKED_KEYS = sorted(key for key in DEFAULTS if not key.startswith(FREE_FORM))
-OPTIONAL_GROUPS = ("experiment", "sweep", "launcher", "debug")  # null by default
+# Groups that conf/config.yaml's defaults list leaves null: `group=[]` there changes nothing.
+OPTIONAL_GROUPS = tuple(
+    group
+    for entry in yaml.safe_load((files("mixerlab.conf") / "config.yaml").read_text())["defaults"]
+    if isinstance(entry, dict)
+    for group, option in entry.items()
+    if option is None
+)
 # conf/hydra is Hydra's own settings, selected once by conf/config.yaml; conf/per_mixer is
 # selected by the experiment and mixer chosen (conf/config.yaml's defaults), never by a user
 GROUPS = {

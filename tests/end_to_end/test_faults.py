@@ -213,7 +213,12 @@ def test_a_bare_value_override_is_a_clear_error(capsys: pytest.CaptureFixture) -
 def test_a_model_too_large_for_the_machine_is_refused_with_the_numbers() -> None:
     config = run_config("model.d_model=10000000")
     task = SimpleNamespace(
-        vocab_size=256, causal=True, max_len=64, num_classes=None, task_type="lm"
+        vocab_size=256,
+        causal=True,
+        max_len=64,
+        num_classes=None,
+        task_type="lm",
+        max_source_len=None,
     )
     with pytest.raises(ConfigError, match=r"model\.d_model=10000000.* parameters.*PiB.*more than"):
         check_model_memory(config, task)

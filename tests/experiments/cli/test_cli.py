@@ -79,7 +79,7 @@ def assert_one_clean_message(code: int, err: str, cwd: Path) -> None:
         ("+mixer.n_head=2", "did you mean mixer.n_heads?"),
         ("model.d_model=wide", "model.d_model must be an integer, got 'wide'"),
         ("+task.datamodule.batch_sise=3", "(did you mean task.datamodule.batch_size?)"),
-        ("task.name=nope", "known tasks: induction_heads"),
+        ("task.name=nope", "known tasks: addition, copying, induction_heads"),
         ("model.n_layers=0", "model.n_layers must be >= 1, got 0"),
         # a mistyped key: the closest key at its level, not Hydra's advice to append it
         ("model.d_modle=64", "model.d_modle is not a known key (did you mean model.d_model?)"),
