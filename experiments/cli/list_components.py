@@ -1,5 +1,5 @@
 """``mixerlab list``: what can be combined, with a line on each: registered mixers and tasks
-(plugins too), the mixer presets and experiments shipped in conf/, and the plots
+(plugins too), the mixer presets, experiments and seq2seq designs shipped in conf/, and the plots
 ``mixerlab compare`` draws."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 
 COMMAND = "list"
-HELP = "list the mixers, tasks, experiments and plots"
+HELP = "list the mixers, tasks, experiments, seq2seq designs and plots"
 
 
 def _conf_entries(group: str) -> list[tuple[str, str]]:
@@ -78,6 +78,7 @@ def list_components() -> dict[str, list[tuple[str, str]]]:
         ],
         "tasks": [(name, describe_task(name)) for name in available_tasks()],
         "experiments": [(name, _first_comment(text)) for name, text in _conf_entries("experiment")],
+        "designs": [(name, _first_comment(text)) for name, text in _conf_entries("design")],
         "plots": [(plot.file, plot.description) for plot in registered_plots()],
     }
 
@@ -96,6 +97,7 @@ def main(argv: Sequence[str]) -> int:
         "mixer presets": "mixer=<name>",
         "tasks": "task=<name>",
         "experiments": "experiment=<name>",
+        "designs": "design=<name>, for a seq2seq task",
         "plots": "written by mixerlab compare",
     }
     for section, entries in sections.items():
