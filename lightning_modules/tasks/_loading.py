@@ -180,15 +180,15 @@ def pad_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     return {"input": batch_input, "target": batch_target, "mask": mask}
 
 
-def seq2seq_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
-    """Right-pad ``(source, target)`` examples into a seq2seq batch: ``source`` and
-    ``source_mask`` as :func:`pad_collate` pads inputs, ``target`` padded with -100, and the
-    decoder's ``input``, the target shifted right after ``BOS_ID`` (teacher forcing), with its
-    ``mask``."""
-    sources = [source for source, _ in examples]
-    targets = [target for _, target in examples]
-    inputs = [torch.cat([target.new_full((1,), BOS_ID), target[:-1]]) for target in targets]
-    source = pad_sequence(sources, batch_first=True, padding_value=PAD_ID)
+def seq2seq_batch(
+    sources: Sequence[Tensor], targets: Sequence[Tensor], start_id: int
+) -> dict[str, Tensor]:
+    """Right-pad sources and targets (each ending in its end token) into a seq2seq batch:
+    ``source`` and ``source_mask`` as :func:`pad_collate` pads inputs, ``target`` padded with
+    -100, and the decoder's ``input``, the target shifted right after ``start_id`` (teacher
+    forcing), with its ``mask``."""
+    inputs = [torch.cat([target.new_full((1,), start_id), target[:-1]]) for target in targets]
+    source = pad_sequence(list(sources), batch_first=True, padding_value=PAD_ID)
     decoder_input = pad_sequence(inputs, batch_first=True, padding_value=PAD_ID)
     source_lengths = torch.tensor([len(s) for s in sources])
     target_lengths = torch.tensor([len(t) for t in targets])
@@ -196,9 +196,15 @@ def seq2seq_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tens
         "source": source,
         "source_mask": torch.arange(source.shape[1]) < source_lengths[:, None],
         "input": decoder_input,
-        "target": pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX),
+        "target": pad_sequence(list(targets), batch_first=True, padding_value=IGNORE_INDEX),
         "mask": torch.arange(decoder_input.shape[1]) < target_lengths[:, None],
     }
+
+
+def seq2seq_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """:func:`seq2seq_batch` of ``(source, target)`` examples, the decoder started by
+    ``BOS_ID``."""
+    return seq2seq_batch([s for s, _ in examples], [t for _, t in examples], BOS_ID)
 
 
 def build_loader(

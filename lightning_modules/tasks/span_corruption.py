@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
-from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, PAD_ID, Baseline, register_task
+from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, Baseline, register_task
+from mixerlab.lightning_modules.tasks._loading import seq2seq_batch
 from mixerlab.lightning_modules.tasks.mlm import MaskedLMDataModule
 
 MEAN_SPAN_LENGTH = 3.0  # T5's
@@ -90,18 +90,7 @@ class SpanCorruption:
         ]
         sources = [torch.from_numpy(source) for source, _ in pairs]
         targets = [torch.from_numpy(target) for _, target in pairs]
-        inputs = [torch.cat([t.new_full((1,), self.start_id), t[:-1]]) for t in targets]
-        source = pad_sequence(sources, batch_first=True, padding_value=PAD_ID)
-        decoder_input = pad_sequence(inputs, batch_first=True, padding_value=PAD_ID)
-        source_lengths = torch.tensor([len(s) for s in sources])
-        target_lengths = torch.tensor([len(t) for t in targets])
-        return {
-            "source": source,
-            "source_mask": torch.arange(source.shape[1]) < source_lengths[:, None],
-            "input": decoder_input,
-            "target": pad_sequence(targets, batch_first=True, padding_value=IGNORE_INDEX),
-            "mask": torch.arange(decoder_input.shape[1]) < target_lengths[:, None],
-        }
+        return seq2seq_batch(sources, targets, self.start_id)
 
 
 @register_task("span_corruption", task_type="seq2seq", causal=True)
