@@ -14,7 +14,12 @@ from mixerlab.experiments.compare.aggregate import rank_key
 from mixerlab.experiments.compare.comparison import Comparison, Group
 from mixerlab.experiments.compare.runs import Run
 from mixerlab.experiments.maps.draw import draw_runs
-from mixerlab.experiments.maps.trained import checkpoint_of, load_run, validation_example
+from mixerlab.experiments.maps.trained import (
+    ENCODER_DECODER,
+    checkpoint_of,
+    load_run,
+    validation_example,
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,9 @@ def comparison_maps(
         for group in groups:
             run = _drawn_run(group, comparison.metric, comparison.mode)
             label = comparison.group_name(group)
-            if run is None:
+            if run is not None and run.results["config"]["model"].get("encoder"):
+                left_out.append(f"{label}: {ENCODER_DECODER}")
+            elif run is None:
                 left_out.append(f"{label}: no run kept checkpoints/best.ckpt or last.ckpt")
             else:
                 seed = run.results.get("seed")

@@ -44,6 +44,13 @@ class Example:
     scored: Tensor
 
 
+# Why an encoder-decoder's run is not drawn: a map is one stack's mixing of one sequence.
+ENCODER_DECODER = (
+    "an encoder-decoder (two stacks, two sequences), which the maps do not draw; its design's "
+    "one-stack runs (design=decoder_only or encoder_only) read source and target as one sequence"
+)
+
+
 def checkpoint_of(run_dir: Path) -> Path | None:
     """The checkpoint a run's maps are drawn from: its best, else its last; None if neither."""
     found = [run_dir / "checkpoints" / name for name in CHECKPOINTS]
@@ -66,6 +73,8 @@ def load_run(run_dir: Path) -> TrainedRun:
             f"{run_dir}: no checkpoints/best.ckpt or last.ckpt (a study's clone keeps only the "
             "records): train or resume the run here first"
         )
+    if config["model"].get("encoder"):
+        raise ValueError(f"{run_dir.name} is {ENCODER_DECODER}")
     data = build_datamodule(config)
     model = build_model(config, data)
     state = load_checkpoint(checkpoint)["state_dict"]
@@ -89,6 +98,8 @@ def untrained_run(overrides: str) -> TrainedRun:
     except HydraException as err:
         raise ValueError(composition_error_message(err).removeprefix(PREFIX)) from None
     config = validate_config(cfg)
+    if config["model"]["encoder"] is not None:
+        raise ValueError(f"{overrides!r} trains {ENCODER_DECODER}")
     data = build_datamodule(config)
     pl.seed_everything(config["seed"], workers=True, verbose=False)  # as training starts
     model = build_model(config, data)

@@ -54,6 +54,7 @@ def test_an_untrained_model_and_a_given_input(
         (["--untrained", "experiment=quick mixr=gmlp"], "mixr is not a known key"),
         (["--untrained", "experiment=quick model.d_model=0"], "model.d_model must be >= 1"),
         (["{run}", "--untrained", "experiment=mqar"], "the runs have different tasks"),
+        (["--untrained", "task=reversal"], "trains an encoder-decoder (two stacks, two sequences)"),
     ],
 )
 def test_bad_input_is_one_message(
