@@ -24,7 +24,13 @@ from mixerlab.experiments.run.mixer_node import mixer_label, mixer_names
 from mixerlab.mixers import available_mixers
 
 GRID_SWEEPS = [name for name in conf_options("sweep") if name != "optuna"]
-OWN_EXPERIMENT = {"zoology_grid": "experiment=zoology_grid"}  # grids of one experiment's settings
+# grids of one experiment's settings
+OWN_EXPERIMENT = {
+    "zoology_grid": "experiment=zoology_grid",
+    "designs": "experiment=seq2seq_designs",
+}
+# A design (conf/design/, a global preset) shows in the config as the layout it sets.
+DESIGN_LAYOUTS = {"encoder_decoder": "seq2seq", "decoder_only": "prefix", "encoder_only": "tagging"}
 # every conf/mixer option but the two templates, plugin (needs a name) and hybrid (a pattern),
 # and based_sliding, whose 3-layer pattern fits no 2-layer experiment
 LEFT_OUT = ("plugin", "hybrid", "based_sliding")
@@ -34,6 +40,9 @@ SHIPPED_MIXERS = {name for name in conf_options("mixer") if name not in LEFT_OUT
 def _value(config: dict[str, Any], key: str) -> Any:
     """What an override ``key=...`` set: a mixer option is its label (its name, or a preset's
     label), another group's choice its ``name``, else a dotted key."""
+    if key == "design":
+        layout = config["task"]["datamodule"]["layout"]
+        return next(name for name, laid in DESIGN_LAYOUTS.items() if laid == layout)
     node: Any = config
     for part in key.split("."):
         node = node[part]
@@ -56,12 +65,13 @@ def _sweep_jobs(*overrides: str) -> dict[str, list[str]]:
 @pytest.mark.slow  # a config per swept value (about 3 s a preset); one job each is checked fast
 @pytest.mark.parametrize("preset", GRID_SWEEPS)
 def test_grid_sweep_presets_name_the_sweep_and_every_value_is_a_valid_run(preset: str) -> None:
-    jobs = _sweep_jobs(f"sweep={preset}")
+    own = [OWN_EXPERIMENT[preset]] if preset in OWN_EXPERIMENT else []
+    jobs = _sweep_jobs(f"sweep={preset}", *own)
     assert "seed" in jobs and len(jobs) >= 2
     names = set()
     for key, overrides in jobs.items():
         for override in overrides:
-            config = run_config(f"sweep={preset}", override)
+            config = run_config(f"sweep={preset}", *own, override)
             value = yaml.safe_load(override.split("=", 1)[1])
             assert _value(config, key) == value
             assert config["logger"]["group"] == config["name"]
@@ -172,8 +182,9 @@ def test_wandb_sweep_file_runs_the_presets_jobs(preset: str, tmp_path: Path) -> 
     # as a run of the preset above): it is a valid run in the sweep's group.
     config = run_config(*fixed, *(values[-1] for values in swept.values()))
     assert config["name"] == sweep["name"]
-    assert sweep["name"].startswith(f"{preset}_") and sweep["name"].endswith("_mqar")
-    assert config["task"]["name"] == "mqar"
+    task = run_config(experiment)["task"]["name"]
+    assert sweep["name"].startswith(f"{preset}_") and sweep["name"].endswith(f"_{task}")
+    assert config["task"]["name"] == task
 
 
 @pytest.mark.parametrize(
