@@ -257,10 +257,26 @@ def upgraded(value: Any) -> Any:
     return value
 
 
+# Config keys added since a record could be written, each with the value that does what a run
+# without it did (``model.encoder``: one stack): an older record's config reads as if written now,
+# so its run is still skipped, resumed and grouped as the same config.
+ADDED_CONFIG_KEYS = {"model.encoder": None}
+
+
 def decode_record(data: bytes | str) -> Any:
-    """A run record's JSON text decoded, its class paths named as now. Raises what decoding
-    raises (``ValueError``, ``RecursionError``)."""
-    return upgraded(json.loads(data))
+    """A run record's JSON text decoded, its class paths named as now and its config given the
+    keys added since (:data:`ADDED_CONFIG_KEYS`). Raises what decoding raises (``ValueError``,
+    ``RecursionError``)."""
+    record = upgraded(json.loads(data))
+    config = record.get("config") if isinstance(record, dict) else None
+    for dotted, default in ADDED_CONFIG_KEYS.items() if isinstance(config, dict) else ():
+        *parents, last = dotted.split(".")
+        node: Any = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(last, default)
+    return record
 
 
 def read_record(path: Path) -> Any:

@@ -9,7 +9,13 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from mixerlab.lightning_modules.record import FIELDS, RunResults, read_results, shape_problem
+from mixerlab.lightning_modules.record import (
+    FIELDS,
+    RunResults,
+    decode_record,
+    read_results,
+    shape_problem,
+)
 
 RESULT_FIELDS = {
     "status", "mixer", "task", "seed", "params", "flops_per_token", "metrics", "best",
@@ -69,3 +75,12 @@ def test_the_record_loads_without_torch_or_lightning() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def test_an_older_records_config_reads_with_the_keys_added_since() -> None:
+    old = {"status": "finished", "config": {"model": {"d_model": 64}, "seed": 0}}
+    record = decode_record(json.dumps(old))
+    assert record["config"]["model"] == {"d_model": 64, "encoder": None}  # one stack, as then
+    new = {"config": {"model": {"encoder": {"n_layers": 2}}}}
+    assert decode_record(json.dumps(new)) == new  # a key a record has is kept
+    assert decode_record(json.dumps({"config": {"seed": 0}})) == {"config": {"seed": 0}}
