@@ -133,10 +133,7 @@ def exact_sequences(rows: Tensor, correct: Tensor, n_rows: int) -> Tensor:
     position, in order, ``rows`` their sequence) are all right, 0.0 otherwise; sequences with no
     scored token are left out."""
     wrong = torch.zeros(n_rows, device=correct.device).index_add_(0, rows, (~correct).float())
-    scored = torch.zeros(n_rows, device=correct.device).index_add_(
-        0, rows, torch.ones_like(wrong[rows])
-    )
-    return (wrong[scored > 0] == 0).float()
+    return (wrong[rows.unique()] == 0).float()
 
 
 class _SequenceModule(pl.LightningModule):

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from mixerlab.experiments.run.mixer_node import mixer_label, model_mixer
+from mixerlab.experiments.run.mixer_node import encoder_mixer_node, mixer_label, model_mixer
 from mixerlab.experiments.run.schema import ConfigError
 from mixerlab.lightning_modules.tasks import TaskDataModule
 from mixerlab.mixers import EncoderDecoderModel, SequenceModel
@@ -92,21 +92,15 @@ class Sizing:
 
 
 def model_of(arguments: dict[str, Any]) -> SequenceModel | EncoderDecoderModel:
-    """One stack, or with ``arguments["encoder"]`` (``model.encoder``) an encoder-decoder: the
-    decoder takes the run's mixer and ``n_layers``, the encoder ``encoder.n_layers`` of its own
-    mixer (null: the run's), and both stacks share the rest."""
+    """One stack, or with ``arguments["encoder"]`` (``model.encoder``, its mixer resolved to
+    ``(name, hparams)``) an encoder-decoder: the decoder takes the run's mixer and ``n_layers``,
+    the encoder ``encoder.n_layers`` of its own mixer, and both stacks share the rest."""
     arguments = dict(arguments)
     encoder = arguments.pop("encoder", None)
     max_source_len = arguments.pop("max_source_len", None)
     if encoder is None:
         return SequenceModel(**arguments)
-    node = encoder["mixer"]
-    if node is None:
-        encoder_mixer, encoder_hparams = arguments["mixer"], arguments["mixer_hparams"]
-    else:
-        encoder_mixer, encoder_hparams = model_mixer(
-            {"name": node} if isinstance(node, str) else node
-        )
+    encoder_mixer, encoder_hparams = encoder["mixer"]
     for only_one_stack in ("causal", "num_classes", "readout"):  # the design fixes them
         arguments.pop(only_one_stack)
     vocab_size = arguments.pop("vocab_size")
@@ -155,9 +149,10 @@ def _size_model(key: str) -> Sizing:
         "readout": readout,
         **model_node,
     }
-    if arguments["encoder"] is None:
-        del arguments["encoder"]  # one stack: SequenceModel's arguments alone
-    else:
+    encoder = arguments.pop("encoder")
+    if encoder is not None:  # one stack takes SequenceModel's arguments alone
+        node = encoder_mixer_node(encoder, mixer_node)
+        arguments["encoder"] = {**encoder, "mixer": model_mixer(node)}
         arguments["max_source_len"] = max_source_len
     measure = next((m for m in MEASURES if budget.get(m) is not None), None)  # one: the schema
     if measure is None:

@@ -47,6 +47,17 @@ def model_mixer(node: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return node["name"], hparams
 
 
+def encoder_mixer_node(
+    encoder: Mapping[str, Any], run_mixer: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """``model.encoder.mixer`` as a mixer node: null is the run's own mixer (``run_mixer``), a
+    registered name that mixer with its class defaults, a node (a preset) itself."""
+    node = encoder["mixer"]
+    if node is None:
+        return run_mixer
+    return {"name": node} if isinstance(node, str) else node
+
+
 def check_mixer_node(
     node: Mapping[str, Any],
     n_layers: int,

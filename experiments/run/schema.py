@@ -18,7 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mixerlab.experiments.run.config_values import matches, shown, type_name, unknown_key
-from mixerlab.experiments.run.mixer_node import check_mixer_node, mixer_names
+from mixerlab.experiments.run.mixer_node import (
+    check_mixer_node,
+    encoder_mixer_node,
+    mixer_names,
+)
 from mixerlab.experiments.run.study import name_problem
 from mixerlab.lightning_modules.tasks import available_tasks, get_task_class, task_arguments
 from mixerlab.lightning_modules.tasks._base import RUN_ARGUMENTS
@@ -392,25 +396,25 @@ def _check_encoder(cfg: Mapping[str, Any], problems: list[str]) -> None:
             )
     if encoder is None:
         return
-    mixer = encoder["mixer"]
-    if isinstance(mixer, str):
-        mixer = {"name": mixer}
-    if isinstance(mixer, Mapping):
-        check_mixer_node(
-            mixer, encoder["n_layers"], problems, "model.encoder.mixer", "model.encoder.n_layers"
-        )
-    elif mixer is not None:
+    given = encoder["mixer"]
+    if not isinstance(given, (str, Mapping, type(None))):
         problems.append(
             f"model.encoder.mixer must be null (the run's mixer), a mixer's name or a mixer "
-            f"node (+mixer@model.encoder.mixer=<name>), got {shown(mixer)}"
+            f"node (+mixer@model.encoder.mixer=<name>), got {shown(given)}"
         )
-    encoding = mixer if isinstance(mixer, Mapping) else cfg["mixer"]
-    for name in mixer_names(encoding) if mixer is None or isinstance(mixer, Mapping) else []:
-        if name in available_mixers() and not get_mixer_class(name).supports_encoder:
-            problems.append(
-                f"mixer {name!r} is decoder-only (supports_encoder = False) and cannot be the "
-                "encoder; give the encoder a mixer that encodes (model.encoder.mixer=<name>)"
+    else:
+        node = encoder_mixer_node(encoder, cfg["mixer"])
+        if given is not None:  # the run's own mixer is checked as the run's
+            check_mixer_node(
+                node, encoder["n_layers"], problems, "model.encoder.mixer", "model.encoder.n_layers"
             )
+        for name in mixer_names(node):
+            if name in available_mixers() and not get_mixer_class(name).supports_encoder:
+                problems.append(
+                    f"mixer {name!r} is decoder-only (supports_encoder = False) and cannot be "
+                    "the encoder; give the encoder a mixer that encodes "
+                    "(model.encoder.mixer=<name>)"
+                )
     cross = encoder["cross_mixer"]
     if cross not in available_cross_mixers():
         problems.append(

@@ -52,7 +52,7 @@ from mixerlab.experiments.run.build import (
     check_model_memory,
     check_monitor,
 )
-from mixerlab.experiments.run.mixer_node import mixer_label
+from mixerlab.experiments.run.mixer_node import encoder_mixer_node, mixer_label
 from mixerlab.experiments.run.run_folder import (
     claim_run_dir,
     restart_from_scratch,
@@ -226,8 +226,7 @@ def _describe(
     design, length = "", f"length {model.max_len}"
     encoder = config["model"]["encoder"]
     if encoder is not None:
-        node = encoder["mixer"]
-        encoding = mixer_label({"name": node} if isinstance(node, str) else node or config["mixer"])
+        encoding = mixer_label(encoder_mixer_node(encoder, config["mixer"]))
         design = (
             f" (the decoder; encoder {encoding} x {encoder['n_layers']}, cross-mixer "
             f"{encoder['cross_mixer']})"

@@ -13,12 +13,13 @@ once, at registration; the rest depends on the task's arguments and is set per i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
+from torch import Tensor
 
 from mixerlab.mixers._registry import Registry
 
@@ -73,6 +74,16 @@ class Baseline:
         loss = float(-(scored * np.log(p)).sum() / n_scored)
         acc = float(scored[int(np.argmax(fitted))] / n_scored)
         return cls(label, loss, acc, how)
+
+
+def scored_counts(targets: Iterable[Tensor], n_ids: int) -> np.ndarray:
+    """How often each of ``n_ids`` ids is a scored target (not :data:`IGNORE_INDEX`) in these
+    target tensors, of any shape: the counts a :class:`Baseline` prior is fitted on or scored
+    with."""
+    counts = np.zeros(n_ids, dtype=np.int64)
+    for target in targets:
+        counts += np.bincount(target[target != IGNORE_INDEX].numpy(), minlength=n_ids)
+    return counts
 
 
 class TaskDataModule(pl.LightningDataModule):

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from mixerlab.lightning_modules.tasks._base import BOS_ID, EOS_ID, IGNORE_INDEX, Baseline
+from mixerlab.lightning_modules.tasks._base import (
+    BOS_ID,
+    EOS_ID,
+    IGNORE_INDEX,
+    Baseline,
+    scored_counts,
+)
 from mixerlab.lightning_modules.tasks._loading import check_positive
 from mixerlab.lightning_modules.tasks._synthetic import Part, SyntheticTaskDataModule
 
@@ -140,16 +146,10 @@ class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
         if self._train is None:
             raise RuntimeError(f"{self.name} baselines come from the data: call setup() first")
         answers = slice(EOS_ID, self.vocab_size)  # pad and start are never targets
-        fitted = _token_counts(self._train.targets, self.vocab_size)[answers]
+        fitted = scored_counts([self._train.targets], self.vocab_size)[answers]
         baselines = {}
         for name, examples in zip(self.val_set_names, self._vals, strict=True):
-            scored = _token_counts(examples.targets, self.vocab_size)[answers]
+            scored = scored_counts([examples.targets], self.vocab_size)[answers]
             how = "the target tokens' training frequencies (the end token among them)"
             baselines[name] = Baseline.prior("chance", fitted, scored, how)
         return baselines
-
-
-def _token_counts(targets: Any, vocab_size: int) -> np.ndarray:
-    """How often each id is a scored target in a padded (rows, length) target tensor."""
-    values = targets.numpy().ravel()
-    return np.bincount(values[values != IGNORE_INDEX], minlength=vocab_size).astype(np.float64)

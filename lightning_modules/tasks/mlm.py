@@ -49,7 +49,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, PAD_ID, Baseline, register_task
+from mixerlab.lightning_modules.tasks._base import (
+    IGNORE_INDEX,
+    PAD_ID,
+    Baseline,
+    register_task,
+    scored_counts,
+)
 from mixerlab.lightning_modules.tasks._corpus import json_sha256
 from mixerlab.lightning_modules.tasks._loading import build_loader
 from mixerlab.lightning_modules.tasks._resumable import EpochShuffle
@@ -179,10 +185,7 @@ class MaskedLMDataModule(TextLMDataModule):
         if self.mask_id is None:
             raise RuntimeError("the unigram baseline comes from the data: call setup() first")
         train = _token_counts(self.tokens["train"], self.mask_id)
-        val = np.zeros(self.mask_id, dtype=np.int64)
-        for batch in self.val_dataloader():
-            target = batch["target"]
-            val += np.bincount(target[target != IGNORE_INDEX].numpy(), minlength=self.mask_id)
+        val = scored_counts((batch["target"] for batch in self.val_dataloader()), self.mask_id)
         unit = "byte" if self.tokenizer_kind == "bytes" else "BPE token"
         how = f"the training split's {unit} frequencies, at the validation masks"
         return {"val": Baseline.prior("unigram", train, val, how)}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mixerlab.lightning_modules.tasks._base import IGNORE_INDEX, Baseline, register_task
+from mixerlab.lightning_modules.tasks._base import Baseline, register_task, scored_counts
 from mixerlab.lightning_modules.tasks._loading import seq2seq_batch
 from mixerlab.lightning_modules.tasks.mlm import MaskedLMDataModule
 
@@ -141,10 +141,8 @@ class SpanCorruptionDataModule(MaskedLMDataModule):
         """The validation targets' own token frequencies (sentinels and the end token among
         them): the best fixed guess on that set, a model that reads neither the source nor the
         target so far."""
-        counts = np.zeros(self.vocab_size, dtype=np.int64)
-        for batch in self.val_dataloader():
-            target = batch["target"]
-            counts += np.bincount(target[target != IGNORE_INDEX].numpy(), minlength=self.vocab_size)
+        targets = (batch["target"] for batch in self.val_dataloader())
+        counts = scored_counts(targets, self.vocab_size)
         how = (
             "the validation targets' own token frequencies (sentinels and the end token among them)"
         )
