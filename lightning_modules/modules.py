@@ -268,7 +268,8 @@ class LanguageModelModule(_SequenceModule):
     """Next-token prediction: cross-entropy over positions whose target is not -100.
 
     ``val/bpb`` (bits per byte) = loss / ln 2 / bytes_per_token makes byte-level and BPE runs
-    comparable; pass ``bytes_per_token=None`` for synthetic tasks where bytes mean nothing.
+    comparable; pass ``bytes_per_token=None`` for synthetic tasks where bytes mean nothing. A
+    prefix LM (``model.prefix_lm``) reads each batch's ``"prefix"`` both ways.
     """
 
     def __init__(self, model: nn.Module, *, bytes_per_token: float | None, **kwargs: Any) -> None:
@@ -276,11 +277,14 @@ class LanguageModelModule(_SequenceModule):
         if bytes_per_token is not None and bytes_per_token <= 0:
             raise ValueError(f"bytes_per_token must be positive or None, got {bytes_per_token}")
         self.bytes_per_token = bytes_per_token
+        self.reads_prefix = getattr(model, "prefix_lm", False)  # a SequenceModel's option
 
     def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         # the head runs only where a target is scored: the loss reads nothing else
         scored = batch["target"] != IGNORE_INDEX
-        return self.model(batch["input"], batch["mask"], scored=scored), batch["target"][scored]
+        prefix = {"prefix": batch["prefix"]} if self.reads_prefix else {}  # only a prefix LM's
+        logits = self.model(batch["input"], batch["mask"], scored=scored, **prefix)
+        return logits, batch["target"][scored]
 
     def _val_extras(self, loss: Tensor) -> dict[str, Tensor]:
         extras = {"val/ppl": loss.exp()}

@@ -258,9 +258,10 @@ def upgraded(value: Any) -> Any:
 
 
 # Config keys added since a record could be written, each with the value that does what a run
-# without it did (``model.encoder``: one stack): an older record's config reads as if written now,
-# so its run is still skipped, resumed and grouped as the same config.
-ADDED_CONFIG_KEYS = {"model.encoder": None}
+# without it did (``model.encoder``: one stack; ``model.prefix_lm``: plainly causal): an older
+# record's config reads as if written now, so its run is still skipped, resumed and grouped as the
+# same config.
+ADDED_CONFIG_KEYS = {"model.encoder": None, "model.prefix_lm": False}
 
 
 def decode_record(data: bytes | str) -> Any:

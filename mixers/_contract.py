@@ -50,6 +50,11 @@ class TokenMixer(nn.Module):
     - ``state_size(seq_len)`` gives the floats a decoder carries per sequence after ``seq_len``
       tokens (every float tensor of the ``step`` state, per batch row): attention's KV cache grows
       with the length, a recurrence's state does not. None means "not reported".
+    - A causal mixer that sets ``supports_prefix = True`` (attention) also takes ``prefix``, a
+      (B,) integer tensor, in ``forward`` and ``prefill``: positions below ``prefix[b]`` read one
+      another both ways (a prefix LM's bidirectional prefix: a prompt, a source), the rest stay
+      causal and read the whole prefix. ``prefix=None`` is plainly causal; stepping after a
+      prefilled prefix equals ``forward`` with it.
     - A decoder-only mixer sets ``supports_encoder = False``: building it with ``causal=False``
       raises, and the contract checks skip the encoder mode.
     - ``no_weight_decay`` names parameters (globs over ``named_parameters()`` names, relative to
@@ -64,6 +69,7 @@ class TokenMixer(nn.Module):
 
     supports_step: bool = False
     supports_encoder: bool = True
+    supports_prefix: bool = False
     requires_max_len: bool = False
     global_mixing: bool = True
     no_weight_decay: tuple[str, ...] = ()
@@ -117,6 +123,23 @@ class TokenMixer(nn.Module):
             raise ValueError(
                 f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, "
                 f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+
+    def check_prefix(self, x: Tensor, prefix: Tensor | None) -> None:
+        """Raise unless ``prefix`` is None or one integer length per row of ``x`` for a causal
+        mixer that reads a bidirectional prefix (``supports_prefix``)."""
+        if prefix is None:
+            return
+        if not (self.causal and self.supports_prefix):
+            raise ValueError(
+                f"{type(self).__name__}(causal={self.causal}) cannot read a bidirectional "
+                "prefix (supports_prefix is False or it is an encoder); pass prefix=None, or "
+                "use a mixer that takes one (attention)"
+            )
+        if prefix.shape != x.shape[:1] or prefix.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"prefix must be an integer tensor of shape ({x.shape[0]},), one prefix length "
+                f"per sequence, got {prefix.dtype} {tuple(prefix.shape)}"
             )
 
     def init_state(self, batch_size: int) -> Any:

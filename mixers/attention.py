@@ -18,16 +18,30 @@ from mixerlab.mixers.mixing_map import MixingMap
 from mixerlab.mixers.model.positions import Rotary
 
 
-def padded_attention_mask(mask: Tensor, causal: bool) -> Tensor:
-    """The boolean SDPA mask (B, 1, L, L) for a right-padded batch: ``allowed[b, 0, i, j]`` says
-    whether query i may read key j. Keys are real ones only (and j <= i if causal). A padded query
-    may read every key: its output is unused, and a row with no allowed key (a sequence with no
-    real token) would make softmax produce NaN."""
-    length = mask.shape[1]
-    allowed = mask[:, None, None, :].expand(-1, 1, length, -1)
+def allowed_keys(
+    length: int,
+    *,
+    causal: bool,
+    mask: Tensor | None = None,
+    prefix: Tensor | None = None,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """The boolean SDPA mask (B or 1, 1, L, L): ``allowed[b, 0, i, j]`` says whether query i may
+    read key j; None when every query reads every key. Keys are real ones only (``mask``, right
+    padding), and if causal j <= i or j < prefix[b] (a bidirectional prefix). A padded query may
+    read every key: its output is unused, and a row with no allowed key (a sequence with no real
+    token) would make softmax produce NaN."""
+    keys = torch.arange(length, device=device if mask is None else mask.device)
+    allowed = None
     if causal:
-        allowed = allowed.tril()
-    return allowed | ~mask[:, None, :, None]
+        allowed = (keys[None, :] <= keys[:, None])[None, None]
+        if prefix is not None:
+            allowed = allowed | (keys < prefix[:, None])[:, None, None, :]
+    if mask is not None:
+        real_keys = mask[:, None, None, :]
+        allowed = real_keys if allowed is None else allowed & real_keys
+        allowed = allowed | ~mask[:, None, :, None]
+    return allowed
 
 
 @register_mixer("attention")
@@ -42,6 +56,7 @@ class SelfAttention(TokenMixer):
     """
 
     supports_step = True
+    supports_prefix = True
 
     def __init__(
         self,
@@ -98,35 +113,43 @@ class SelfAttention(TokenMixer):
         batch, _, length, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(batch, length, self.d_model))
 
-    def _mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """Attention of (B, n_heads, L, head_dim) q, k, v under the padding mask -> (B, L, d)."""
+    def _mix(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, prefix: Tensor | None = None
+    ) -> Tensor:
+        """Attention of (B, n_heads, L, head_dim) q, k, v under the padding mask and the causal
+        mask or its bidirectional ``prefix`` -> (B, L, d)."""
         # A mask without padding takes the fused path too (costs one host sync on GPU).
-        if mask is None or bool(mask.all()):
+        if prefix is None and (mask is None or bool(mask.all())):
             return self._attend(q, k, v, attn_mask=None, is_causal=self.causal)
-        allowed = padded_attention_mask(mask, self.causal)
+        allowed = self._allowed(q.shape[2], mask, prefix, q.device)
         return self._attend(q, k, v, attn_mask=allowed, is_causal=False)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, prefix: Tensor | None = None
+    ) -> Tensor:
         self.check_input(x, mask)
-        return self._mix(*self._qkv(x, start=0), mask)
+        self.check_prefix(x, prefix)
+        return self._mix(*self._qkv(x, start=0), mask, prefix)
 
-    def _allowed(self, length: int, mask: Tensor | None, device: torch.device) -> Tensor | None:
+    def _allowed(
+        self, length: int, mask: Tensor | None, prefix: Tensor | None, device: torch.device
+    ) -> Tensor | None:
         """Which keys each query reads, (B or 1, 1, L, L) bool, as ``forward`` masks them; None:
         every key."""
-        if mask is not None:
-            return padded_attention_mask(mask, self.causal)
-        if self.causal:
-            return torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        return None
+        return allowed_keys(length, causal=self.causal, mask=mask, prefix=prefix, device=device)
 
-    def mixing_map(self, x: Tensor, mask: Tensor | None = None) -> MixingMap:
+    def mixing_map(
+        self, x: Tensor, mask: Tensor | None = None, prefix: Tensor | None = None
+    ) -> MixingMap:
         """Each head's softmax weights (eval mode: no dropout), written out rather than fused:
-        ``softmax(q k^T / sqrt(head_dim))`` under the causal and padding masks, over v."""
+        ``softmax(q k^T / sqrt(head_dim))`` under the causal (or prefix) and padding masks, over
+        v."""
         self.check_input(x, mask)
+        self.check_prefix(x, prefix)
         batch, length, _ = x.shape
         q, k, v = self._qkv(x, start=0)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        allowed = self._allowed(length, mask, x.device)
+        allowed = self._allowed(length, mask, prefix, x.device)
         if allowed is not None:
             scores = scores.masked_fill(~allowed, -math.inf)
 
@@ -140,11 +163,13 @@ class SelfAttention(TokenMixer):
         Contiguous copies, so that a prefilled cache does not keep the fused qkv alive."""
         return {"k": k.contiguous(), "v": v.contiguous(), "position": position}
 
-    def prefill(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """One forward over the prompt; its keys and values are the KV cache."""
+    def prefill(self, x: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+        """One forward over the prompt (its first ``prefix`` positions bidirectional, if given);
+        its keys and values are the KV cache."""
         self.check_prefill(x)
+        self.check_prefix(x, prefix)
         q, k, v = self._qkv(x, start=0)
-        return self._mix(q, k, v, None), self._cache(k, v, x.shape[1])
+        return self._mix(q, k, v, None, prefix), self._cache(k, v, x.shape[1])
 
     def init_state(self, batch_size: int) -> dict[str, Any]:
         """An empty KV cache: keys and values (B, n_heads, 0, head_dim) and the position."""

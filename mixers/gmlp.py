@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixerlab.mixers._contract import TokenMixer, register_mixer
-from mixerlab.mixers.attention import padded_attention_mask
+from mixerlab.mixers.attention import allowed_keys
 from mixerlab.mixers.mixing_map import MixingMap
 
 
@@ -103,7 +103,7 @@ class TinyAttention(nn.Module):
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
-            allowed = padded_attention_mask(mask, self.causal)
+            allowed = allowed_keys(x.shape[1], causal=self.causal, mask=mask)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.out(y[:, 0]), (k, v)
 

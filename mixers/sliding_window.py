@@ -46,6 +46,7 @@ class SlidingWindowAttention(SelfAttention):
     """
 
     global_mixing = False  # an encoder sees W neighbours on each side, not the whole sequence
+    supports_prefix = False  # a band reads no farther back than W, a prefix reads all of it
 
     def __init__(
         self,
@@ -93,13 +94,15 @@ class SlidingWindowAttention(SelfAttention):
         gap = offset - torch.arange(span, device=device)[None, :]  # (W, K): t - s
         return (gap >= 0) & (gap <= w) if self.causal else gap.abs() <= w
 
-    def _allowed(self, length: int, mask: Tensor | None, device: torch.device) -> Tensor:
+    def _allowed(
+        self, length: int, mask: Tensor | None, prefix: Tensor | None, device: torch.device
+    ) -> Tensor:
         """SelfAttention's mask within the band (keys t - W .. t, or t +- W): what the blocks of
         ``_mix`` read, written as one (L, L) mask for ``mixing_map``."""
         positions = torch.arange(length, device=device)
         gap = positions[:, None] - positions[None, :]  # t - s
         band = (gap >= 0) & (gap <= self.window) if self.causal else gap.abs() <= self.window
-        allowed = super()._allowed(length, mask, device)
+        allowed = super()._allowed(length, mask, prefix, device)
         return band if allowed is None else allowed & band
 
     def _key_spans(self, t: Tensor) -> Tensor:
@@ -109,9 +112,12 @@ class SlidingWindowAttention(SelfAttention):
         span = (self.before + 1 + self.after) * w
         return padded.unfold(-2, span, w).transpose(-1, -2)  # N windows of K, W apart
 
-    def _mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def _mix(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, prefix: Tensor | None = None
+    ) -> Tensor:
         """Banded attention of (B, H, L, hd) q, k, v -> (B, L, d); SelfAttention's when the band
-        covers every pair, L <= W + 1."""
+        covers every pair, L <= W + 1. ``prefix`` is always None (``check_prefix`` refuses one:
+        ``supports_prefix`` is False)."""
         batch, _, length, _ = q.shape
         w = self.window
         if length <= w + 1:

@@ -15,9 +15,9 @@ from mixerlab.experiments.compare.comparison import Comparison, Group
 from mixerlab.experiments.compare.runs import Run
 from mixerlab.experiments.maps.draw import draw_runs
 from mixerlab.experiments.maps.trained import (
-    ENCODER_DECODER,
     checkpoint_of,
     load_run,
+    undrawn,
     validation_example,
 )
 
@@ -82,8 +82,9 @@ def comparison_maps(
         for group in groups:
             run = _drawn_run(group, comparison.metric, comparison.mode)
             label = comparison.group_name(group)
-            if run is not None and run.results["config"]["model"].get("encoder"):
-                left_out.append(f"{label}: {ENCODER_DECODER}")
+            why = None if run is None else undrawn(run.results["config"])
+            if why:
+                left_out.append(f"{label}: {why}")
             elif run is None:
                 left_out.append(f"{label}: no run kept checkpoints/best.ckpt or last.ckpt")
             else:

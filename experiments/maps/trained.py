@@ -49,6 +49,21 @@ ENCODER_DECODER = (
     "an encoder-decoder (two stacks, two sequences), which the maps do not draw; its design's "
     "one-stack runs (design=decoder_only or encoder_only) read source and target as one sequence"
 )
+# Why a prefix LM's run is not drawn: its maps depend on each example's prefix, which the maps
+# do not pass to the mixers yet.
+PREFIX_LM = (
+    "a prefix LM (model.prefix_lm: each example's prefix read both ways), which the maps do not "
+    "draw yet; design=decoder_only reads the same examples plainly causally"
+)
+
+
+def undrawn(config: dict[str, Any]) -> str | None:
+    """Why the maps cannot draw a run of ``config``'s model, or None when they can."""
+    if config["model"].get("encoder"):
+        return ENCODER_DECODER
+    if config["model"].get("prefix_lm"):
+        return PREFIX_LM
+    return None
 
 
 def checkpoint_of(run_dir: Path) -> Path | None:
@@ -73,8 +88,8 @@ def load_run(run_dir: Path) -> TrainedRun:
             f"{run_dir}: no checkpoints/best.ckpt or last.ckpt (a study's clone keeps only the "
             "records): train or resume the run here first"
         )
-    if config["model"].get("encoder"):
-        raise ValueError(f"{run_dir.name} is {ENCODER_DECODER}")
+    if why := undrawn(config):
+        raise ValueError(f"{run_dir.name} is {why}")
     data = build_datamodule(config)
     model = build_model(config, data)
     state = load_checkpoint(checkpoint)["state_dict"]
@@ -98,8 +113,8 @@ def untrained_run(overrides: str) -> TrainedRun:
     except HydraException as err:
         raise ValueError(composition_error_message(err).removeprefix(PREFIX)) from None
     config = validate_config(cfg)
-    if config["model"]["encoder"] is not None:
-        raise ValueError(f"{overrides!r} trains {ENCODER_DECODER}")
+    if why := undrawn(config):
+        raise ValueError(f"{overrides!r} trains {why}")
     data = build_datamodule(config)
     pl.seed_everything(config["seed"], workers=True, verbose=False)  # as training starts
     model = build_model(config, data)

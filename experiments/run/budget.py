@@ -101,7 +101,7 @@ def model_of(arguments: dict[str, Any]) -> SequenceModel | EncoderDecoderModel:
     if encoder is None:
         return SequenceModel(**arguments)
     encoder_mixer, encoder_hparams = encoder["mixer"]
-    for only_one_stack in ("causal", "num_classes", "readout"):  # the design fixes them
+    for only_one_stack in ("causal", "num_classes", "readout", "prefix_lm"):  # fixed by the design
         arguments.pop(only_one_stack)
     vocab_size = arguments.pop("vocab_size")
     return EncoderDecoderModel(

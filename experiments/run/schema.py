@@ -87,6 +87,7 @@ class ModelConfig:
     mixer_init: Annotated[str, Allowed(choices=MIXER_INITS)]
     budget: BudgetConfig
     encoder: EncoderConfig | None
+    prefix_lm: bool
 
 
 @dataclass
@@ -184,6 +185,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         _check_study(plain, problems)
         _check_cross(plain, problems)
         _check_encoder(plain, problems)
+        _check_prefix_lm(plain, problems)
     if problems:
         raise _invalid(problems)
     return plain
@@ -371,6 +373,36 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
             f"{task['name']!r} is an encoder task (causal=False); pick a causal task or a "
             "mixer that supports encoders"
         )
+
+
+def _check_prefix_lm(cfg: Mapping[str, Any], problems: list[str]) -> None:
+    """A prefix LM is one stack that reads the prefixes its task's batches mark, through mixers
+    that read one both ways."""
+    if not cfg["model"]["prefix_lm"]:
+        return
+    task = cfg["task"]
+    datamodule = task.get("datamodule")
+    if cfg["model"]["encoder"] is not None:
+        problems.append(
+            "model.prefix_lm=true reads the source as one stack's bidirectional prefix, and "
+            "model.encoder (model=encoder_decoder) reads it with an encoder: keep one of them "
+            "(design=prefix_lm or design=encoder_decoder)"
+        )
+    elif task.get("name") in available_tasks() and isinstance(datamodule, Mapping):
+        name = task["name"]
+        if not get_task_class(name).prefix_batches({**task_arguments(name), **datamodule}):
+            problems.append(
+                f"model.prefix_lm=true reads a prefix that the task's batches mark, and task "
+                f"{name!r} marks none; pick a seq2seq task in its prefix layout "
+                "(design=prefix_lm sets it), or model.prefix_lm=false"
+            )
+    for mixer in mixer_names(cfg["mixer"]):
+        if mixer in available_mixers() and not get_mixer_class(mixer).supports_prefix:
+            problems.append(
+                f"mixer {mixer!r} reads only causally (supports_prefix = False), and "
+                "model.prefix_lm=true needs a bidirectional prefix, which attention takes; use "
+                "mixer=attention, or design=decoder_only to read the source causally"
+            )
 
 
 def _check_encoder(cfg: Mapping[str, Any], problems: list[str]) -> None:

@@ -232,6 +232,8 @@ def _describe(
             f"{encoder['cross_mixer']})"
         )
         length = f"source length {model.max_source_len} and target length {model.max_len}"
+    elif config["model"]["prefix_lm"]:
+        design = " (a prefix LM: each source read both ways)"
     return (
         f"mixerlab: {mixer_label(config['mixer'])}{design} on {config['task']['name']}, "
         f"{model.num_params():,} params{sized}, forward FLOPs per token at {length}: "

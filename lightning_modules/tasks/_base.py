@@ -103,7 +103,9 @@ class TaskDataModule(pl.LightningDataModule):
 
     Batches are dicts ``{"input": (B, L) long, "target": (B, L) or (B,) long, "mask": (B, L)
     bool, True at real tokens}``, right-padded with :data:`PAD_ID`, targets :data:`IGNORE_INDEX`
-    where unscored. A "seq2seq" batch adds ``"source"`` (B, S) and ``"source_mask"``; its
+    where unscored. An "lm" batch may add ``"prefix"`` (B,) long, each sequence's prompt (a
+    source and its start token) that a prefix LM reads both ways (:meth:`prefix_batches`). A
+    "seq2seq" batch adds ``"source"`` (B, S) and ``"source_mask"``; its
     ``"input"`` is the target shifted right after ``start_id``, its ``"target"`` the target
     sequence, ending in an end token. The constructor takes keyword arguments only, among them
     ``seed`` and ``cache_dir``, which the run sets; its defaults are the task's
@@ -133,6 +135,12 @@ class TaskDataModule(pl.LightningDataModule):
         ``datamodule``: the registration's, unless the task lays its examples out in more than
         one way (the synthetic seq2seq tasks' ``layout``)."""
         return cls.task_type, cls.causal
+
+    @classmethod
+    def prefix_batches(cls, datamodule: Mapping[str, Any]) -> bool:
+        """Whether this task's batches, made with the arguments ``datamodule``, carry
+        ``"prefix"``, which a prefix LM (``model.prefix_lm``) reads both ways: none by default."""
+        return False
 
     def baselines(self) -> dict[str, Baseline]:
         """What a model that learned nothing scores on each validation set, by the names in

@@ -9,7 +9,9 @@ The same examples come in three layouts (``layout``), one per design that can so
 
 - ``seq2seq``: source and target apart, for an encoder-decoder (``model=encoder_decoder``);
 - ``prefix``: one sequence ``source, start, target`` for a decoder-only model (an ``lm`` task,
-  causal), scored on the target's tokens only: the source is read as a prefix, causally;
+  causal), scored on the target's tokens only: the source is read as a prefix, causally, or both
+  ways by a prefix LM (``model.prefix_lm``), for which batches mark it (``"prefix"``: the source
+  and the start token);
 - ``tagging``: ``source, start`` for an encoder (an ``lm`` task, not causal) that writes the
   target's i-th token at position i, all at once; it needs every target (with its end token) to
   be at most one longer than its source, as reversal, sorting, copying and addition are.
@@ -18,10 +20,11 @@ The same examples come in three layouts (``layout``), one per design that can so
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from mixerlab.lightning_modules.tasks._base import (
     BOS_ID,
@@ -30,12 +33,21 @@ from mixerlab.lightning_modules.tasks._base import (
     Baseline,
     scored_counts,
 )
-from mixerlab.lightning_modules.tasks._loading import check_positive
+from mixerlab.lightning_modules.tasks._loading import check_positive, pad_collate
 from mixerlab.lightning_modules.tasks._synthetic import Part, SyntheticTaskDataModule
 
 FIRST_TOKEN_ID = max(BOS_ID, EOS_ID) + 1
 # layout -> (task type, causal) of the batches it makes
 LAYOUTS = {"seq2seq": ("seq2seq", True), "prefix": ("lm", True), "tagging": ("lm", False)}
+
+
+def prefix_collate(examples: Sequence[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """:func:`pad_collate`'s batch of prefix-layout examples and ``"prefix"`` (B,): each row's
+    source and start token, the positions through its first scored one (the start token's, where
+    the target's first token is written)."""
+    batch = pad_collate(examples)
+    batch["prefix"] = (batch["target"] != IGNORE_INDEX).int().argmax(dim=1) + 1
+    return batch
 
 
 class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
@@ -99,6 +111,16 @@ class Seq2SeqSyntheticDataModule(SyntheticTaskDataModule):
     def declared(cls, datamodule: Mapping[str, Any]) -> tuple[str, bool]:
         """The layout's task type and causality."""
         return LAYOUTS.get(datamodule.get("layout", "seq2seq"), (cls.task_type, cls.causal))
+
+    @classmethod
+    def prefix_batches(cls, datamodule: Mapping[str, Any]) -> bool:
+        """The prefix layout's batches mark each sequence's source and start token."""
+        return datamodule.get("layout", "seq2seq") == "prefix"
+
+    @property
+    def collate(self) -> Callable[[Sequence[tuple[Tensor, Tensor]]], dict[str, Tensor]]:
+        """The prefix layout's batches add ``"prefix"``: see :func:`prefix_collate`."""
+        return prefix_collate if self.layout == "prefix" else super().collate
 
     def source_length(self, length: int) -> int:
         """The number of source tokens an example of ``length`` has (the drawn length itself,

@@ -119,13 +119,25 @@ class Block(nn.Module):
             return x
         return x + self.dropout(self.ffn(self.ffn_norm(x), mask))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, memory: Any = None) -> Tensor:
-        x = x + self.dropout(self.mixer(self.mixer_norm(x), mask))
-        return self._channel(self._read(x, memory), mask)
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        memory: Any = None,
+        prefix: Tensor | None = None,
+    ) -> Tensor:
+        """``prefix`` (B,): the mixer reads that many positions bidirectionally (a prefix LM);
+        passed only when given, so mixers without ``supports_prefix`` keep their signature."""
+        h = self.mixer_norm(x)
+        y = self.mixer(h, mask) if prefix is None else self.mixer(h, mask, prefix=prefix)
+        return self._channel(self._read(x + self.dropout(y), memory), mask)
 
-    def prefill(self, x: Tensor, memory: Any = None) -> tuple[Tensor, Any]:
+    def prefill(
+        self, x: Tensor, memory: Any = None, prefix: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
         """``forward`` over a prompt x (B, T, d_model) and the mixer's decoding state after it."""
-        y, state = self.mixer.prefill(self.mixer_norm(x))
+        h = self.mixer_norm(x)
+        y, state = self.mixer.prefill(h) if prefix is None else self.mixer.prefill(h, prefix)
         return self._channel(self._read(x + self.dropout(y), memory)), state
 
     def step(self, x_t: Tensor, state: Any, memory: Any = None) -> tuple[Tensor, Any]:

@@ -99,6 +99,7 @@ class SequenceModel(nn.Module):
         readout: str = "per_position",
         cross_mixer: str | None = None,
         cross_hparams: dict[str, Any] | None = None,
+        prefix_lm: bool = False,
     ) -> None:
         super().__init__()
         if vocab_size <= 0 or n_layers <= 0:
@@ -121,6 +122,7 @@ class SequenceModel(nn.Module):
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.causal = causal
+        self.prefix_lm = prefix_lm
         self.max_len = max_len
         self.pos = pos
         self.num_classes = num_classes
@@ -154,6 +156,8 @@ class SequenceModel(nn.Module):
             )
             for layer_mixer in mixers
         )
+        if prefix_lm:
+            self._check_prefix_lm(num_classes, readout)
         self.last_state_decoder = (
             LastStateDecoder(d_model, max_len, norm) if readout == "last_state" else None
         )
@@ -165,6 +169,25 @@ class SequenceModel(nn.Module):
         self._init_weights(n_layers, mixer_init)
         if tie_embeddings and num_classes is None:
             self.head.weight = self.embed.weight
+
+    def _check_prefix_lm(self, num_classes: int | None, readout: str) -> None:
+        """A prefix LM is a causal language model whose every mixer reads a bidirectional
+        prefix (``supports_prefix``)."""
+        if not self.causal or num_classes is not None or readout != "per_position":
+            raise ValueError(
+                "prefix_lm=True reads a bidirectional prefix in a causal language model: it "
+                f"needs causal=True, no num_classes and readout='per_position', got "
+                f"causal={self.causal}, num_classes={num_classes}, readout={readout!r}"
+            )
+        causal_only = sorted(
+            {type(b.mixer).__name__ for b in self.blocks if not b.mixer.supports_prefix}
+        )
+        if causal_only:
+            raise ValueError(
+                f"prefix_lm=True needs mixers that read a bidirectional prefix (supports_prefix: "
+                f"attention); {', '.join(causal_only)} read only causally: build it with "
+                "prefix_lm=False (the source read as a causal prefix)"
+            )
 
     def _init_weights(self, n_layers: int, mixer_init: str) -> None:
         mixer_params = {id(p) for block in self.blocks for p in block.mixer.parameters()}
@@ -255,13 +278,39 @@ class SequenceModel(nn.Module):
             raise ValueError("memories need a model built with a cross_mixer")
         return [block.cross.memory(context, context_mask) for block in self.blocks]
 
+    def _check_prefix(self, tokens: Tensor, prefix: Tensor | None) -> None:
+        """A prefix LM needs ``prefix``, one length in [0, L] per row; another model none."""
+        if not self.prefix_lm:
+            if prefix is not None:
+                raise ValueError(
+                    "prefix is given but this model reads causally (prefix_lm=False); pass "
+                    "prefix=None, or build the model with prefix_lm=True"
+                )
+            return
+        length = tokens.shape[1]
+        if prefix is None or prefix.shape != tokens.shape[:1]:
+            got = "None" if prefix is None else f"shape {tuple(prefix.shape)}"
+            raise ValueError(
+                f"a prefix LM reads the first prefix[b] tokens of row b bidirectionally: pass "
+                f"prefix, a ({tokens.shape[0]},) integer tensor (0 for none), got {got}"
+            )
+        if bool(((prefix < 0) | (prefix > length)).any()):
+            raise ValueError(
+                f"prefix lengths must lie in [0, {length}] (the sequence's length), got "
+                f"{prefix.tolist()}"
+            )
+
     def _hidden(
-        self, tokens: Tensor, mask: Tensor | None, memories: Sequence[Any] | None
+        self,
+        tokens: Tensor,
+        mask: Tensor | None,
+        memories: Sequence[Any] | None,
+        prefix: Tensor | None = None,
     ) -> Tensor:
         """The blocks' output (B, L, d_model), before the final norm."""
         x = self.dropout(self._embed(tokens, 0))
         for block, memory in zip(self.blocks, self._layer_memories(memories), strict=True):
-            x = block(x, mask, memory)
+            x = block(x, mask, memory, prefix)
         return x
 
     def encode(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -276,15 +325,17 @@ class SequenceModel(nn.Module):
         mask: Tensor | None = None,
         scored: Tensor | None = None,
         memories: Sequence[Any] | None = None,
+        prefix: Tensor | None = None,
     ) -> Tensor:
         self._check_tokens(tokens, mask)
+        self._check_prefix(tokens, prefix)
         if scored is not None and (self.num_classes is not None or scored.shape != tokens.shape):
             raise ValueError(
                 f"scored selects language-model positions: a bool mask shaped like tokens "
                 f"{tuple(tokens.shape)}, got {tuple(scored.shape)} on a model with "
                 f"num_classes={self.num_classes}; pass scored=None"
             )
-        x = self._hidden(tokens, mask, memories)
+        x = self._hidden(tokens, mask, memories, prefix)
         if self.last_state_decoder is not None:
             return self.head(self.norm(self.last_state_decoder(x, mask, scored)))
         x = self.norm(x)
@@ -397,18 +448,26 @@ class SequenceModel(nn.Module):
         self, tokens: Tensor, memories: Sequence[Any] | None = None
     ) -> tuple[Tensor, dict[str, Any]]:
         """Logits (B, T, vocab) of a prompt (B, T) and the decoding state after it, from one
-        parallel pass per layer (each mixer's ``prefill``); equals ``init_state`` and T steps."""
+        parallel pass per layer (each mixer's ``prefill``); equals ``init_state`` and T steps,
+        except in a prefix LM, which reads the whole prompt as its bidirectional prefix."""
         self._check_tokens(tokens, None)
         if not self.supports_step:
             raise ValueError("prefill needs a causal language model whose mixers all step")
         memories = list(self._layer_memories(memories))
         x = self._embed(tokens, 0)
+        prefix = self._prompt_prefix(tokens)
         states = []
         for block, memory in zip(self.blocks, memories, strict=True):
-            x, block_state = block.prefill(x, memory)
+            x, block_state = block.prefill(x, memory, prefix)
             states.append(block_state)
         state = {"position": tokens.shape[1], "blocks": states, "memories": memories}
         return self.head(self.norm(x)), state
+
+    def _prompt_prefix(self, prompt: Tensor) -> Tensor | None:
+        """A prefix LM's prefix when it reads ``prompt`` (B, T): all of it; None otherwise."""
+        if not self.prefix_lm:
+            return None
+        return torch.full(prompt.shape[:1], prompt.shape[1], device=prompt.device)
 
     @torch.no_grad()
     def generate(
@@ -425,7 +484,8 @@ class SequenceModel(nn.Module):
         When every mixer steps, the prompt is prefilled in one parallel pass and each new token
         is one ``step`` (KV cache, RNN state, conv window, ...); otherwise ``forward`` re-runs on
         the sequence so far. ``temperature=0`` is greedy. A model that reads an encoder reads
-        its ``memories`` (:meth:`memories`) throughout.
+        its ``memories`` (:meth:`memories`) throughout; a prefix LM reads the prompt as its
+        bidirectional prefix and what it writes causally.
         """
         if not self.causal or self.num_classes is not None or self.last_state_decoder is not None:
             raise ValueError(
@@ -445,11 +505,12 @@ class SequenceModel(nn.Module):
                 f"max_len {self.max_len}"
             )
         tokens = prompt
+        prefix = self._prompt_prefix(prompt)  # the prompt, however long the sequence grows
         if self.supports_step:
             logits, state = self.prefill(prompt, memories)
             logits = logits[:, -1]
         else:
-            logits = self(prompt, memories=memories)[:, -1]
+            logits = self(prompt, memories=memories, prefix=prefix)[:, -1]
         for _ in range(max_new_tokens):
             next_token = _sample(logits, temperature, top_k, generator)
             tokens = torch.cat((tokens, next_token[:, None]), dim=1)
@@ -458,7 +519,7 @@ class SequenceModel(nn.Module):
             if self.supports_step:
                 logits, state = self.step(next_token, state)
             else:
-                logits = self(tokens, memories=memories)[:, -1]
+                logits = self(tokens, memories=memories, prefix=prefix)[:, -1]
         return tokens
 
 

@@ -80,9 +80,12 @@ class MixerCase:
         """Right-padding mask (len(lengths), total): True at the first ``lengths[b]`` positions."""
         return torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
 
-    def run(self, mixer: TokenMixer, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Forward ``x`` and fail unless the output is a tensor shaped and typed like ``x``."""
-        y = mixer(x, mask)
+    def run(
+        self, mixer: TokenMixer, x: Tensor, mask: Tensor | None = None, prefix: Tensor | None = None
+    ) -> Tensor:
+        """Forward ``x`` (with a bidirectional ``prefix`` if given) and fail unless the output is
+        a tensor shaped and typed like ``x``."""
+        y = mixer(x, mask) if prefix is None else mixer(x, mask, prefix=prefix)
         if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype:
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
             raise self.fail(

@@ -1,6 +1,7 @@
 """The decoding part of the contract: ``step`` equals ``forward``, ``prefill`` equals ``forward``
 and hands ``step`` the state it would have reached, ``state_size`` counts what that state holds,
-and an encoder refuses to decode. Registered in ``CHECKS`` after
+a bidirectional prefix (``supports_prefix``) is read both ways and decodes on, and an encoder
+refuses to decode. Registered in ``CHECKS`` after
 :mod:`mixerlab.mixers.testing.checks`."""
 
 from __future__ import annotations
@@ -106,6 +107,65 @@ def check_prefill(case: MixerCase) -> None:
         lambda: mixer.prefill(case.randn(1, case.max_len + 1, case.d_model)),
         f"prefill of {case.max_len + 1} positions with max_len={case.max_len} did not raise "
         "ValueError; call self.check_prefill(x) first in prefill",
+    )
+
+
+@contract_check(
+    "prefix",
+    condition=lambda cls, causal: causal and cls.supports_prefix,
+    when="for causal=True mixers with supports_prefix",
+)
+def check_prefix(case: MixerCase) -> None:
+    """A bidirectional prefix of p: prefix 0 is plainly causal; position j changes the outputs
+    before it only when j < p (then it reaches every earlier one); padding stays invisible;
+    prefill of a prompt holding the prefix, then stepping, equals forward; a prefix that is not
+    one integer per row raises."""
+    mixer = case.build()
+    length = case.max_len // 2
+    x = case.randn(2, length, case.d_model)
+    prefix = torch.tensor([length // 2, 1])
+    with torch.no_grad():
+        y = case.run(mixer, x, prefix=prefix)
+        case.assert_close(
+            case.run(mixer, x, prefix=torch.zeros(2, dtype=torch.long)),
+            case.run(mixer, x),
+            "prefix 0 differs from the plainly causal output by {diff}",
+        )
+        for j in range(1, length):
+            changed = x.clone()
+            changed[:, j] = case.randn(2, case.d_model, scale=3.0)
+            diff = (case.run(mixer, changed, prefix=prefix) - y)[:, :j].abs().amax(dim=-1)
+            for row, p in enumerate(prefix.tolist()):
+                if j >= p and float(diff[row].max()) > case.atol:
+                    raise case.fail(
+                        f"row {row} (prefix {p}): outputs before position {j} changed by "
+                        f"{float(diff[row].max()):.3g} when it changed: a position past the "
+                        "prefix leaks backwards"
+                    )
+                if j < p and float(diff[row].min()) == 0.0:
+                    raise case.fail(
+                        f"row {row} (prefix {p}): an output before position {j} did not change "
+                        "when it changed: the prefix is not read both ways"
+                    )
+        lengths = [length, length - 2]
+        padded = case.run(mixer, x, case.mask(lengths, length), prefix)
+        for row, n in enumerate(lengths):
+            case.assert_close(
+                padded[row, :n],
+                case.run(mixer, x[row : row + 1, :n], prefix=prefix[row : row + 1])[0],
+                f"row {row} with a prefix and padding differs from it run alone by {{diff}}",
+            )
+        for split in (length // 2, length) if mixer.supports_step else ():
+            y_prompt, state = mixer.prefill(x[:, :split], prefix)
+            case.assert_close(
+                y_prompt, y[:, :split], f"prefill of {split} with a prefix differs by {{diff}}"
+            )
+            _step_on(case, mixer, x, y, state, split)
+    _refuses(
+        case,
+        lambda: mixer(x, None, prefix=torch.zeros(3, dtype=torch.long)),
+        "a prefix of 3 lengths for a batch of 2 did not raise ValueError; call "
+        "self.check_prefix(x, prefix) first in forward",
     )
 
 

@@ -55,6 +55,7 @@ def test_an_untrained_model_and_a_given_input(
         (["--untrained", "experiment=quick model.d_model=0"], "model.d_model must be >= 1"),
         (["{run}", "--untrained", "experiment=mqar"], "the runs have different tasks"),
         (["--untrained", "task=reversal"], "trains an encoder-decoder (two stacks, two sequences)"),
+        (["--untrained", "task=reversal design=prefix_lm"], "trains a prefix LM (model.prefix_lm"),
     ],
 )
 def test_bad_input_is_one_message(

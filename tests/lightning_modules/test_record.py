@@ -80,7 +80,8 @@ def test_the_record_loads_without_torch_or_lightning() -> None:
 def test_an_older_records_config_reads_with_the_keys_added_since() -> None:
     old = {"status": "finished", "config": {"model": {"d_model": 64}, "seed": 0}}
     record = decode_record(json.dumps(old))
-    assert record["config"]["model"] == {"d_model": 64, "encoder": None}  # one stack, as then
-    new = {"config": {"model": {"encoder": {"n_layers": 2}}}}
+    # one stack, plainly causal, as then
+    assert record["config"]["model"] == {"d_model": 64, "encoder": None, "prefix_lm": False}
+    new = {"config": {"model": {"encoder": {"n_layers": 2}, "prefix_lm": True}}}
     assert decode_record(json.dumps(new)) == new  # a key a record has is kept
     assert decode_record(json.dumps({"config": {"seed": 0}})) == {"config": {"seed": 0}}

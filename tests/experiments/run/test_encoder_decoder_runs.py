@@ -148,6 +148,7 @@ def test_a_decoder_only_mixer_decodes_but_cannot_encode() -> None:
 DESIGNS = {  # design -> (task type, causal, an encoder-decoder)
     "encoder_decoder": ("seq2seq", True, True),
     "decoder_only": ("lm", True, False),
+    "prefix_lm": ("lm", True, False),
     "encoder_only": ("lm", False, False),
 }
 
@@ -161,6 +162,7 @@ def test_each_design_reads_the_task_its_way_and_scores_whole_sequences(
         task_type, causal, encoder = DESIGNS[design]
         assert (config["task"]["type"], config["task"]["causal"]) == (task_type, causal)
         assert (config["model"]["encoder"] is not None) == encoder
+        assert config["model"]["prefix_lm"] == (design == "prefix_lm")
     results = _train(tmp_path, monkeypatch, f"design={design}", base=DATA)
     assert results["status"] == "finished"
     assert {"val/acc", "val/exact_acc"} <= set(results["best"])
@@ -178,6 +180,55 @@ def test_the_experiment_sizes_every_design_to_one_budget(tmp_path: Path) -> None
         ).budget
     assert {b.measure for b in sized.values()} == {"params"}
     assert all(abs(b.relative_error) <= 0.08 for b in sized.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            (*DATA, "design=prefix_lm", "mixer=conv"),
+            r"mixer 'conv' reads only causally \(supports_prefix = False\), .* use "
+            r"mixer=attention, or design=decoder_only",
+        ),
+        (
+            (*DATA, "design=prefix_lm", "mixer=hybrid", "mixer.pattern=[attention,rnn]"),
+            r"mixer 'rnn' reads only causally",
+        ),
+        (
+            ("task=mqar", "model.prefix_lm=true"),
+            r"task 'mqar' marks none; pick a seq2seq task in its prefix layout",
+        ),
+        (
+            (*DATA, "design=encoder_decoder", "model.prefix_lm=true"),
+            r"model.encoder .* reads it with an encoder: keep one of them",
+        ),
+    ],
+)
+def test_a_prefix_lm_needs_attention_and_a_marked_prefix(
+    overrides: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_config(*overrides)
+
+
+def test_a_prefix_lm_reads_the_source_both_ways_and_the_target_causally() -> None:
+    config = run_config(*DATA, "design=prefix_lm")
+    dm = build_datamodule(config)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    first_scored = (batch["target"] != -100).int().argmax(dim=1)
+    assert (batch["prefix"] == first_scored + 1).all()  # the source and the start token
+    model = build_model(config, dm).eval()
+    plain = build_model(run_config(*DATA, "design=decoder_only"), dm).eval()
+    plain.load_state_dict(model.state_dict())
+    tokens, mask = batch["input"], batch["mask"]
+    both_ways, causal = model(tokens, mask, prefix=batch["prefix"]), plain(tokens, mask)
+    changed = tokens.clone()
+    changed[:, 0] = (tokens[:, 0] + 1) % dm.vocab_size  # the source's first token
+    read = (model(changed, mask, prefix=batch["prefix"]) - both_ways).abs().amax(dim=-1)
+    for row, p in enumerate(batch["prefix"].tolist()):
+        assert read[row, : p - 1].min() > 0  # every prefix position reads the first one ...
+        assert (both_ways[row, :1] - causal[row, :1]).abs().max() > 0  # ... and the later ones
 
 
 def test_an_encoder_decoder_does_not_read_a_prefix_layout() -> None:

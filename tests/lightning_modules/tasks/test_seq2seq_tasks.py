@@ -9,6 +9,7 @@ import torch
 
 from mixerlab.lightning_modules.tasks import IGNORE_INDEX, PAD_ID, build_task, get_task_class
 from mixerlab.lightning_modules.tasks._base import BOS_ID, EOS_ID
+from mixerlab.lightning_modules.tasks._seq2seq import LAYOUTS
 from mixerlab.lightning_modules.tasks.addition import DIGIT_ID, PLUS_ID
 
 SEQ2SEQ = ("reversal", "sorting", "copying", "addition")
@@ -136,6 +137,9 @@ def test_the_prefix_layout_is_one_causal_sequence_scored_on_the_target(tmp_path,
         n = len(source)
         assert x == [*source, BOS_ID, *target[:-1]] and len(x) <= dm.max_len
         assert y == [IGNORE_INDEX] * n + list(target)  # position n reads the start token
+    batch = next(iter(dm.val_dataloader()))  # marked for a prefix LM: source and start token
+    rows = dm.val_datasets[dm.val_set_names[0]]["input"][: len(batch["input"])]
+    assert batch["prefix"].tolist() == [row.index(BOS_ID) + 1 for row in rows]
 
 
 @pytest.mark.parametrize("name", SEQ2SEQ)
@@ -155,5 +159,7 @@ def test_a_layout_is_declared_before_the_task_is_built() -> None:
     assert reversal.declared({"layout": "seq2seq"}) == ("seq2seq", True)
     assert reversal.declared({"layout": "prefix"}) == ("lm", True)
     assert reversal.declared({"layout": "tagging"}) == ("lm", False)
+    assert [reversal.prefix_batches({"layout": x}) for x in LAYOUTS] == [False, True, False]
+    assert not get_task_class("mqar").prefix_batches({})
     with pytest.raises(ValueError, match="layout='bidirectional' is not a layout; choose one of"):
         build_task("reversal", seed=0, cache_dir=None, layout="bidirectional")

@@ -103,6 +103,43 @@ def test_generate_with_state_matches_forward_greedy(mixer):
     assert torch.equal(generated, greedy_by_forward(model, prompt, 6))
 
 
+@pytest.mark.parametrize("stepping", [True, False], ids=["prefill_and_step", "forward"])
+def test_a_prefix_lm_generates_what_its_forward_reads_from_the_prompt_as_prefix(stepping):
+    model = small_model(prefix_lm=True)
+    for block in model.blocks if not stepping else ():
+        block.mixer.supports_step = False  # generate re-runs forward instead
+    prompt = tokens(2, 5)
+    generated = model.generate(prompt, max_new_tokens=6, temperature=0)
+    out = prompt
+    for _ in range(6):  # each next token read with the prompt as the bidirectional prefix
+        logits = model(out, prefix=torch.full((2,), 5))[:, -1]
+        out = torch.cat((out, logits.argmax(-1, keepdim=True)), dim=1)
+    assert torch.equal(generated, out)
+    plain = small_model()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(model(out, prefix=torch.full((2,), 5)), plain(out))
+
+
+def test_a_prefix_lm_ignores_padding_and_refuses_what_it_cannot_read():
+    model = small_model(prefix_lm=True)
+    x, prefix = tokens(2, 10), torch.tensor([4, 7])
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False
+    padded = model(x, mask, prefix=prefix)
+    alone = model(x[1:, :8], prefix=prefix[1:])
+    torch.testing.assert_close(padded[1, :8], alone[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"pass prefix, a \(2,\) integer tensor .* got None"):
+        model(x)
+    with pytest.raises(ValueError, match=r"prefix lengths must lie in \[0, 10\]"):
+        model(x, prefix=torch.tensor([4, 11]))
+    with pytest.raises(ValueError, match=r"this model reads causally \(prefix_lm=False\)"):
+        small_model()(x, prefix=prefix)
+    with pytest.raises(ValueError, match=r"ConvMixer read only causally: build it with prefix_lm"):
+        small_model("conv", prefix_lm=True)
+    with pytest.raises(ValueError, match=r"needs causal=True, no num_classes"):
+        small_model(prefix_lm=True, causal=False)
+
+
 def test_generate_samples_within_top_k_and_respects_max_len():
     model = small_model()
     gen = torch.Generator().manual_seed(0)

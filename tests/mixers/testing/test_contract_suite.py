@@ -228,6 +228,46 @@ class MisreadMap(MappedMean):
         return MixingMap(found.weights.transpose(-1, -2), found.values, found.finish, "channels")
 
 
+class PrefixMean(CumulativeMean):
+    """The reference mixer with a bidirectional prefix: position t averages the real positions
+    up to max(t, prefix - 1)."""
+
+    supports_prefix = True
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, prefix: Tensor | None = None
+    ) -> Tensor:
+        self.check_input(x, mask)
+        self.check_prefix(x, prefix)
+        if prefix is None:
+            return super().forward(x, mask)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool)
+        weight = mask[..., None].to(x.dtype)
+        sums, counts = (self.value(x) * weight).cumsum(1), weight.cumsum(1)
+        read_to = torch.maximum(torch.arange(x.shape[1]), self.last_read(prefix)[:, None])
+        sums = sums.gather(1, read_to[..., None].expand_as(sums))
+        return self.out(sums / counts.gather(1, read_to[..., None]).clamp_min(1))
+
+    def last_read(self, prefix: Tensor) -> Tensor:
+        return (prefix - 1).clamp_min(0)
+
+    def prefill(self, x: Tensor, prefix: Tensor | None = None) -> tuple[Tensor, dict]:
+        self.check_prefill(x)
+        total = self.value(x).sum(1)
+        return self(x, prefix=prefix), {"sum": total, "count": x.shape[1]}
+
+
+class IgnoresPrefix(PrefixMean):
+    def last_read(self, prefix: Tensor) -> Tensor:
+        return torch.zeros_like(prefix)
+
+
+class ReadsPastPrefix(PrefixMean):
+    def last_read(self, prefix: Tensor) -> Tensor:
+        return prefix
+
+
 class ScalarAuxLoss(CumulativeMean):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         y = super().forward(x, mask)
@@ -255,6 +295,7 @@ def test_checks_are_listed_in_order() -> None:
         "exact_map",
         "step",
         "prefill",
+        "prefix",
         "state_size",
         "encoder_step",
     ]
@@ -265,6 +306,7 @@ def test_checks_are_listed_in_order() -> None:
 def test_reference_mixer_passes_every_check(causal: bool) -> None:
     check_mixer(CumulativeMean, causal=causal)
     check_mixer(MappedMean, causal=causal)  # and with an exact map to check
+    check_mixer(PrefixMean, causal=causal)  # and with a bidirectional prefix to check
 
 
 def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixture) -> None:
@@ -273,9 +315,9 @@ def test_check_mixer_reports_what_it_ran_and_skipped(capsys: pytest.CaptureFixtu
     assert len(ran) == 2 * len(CHECKS)  # both modes by default
     assert ran["causal", "step"] == ran["encoder", "sees_future"] == "passed"
     assert ran["encoder", "step"] == ran["causal", "sees_future"] == "skipped"
-    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (34, 0, 6)
+    assert (report.count("passed"), report.count("failed"), report.count("skipped")) == (34, 0, 8)
     text = str(report)
-    assert text.startswith("contract of CumulativeMean: 34 passed, 0 failed, 6 skipped\n")
+    assert text.startswith("contract of CumulativeMean: 34 passed, 0 failed, 8 skipped\n")
     assert re.search(r"^  causal +step +passed$", text, re.MULTILINE)
     assert re.search(
         r"^  encoder +step +skipped \(runs only for causal=True mixers with supports_step\)$",
@@ -335,6 +377,8 @@ BROKEN = [
     (IgnoresMask, False, "gradient_map", r"a real position of row 1 reads a padded column"),
     (MisreadMap, True, "exact_map", r"does not recompute the output"),
     (MisreadMap, False, "exact_map", r"does not recompute the output"),
+    (IgnoresPrefix, True, "prefix", r"row 0 \(prefix 6\): .* the prefix is not read both ways"),
+    (ReadsPastPrefix, True, "prefix", r"row 1 \(prefix 1\): .* past the prefix leaks backwards"),
 ]
 
 
@@ -365,7 +409,7 @@ def test_finite_scalar_aux_loss_passes() -> None:
 def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ContractError) as info:
         check_mixer(LeaksFuture, verbose=True)
-    assert "contract of LeaksFuture: 30 passed, 4 failed, 6 skipped" in capsys.readouterr().out
+    assert "contract of LeaksFuture: 30 passed, 4 failed, 8 skipped" in capsys.readouterr().out
     message = str(info.value)
     assert message.startswith("4 contract check(s) failed:")
     assert "[causality] LeaksFuture(causal=True): " in message
