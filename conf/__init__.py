@@ -2,6 +2,8 @@
 Hydra imports this package before it reads a config from it (``mixerlab train`` and
 ``initialize_config_module("mixerlab.conf")`` alike)."""
 
+import os
+
 from omegaconf import OmegaConf
 
 from mixerlab.experiments.run.study import job_dir_of, runs_dir_of
@@ -23,3 +25,16 @@ OmegaConf.register_new_resolver(
     lambda study, overrides, default: job_dir_of(study, list(overrides), default),
     replace=True,
 )
+# conf/hydra/default.yaml: only the first process of a multi-process run (DDP, SLURM tasks) writes
+# the run's log file; the others' lines still reach stderr. Lightning's DDP starts the others with
+# LOCAL_RANK set, srun with SLURM_PROCID, torchrun with RANK.
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
+
+
+def rank_zero_path(path: str) -> str:
+    """``path`` in the first process, the null device in every other."""
+    rank = next((os.environ[name] for name in RANK_VARIABLES if name in os.environ), "0")
+    return path if rank == "0" else os.devnull
+
+
+OmegaConf.register_new_resolver("mixerlab.rank_zero_path", rank_zero_path, replace=True)

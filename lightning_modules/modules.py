@@ -136,6 +136,10 @@ def exact_sequences(rows: Tensor, correct: Tensor, n_rows: int) -> Tensor:
     return (wrong[rows.unique()] == 0).float()
 
 
+# Where a checkpoint taken inside a gradient accumulation keeps the step's summed loss and count.
+STEP_SUMS = "mixerlab_step_sums"
+
+
 class _SequenceModule(pl.LightningModule):
     """Shared optimisation, aux-loss handling and per-validation-set metrics."""
 
@@ -169,6 +173,7 @@ class _SequenceModule(pl.LightningModule):
         self.val_all = _ValSet(num_classes, sequences)
         self.sequences = sequences
         self.grad_norm: Tensor | None = None  # of the last optimiser step, before clipping
+        self._step_sums: Tensor | None = None  # this step's summed loss and scored count so far
 
     # -- to be provided by the task-specific subclasses ---------------------------------------
     def _scored(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -184,15 +189,52 @@ class _SequenceModule(pl.LightningModule):
         return self.model(tokens, mask)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """The batch's loss summed over its scored tokens (or sequences), the auxiliary loss
+        weighted by their count: :meth:`on_before_optimizer_step` divides the step's gradient
+        by the count over every micro-batch and process, so the step takes the mean over all
+        its scored tokens, however they fall across ranks and micro-batches."""
         logits, target = self._scored(batch)
-        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-        self.log("train/loss", loss, prog_bar=True)
+        loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        scored = (target != IGNORE_INDEX).sum().to(loss.dtype)
+        sums = torch.stack((loss.detach(), scored))
+        if self._step_sums is not None:  # earlier micro-batches' (a resumed one's on the CPU)
+            sums = sums + self._step_sums.to(sums.device)
+        self._step_sums = sums
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         aux = self.model.aux_loss
         if aux.requires_grad:  # set by a mixer/MoE during this forward, not the constant zero
             self.log("train/aux_loss", aux)
-            loss = loss + aux
+            loss = loss + aux * scored
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Turn the accumulated gradient of summed losses into that of the step's mean loss.
+
+        Lightning divides each micro-batch's loss by ``accumulate_grad_batches`` (K) and DDP
+        averages gradients over the W processes, so the gradient holds the sum over the step's
+        scored tokens divided by K W: multiplying it by K W / N, N the count over every
+        micro-batch and process (one all-reduce), gives the mean over the N tokens, the gradient
+        one process would take on the whole step's batch. Logs that mean as ``train/loss``."""
+        if self._step_sums is None:
+            return
+        total, scored = self.trainer.strategy.reduce(self._step_sums, reduce_op="sum")
+        self._step_sums = None
+        scored = scored.clamp_min(1)
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / scored
+        for parameter in self.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale)
+        self.log("train/loss", total / scored, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint inside a gradient accumulation (an interrupt's) keeps the step's loss and
+        count so far, as it keeps the gradients (ResumeState): the resumed step divides by the
+        same count."""
+        if self._step_sums is not None:
+            checkpoint[STEP_SUMS] = self._step_sums.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._step_sums = checkpoint.get(STEP_SUMS)
 
     def validation_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0

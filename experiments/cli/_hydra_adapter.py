@@ -27,12 +27,16 @@ CHECKED_ON = "1.3.8"
 def run_app(app: Callable[[], Any], argv: Sequence[str], script: str) -> None:
     """Call the ``@hydra.main`` function ``app`` on ``argv``. ``script`` stands in ``argv[0]``:
     Lightning's DDP launcher re-runs ``python <argv[0]> <argv[1:]>`` for the other ranks, so it
-    must be a file that runs the same app."""
+    must be a file that runs the same app. It does so only when ``__main__`` has no module spec
+    (a console script); under ``python -m mixerlab.experiments.cli`` it would re-run that module
+    without the ``train`` command, so the spec is hidden for the call."""
+    main = sys.modules["__main__"]
     saved, sys.argv = sys.argv, [script, *argv]
+    saved_spec, main.__spec__ = getattr(main, "__spec__", None), None
     try:
         app()
     finally:
-        sys.argv = saved
+        sys.argv, main.__spec__ = saved, saved_spec
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace | None:

@@ -9,6 +9,7 @@ below (and the mixer and task registries for ``mixer`` and ``task``) and raises 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 class TrainerConfig:
     accelerator: Annotated[str, Allowed(choices=("auto", "cpu", "gpu", "cuda", "mps", "tpu"))]
     devices: int | str | list[int]
-    strategy: str
+    strategy: str | dict[str, Any]  # a name, or a strategy to instantiate (its _target_)
     precision: Annotated[str | int, Allowed(choices=PRECISIONS)]
     max_steps: Annotated[int, Allowed(lo=1)]
     val_check_interval: Annotated[int, Allowed(lo=1)]
@@ -357,6 +358,7 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
             f"ckpt_path={ckpt_path!r}: no such checkpoint file; give the path of a .ckpt file "
             "(e.g. <run dir>/checkpoints/last.ckpt), or resume=<run dir> to continue a run"
         )
+    _check_processes(cfg["trainer"], problems)
     for i, extra in enumerate(cfg["callbacks"]["extra"]):
         if not isinstance(extra.get("_target_"), str):
             problems.append(f"callbacks.extra[{i}] needs _target_: <callback class path>")
@@ -373,6 +375,32 @@ def _check_cross(cfg: Mapping[str, Any], problems: list[str]) -> None:
             f"{task['name']!r} is an encoder task (causal=False); pick a causal task or a "
             "mixer that supports encoders"
         )
+
+
+def _check_processes(trainer: Mapping[str, Any], problems: list[str]) -> None:
+    """A strategy given as a mapping is instantiated: it names its class; CPU processes (DDP on
+    the CPU, ``trainer=ddp_cpu``) get a core each, or they only slow each other down."""
+    strategy = trainer["strategy"]
+    if isinstance(strategy, Mapping) and not isinstance(strategy.get("_target_"), str):
+        problems.append(
+            "trainer.strategy, given as a mapping, needs _target_: <strategy class path> (e.g. "
+            "pytorch_lightning.strategies.DDPStrategy), or give a name (ddp, auto)"
+        )
+    devices, cores = trainer["devices"], available_cores()
+    processes = devices if isinstance(devices, int) and not isinstance(devices, bool) else None
+    if trainer["accelerator"] == "cpu" and processes is not None and processes > cores:
+        problems.append(
+            f"trainer.devices={processes} asks for {processes} CPU processes and this machine "
+            f"has {cores} cores: they would share cores and run slower than fewer; give "
+            f"trainer.devices<={cores}"
+        )
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _check_prefix_lm(cfg: Mapping[str, Any], problems: list[str]) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
@@ -53,6 +54,7 @@ from mixerlab.experiments.run.build import (
     check_monitor,
 )
 from mixerlab.experiments.run.mixer_node import encoder_mixer_node, mixer_label
+from mixerlab.experiments.run.preemption import RequeueOnPreemption, lightning_plugins
 from mixerlab.experiments.run.run_folder import (
     claim_run_dir,
     restart_from_scratch,
@@ -103,7 +105,9 @@ def train(
     resume, else ``ckpt_path``) are checked first (ConfigError, before any work or any write;
     ``overwrite`` empties the folder first). ``run_dir/results.json`` then says ``running`` and ends
     ``finished``, ``failed`` (the error is re-raised), ``diverged`` (:class:`Diverged` is
-    re-raised), or ``interrupted`` (KeyboardInterrupt is re-raised; SystemExit(143) after SIGTERM).
+    re-raised), or ``interrupted`` (KeyboardInterrupt is re-raised; SystemExit(143) after SIGTERM;
+    in a submitit job sent its preemption signal, submitit requeues the job instead:
+    :mod:`.preemption`).
     A config error found while building leaves an earlier results.json as it was. ``callbacks`` are
     added to the config's.
     """
@@ -117,10 +121,15 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         # no checkpoint of the folder's run to continue: its record and rows are not this run's
         stale = {} if start.continues_folder else restart_from_scratch(run_dir)
+        preemption = RequeueOnPreemption()  # in a submitit job: its signal saves, then requeues
         try:
             return _train(config, run_dir, start, callbacks, stale.get(run_dir / RESULTS_FILE))
         except ConfigError:
             restore_run_files(stale)  # nothing trained: the earlier run's files stand
+            raise
+        except SystemExit as exit_:
+            if exit_.code == SIGTERM_EXIT and preemption.requested:
+                preemption.requeue()  # saved and recorded: submitit requeues the job and exits
             raise
 
 
@@ -157,6 +166,8 @@ def _train(
             # mixerlab's val_check_interval counts optimizer steps, Lightning's counts batches
             trainer_args = dict(config["trainer"])
             trainer_args["val_check_interval"] *= trainer_args["accumulate_grad_batches"]
+            if isinstance(trainer_args["strategy"], dict):  # e.g. DDP with its own timeout
+                trainer_args["strategy"] = hydra.utils.instantiate(trainer_args["strategy"])
             trainer = pl.Trainer(
                 **trainer_args,
                 check_val_every_n_epoch=None,  # validate every val_check_interval steps
@@ -164,7 +175,7 @@ def _train(
                 default_root_dir=run_dir,
                 logger=build_loggers(config, run_dir, dm, val_metrics, history),
                 callbacks=[*build_callbacks(config, run_dir), record, *callbacks],
-                plugins=[SafeCheckpointIO(start.preloaded())],
+                plugins=[SafeCheckpointIO(start.preloaded()), *lightning_plugins()],
                 enable_progress_bar=config["callbacks"]["progress_bar"],
                 enable_model_summary=False,  # its FLOPs column reads 0: see the line below
             )
@@ -198,6 +209,9 @@ def _train(
         raise
     except BaseException as err:
         error, config_error = f"{type(err).__name__}: {err}", isinstance(err, ConfigError)
+        if trainer is not None and trainer.world_size > 1:  # which process failed, and how
+            error = f"rank {trainer.global_rank} of {trainer.world_size}: {error}"
+            log.error("mixerlab: %s", error)  # on every rank's stderr, rank 0's in the record
         raise
     finally:
         history.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import mixerlab
 from configs import TINY, compose_config, conf_options
 from omegaconf import OmegaConf
 
@@ -52,17 +53,6 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "WANDB_SILENT": "true",
         "MIXERLAB_CACHE": str(tmp_path_factory.mktemp("cache")),
     }
-
-
-def mixerlab(env: dict[str, str], cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mixerlab.experiments.cli", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def leet_summary(run_dir: Path) -> dict:

@@ -262,18 +262,24 @@ class _WithAux(nn.Module):
 ADAMW = functools.partial(torch.optim.AdamW, lr=1e-3)
 
 
+# A CPU trainer that writes and prints nothing of its own
+QUIET = {
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "accelerator": "cpu",
+    "num_sanity_val_steps": 0,
+}
+
+
 def _fit(module: pl.LightningModule, data: pl.LightningDataModule, tmp_path: Path) -> pl.Trainer:
     trainer = pl.Trainer(
         max_steps=4,
         val_check_interval=2,
         logger=HistoryLogger(tmp_path),
         callbacks=[ThroughputMonitor()],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
         log_every_n_steps=1,
+        **QUIET,
     )
     trainer.fit(module, datamodule=data)
     return trainer
@@ -328,3 +334,38 @@ def test_classification_module_scores_pooled_logits(tmp_path: Path) -> None:
     assert 0.0 <= metrics["val/acc"].item() <= 1.0
     assert "val/ppl" not in metrics and "val/acc@long" in metrics
     assert sorted(module.val_metric_names()) == sorted(k for k in metrics if k.startswith("val/"))
+
+
+def _one_step(module: pl.LightningModule, batches: list[dict], accumulate: int) -> None:
+    """One optimiser step over ``batches`` (one per micro-batch), in order."""
+    trainer = pl.Trainer(
+        max_steps=1, accumulate_grad_batches=accumulate, logger=False, limit_val_batches=0, **QUIET
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+
+
+@pytest.mark.parametrize("aux", [False, True], ids=["plain", "with_aux_loss"])
+def test_a_step_takes_the_mean_over_every_scored_token_of_its_micro_batches(aux: bool) -> None:
+    """Two micro-batches that score 3 and 13 tokens step like the one batch holding both: the
+    mean over the 16 tokens, not the mean of the two means (which weighs the 3 like the 13)."""
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 16, (4, 8), generator=gen)
+    target = torch.randint(1, 16, (4, 8), generator=gen)
+    target[:2] = -100
+    target[0, 5:], target[1, 7] = tokens[0, 5:], tokens[1, 7]  # 3 scored in the first half
+    target[2, :3] = -100  # 13 in the second
+    whole = {"input": tokens, "target": target, "mask": torch.ones(4, 8, dtype=torch.bool)}
+    halves = [
+        {key: value[rows] for key, value in whole.items()} for rows in (slice(2), slice(2, 4))
+    ]
+    sgd = functools.partial(torch.optim.SGD, lr=0.5)  # the step is proportional to the gradient
+    weights = []
+    for batches, accumulate in (([whole], 1), (halves, 2)):
+        torch.manual_seed(0)
+        model = SequenceModel(16, 16, 1, mixer="attention", max_len=8)
+        model = _WithAux(model) if aux else model
+        _one_step(
+            LanguageModelModule(model, optimizer=sgd, bytes_per_token=None), batches, accumulate
+        )
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(weights[1], weights[0], atol=1e-6, rtol=1e-5)

@@ -1,0 +1,167 @@
+"""trainer=ddp_cpu: one run over two CPU processes (Lightning's DDP on gloo), run for real in
+subprocesses, as a multi-GPU run takes the same path: it steps like one process on both processes'
+batches together, and leaves one run's files, written by rank 0."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from configs import run_config
+
+from mixerlab.experiments.run.schema import ConfigError, available_cores
+
+pytestmark = pytest.mark.skipif(available_cores() < 2, reason="DDP on the CPU needs 2 cores")
+
+# Reversal read as one causal sequence: lengths vary, so batches are padded and each process
+# scores a different number of tokens in a step. SGD: its step is proportional to the gradient,
+# where Adam's first steps blow float noise (the key bias's gradient is exactly 0 in theory) up
+# to a step of the learning rate.
+TASK = (
+    "task=reversal", "design=decoder_only", "model.d_model=32", "model.n_layers=1",
+    "task.datamodule.num_train=256", "task.datamodule.num_val=32", "optim.warmup_steps=0",
+    "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "logger=csv",
+    "callbacks.progress_bar=false", "optim.optimizer._target_=torch.optim.SGD",
+    "~optim.optimizer.betas", "optim.lr=0.3",
+)  # fmt: skip
+
+
+def train(
+    run_dir: Path, cache: Path, *overrides: str, path: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``mixerlab train`` in a subprocess (``path``: where it imports test helpers from)."""
+    env = {**os.environ, "MIXERLAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    env |= {"PYTHONPATH": str(path)} if path else {}
+    argv = [sys.executable, "-m", "mixerlab.experiments.cli", "train", *TASK, *overrides]
+    done = subprocess.run(
+        [*argv, f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 or not check, done.stderr[-3000:]
+    return done
+
+
+# A callback the runs load from the test's folder (PYTHONPATH): rank ``rank`` kills itself with
+# SIGKILL after optimiser step ``step``, noting the time first; not again once resumed.
+KILLER = """
+import os, signal, time
+import pytorch_lightning as pl
+
+class KillRankAt(pl.Callback):
+    def __init__(self, step, rank, note):
+        self.step, self.rank, self.note = step, rank, note
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            if trainer.ckpt_path is None:
+                with open(self.note, "w") as note:
+                    note.write(str(time.time()))
+                os.kill(os.getpid(), signal.SIGKILL)
+"""
+# Checkpoints at steps 3 and 6 of 8; the kill comes after step 5.
+FAULT_RUN = ("trainer=ddp_cpu", "task.datamodule.batch_size=8", "trainer.max_steps=8")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run the killed ones must end as."""
+    root = tmp_path_factory.mktemp("ddp")
+    train(root / "straight", root / "cache", *FAULT_RUN)
+    return root / "straight"
+
+
+def processes_of(run_dir: Path) -> list[str]:
+    """The processes whose command line names ``run_dir`` (both ranks name it)."""
+    found = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_killed_rank_ends_the_run_and_resume_ends_it_as_the_uninterrupted_one(
+    straight: Path, tmp_path: Path, rank: int
+) -> None:
+    """kill -9 of either process ends the other within seconds (gloo sees its peer gone; the
+    strategy's 120 s timeout bounds a collective that hangs), and ``resume=`` finishes the run
+    with the uninterrupted run's weights. Rank 0 writes the record: when rank 1 dies it says
+    failed and which rank saw what; when rank 0 dies, no one can, and the record stays running."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    note, run_dir = tmp_path / "killed_at", tmp_path / "run"
+    kill = f"callbacks.extra=[{{_target_:killer.KillRankAt,step:5,rank:{rank},note:'{note}'}}]"
+    cache = straight.parent / "cache"
+    killed = train(run_dir, cache, *FAULT_RUN, kill, path=tmp_path, check=False)
+    assert killed.returncode != 0
+    deadline = time.time() + 60
+    while processes_of(run_dir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not processes_of(run_dir), "a process of the killed run is still alive"
+    assert time.time() - float(note.read_text()) < 60  # every process gone within a minute
+    results = json.loads((run_dir / "results.json").read_text())
+    if rank == 1:
+        assert results["status"] == "failed"
+        assert results["error"].startswith("rank 0 of 2: ")
+        assert "rank 0 of 2" in killed.stderr
+    else:
+        assert results["status"] == "running"  # its writer is gone: resume= says what it is
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3
+    train(run_dir, cache, *FAULT_RUN, f"resume={run_dir}", path=tmp_path)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+    resumed, uninterrupted = weights(run_dir), weights(straight)
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return checkpoint["state_dict"]
+
+
+@pytest.mark.slow
+def test_two_processes_step_like_one_on_their_batches_together(tmp_path: Path) -> None:
+    """Two processes of batch 8 end where one process of batch 16 ends: rank r reads every
+    second example of the one order from the r-th, and the step's loss is the mean over every
+    scored token of both, not the mean of two per-process means."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(one, tmp_path / "cache", "task.datamodule.batch_size=16")
+    done = train(two, tmp_path / "cache", "trainer=ddp_cpu", "task.datamodule.batch_size=8")
+    assert "Starting with 2 processes" in done.stderr
+    single, split = weights(one), weights(two)
+    assert single.keys() == split.keys()
+    for name, value in single.items():
+        torch.testing.assert_close(split[name], value, atol=1e-6, rtol=1e-5, msg=name)
+    # one run's files, written once: the same as one process leaves, nothing of rank 1's
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    results = json.loads((two / "results.json").read_text())
+    assert results["status"] == "finished" and results["last_step"] == 6
+    single_results = json.loads((one / "results.json").read_text())  # validation: reduced over
+    for metric in ("val/loss", "val/acc", "val/exact_acc"):  # the ranks' halves of the same set
+        assert results["metrics"][metric] == pytest.approx(single_results["metrics"][metric])
+    assert results["compute"][-1]["devices"] == 2
+    logged = [train_losses(run) for run in (one, two)]  # each step's mean over all its tokens
+    assert list(logged[1]) == list(range(6))  # one row a step, not one a process
+    for step, loss in logged[0].items():
+        assert logged[1][step] == pytest.approx(loss, rel=1e-5)
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    with (run_dir / "metrics.csv").open() as rows:
+        return {
+            int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(rows) if r["train/loss"]
+        }
+
+
+def test_more_cpu_processes_than_cores_are_refused() -> None:
+    cores = available_cores()
+    with pytest.raises(ConfigError, match=rf"trainer.devices={cores + 1} asks for .*<={cores}"):
+        run_config("trainer=ddp_cpu", f"trainer.devices={cores + 1}")
+    with pytest.raises(ConfigError, match=r"trainer.strategy, given as a mapping, needs _target_"):
+        run_config("trainer=ddp_cpu", "~trainer.strategy._target_")
+    assert run_config("trainer=ddp_cpu")["trainer"]["strategy"]["timeout"]["seconds"] == 120
