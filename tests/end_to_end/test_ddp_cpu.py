@@ -8,12 +8,12 @@ import csv
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import mixerlab
 from configs import run_config
 
 from mixerlab.experiments.run.schema import ConfigError, available_cores
@@ -40,10 +40,7 @@ def train(
     """``mixerlab train`` in a subprocess (``path``: where it imports test helpers from)."""
     env = {**os.environ, "MIXERLAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     env |= {"PYTHONPATH": str(path)} if path else {}
-    argv = [sys.executable, "-m", "mixerlab.experiments.cli", "train", *TASK, *overrides]
-    done = subprocess.run(
-        [*argv, f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = mixerlab(env, cache.parent, "train", *TASK, *overrides, f"hydra.run.dir={run_dir}")
     assert done.returncode == 0 or not check, done.stderr[-3000:]
     return done
 
