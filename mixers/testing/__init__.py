@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from mixerlab.mixers._contract import TokenMixer
 from mixerlab.mixers.testing import checks as _checks  # noqa: F401  (registers the checks in CHECKS)
 from mixerlab.mixers.testing import decoding as _decoding  # noqa: F401  (then the decoding checks)
@@ -45,7 +47,9 @@ def check_mixer(
     causal: bool | None = None,
     seed: int = 0,
     atol: float = 1e-5,
+    rtol: float = 0.0,
     perturb: float = 0.0,
+    autocast: torch.dtype | None = None,
     verbose: bool = False,
 ) -> ContractReport:
     """Run every check that applies, in both modes when ``causal`` is None, and return the
@@ -53,22 +57,35 @@ def check_mixer(
 
     All checks run before anything is raised, so one ContractError lists every broken rule.
     ``perturb`` adds Gaussian noise of that std to every parameter after init, for mixers whose
-    init barely mixes positions (so a leak would not show).
+    init barely mixes positions (so a leak would not show). ``autocast`` (e.g. torch.bfloat16)
+    runs every check under autocast to that dtype, the path of ``trainer.precision=bf16-mixed``,
+    with a tolerance its rounding allows: ``atol + rtol * max |reference|``.
     """
 
     def case(mode: bool) -> MixerCase:  # a fresh one per check: each draws its inputs anew
-        return MixerCase(mixer, mode, d_model, max_len, dict(hparams or {}), seed, atol, perturb)
+        return MixerCase(
+            mixer,
+            mode,
+            d_model,
+            max_len,
+            dict(hparams or {}),
+            seed,
+            atol=atol,
+            rtol=rtol,
+            perturb=perturb,
+            autocast=autocast,
+        )
 
     report = ContractReport(case(True).name)
     for mode in (True, False) if causal is None else (causal,):
         for check in CHECKS.values():
             checked = case(mode)
-            reason = check.skip_reason(checked.cls, mode)
+            reason = check.skip_reason(checked.cls, mode, autocast)
             if reason:
                 report.outcomes.append(CheckOutcome(check.name, mode, "skipped", reason))
                 continue
             try:
-                check.run(checked)
+                check.run_case(checked)
             except AssertionError as exc:
                 report.outcomes.append(CheckOutcome(check.name, mode, "failed", str(exc)))
             else:

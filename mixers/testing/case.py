@@ -3,8 +3,9 @@ raises, and the registry of checks (``CHECKS``, filled by ``@contract_check`` in
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,15 @@ class MixerCase:
     hparams: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     atol: float = 1e-5
+    # Added to atol, times the reference's largest magnitude: lower precisions round relative to
+    # a value's size (bf16 keeps 8 bits, 0.4%), so their tolerance grows with the output's scale.
+    rtol: float = 0.0
     # Std of Gaussian noise added to every parameter after init: an init that mixes positions
     # only weakly (gMLP's W near 0) can hide a leak that trained weights would show.
     perturb: float = 0.0
+    # Run every forward, prefill and step under autocast to this dtype (e.g. torch.bfloat16,
+    # the path ``trainer.precision=bf16-mixed`` takes); outputs may then come back in it.
+    autocast: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         if self.max_len < 8:
@@ -50,7 +57,19 @@ class MixerCase:
 
     @property
     def label(self) -> str:
-        return f"{self.name}(causal={self.causal})"
+        precision = (
+            f", autocast {str(self.autocast).removeprefix('torch.')}" if self.autocast else ""
+        )
+        return f"{self.name}(causal={self.causal}{precision})"
+
+    @contextlib.contextmanager
+    def precision(self) -> Iterator[None]:
+        """Autocast to ``autocast`` on the default device's type, or nothing when it is None."""
+        if self.autocast is None:
+            yield
+            return
+        with torch.autocast(torch.get_default_device().type, dtype=self.autocast):
+            yield
 
     def fail(self, problem: str) -> ContractError:
         return ContractError(f"{self.label}: {problem}")
@@ -86,19 +105,34 @@ class MixerCase:
         """Forward ``x`` (with a bidirectional ``prefix`` if given) and fail unless the output is
         a tensor shaped and typed like ``x``."""
         y = mixer(x, mask) if prefix is None else mixer(x, mask, prefix=prefix)
-        if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype:
+        dtypes = {x.dtype, self.autocast or x.dtype}
+        if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype not in dtypes:
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
+            wanted = " or ".join(sorted(str(dtype) for dtype in dtypes))
             raise self.fail(
-                f"forward must return a {x.dtype} tensor shaped like its input "
+                f"forward must return a {wanted} tensor shaped like its input "
                 f"{tuple(x.shape)}, got {got}"
             )
         return y
 
+    def tolerance(self, reference: Tensor) -> float:
+        """The largest difference allowed from ``reference``: atol + rtol * max |reference|."""
+        if not self.rtol or not reference.numel():
+            return self.atol
+        return self.atol + self.rtol * float(reference.detach().abs().max())
+
+    def describe_tolerance(self, reference: Tensor) -> str:
+        if not self.rtol:
+            return f"atol {self.atol:g}"
+        return f"atol {self.atol:g} + rtol {self.rtol:g} of {float(reference.abs().max()):.3g}"
+
     def assert_close(self, actual: Tensor, expected: Tensor, problem: str) -> None:
-        """Fail with ``problem`` (formatted with ``{diff}``) when the tensors differ beyond atol."""
+        """Fail with ``problem`` (formatted with ``{diff}``) when the tensors differ beyond the
+        case's tolerance of ``expected``."""
         diff = max_abs_diff(actual, expected)
-        if not diff <= self.atol:
-            raise self.fail(problem.format(diff=f"{diff:.3g}") + f" (atol {self.atol:g})")
+        if not diff <= self.tolerance(expected):
+            tolerance = self.describe_tolerance(expected)
+            raise self.fail(problem.format(diff=f"{diff:.3g}") + f" ({tolerance})")
 
 
 def max_abs_diff(a: Tensor, b: Tensor) -> float:
@@ -117,32 +151,47 @@ class Check:
 
     ``condition`` says for which mixers and modes it runs (``when`` says it in words); no check
     runs in the encoder mode of a decoder-only mixer (``supports_encoder = False``).
+    ``full_precision_only`` marks a check that asks for any change at all, which a weak but real
+    dependence can fail under autocast (bf16 rounds it away): it runs only without autocast.
     """
 
     name: str
     run: Callable[[MixerCase], None]
     condition: Callable[[type[TokenMixer], bool], bool] = _always
     when: str = "always"
+    full_precision_only: bool = False
 
-    def skip_reason(self, cls: type[TokenMixer], causal: bool) -> str | None:
-        """Why this check does not run for ``cls`` in this mode, or None when it runs."""
+    def skip_reason(
+        self, cls: type[TokenMixer], causal: bool, autocast: torch.dtype | None = None
+    ) -> str | None:
+        """Why this check does not run for ``cls`` in this mode (under ``autocast``), or None
+        when it runs."""
         if not causal and not cls.supports_encoder:
             return "decoder-only mixer: supports_encoder = False"
         if not self.condition(cls, causal):
             return f"runs only {self.when}"
+        if autocast is not None and self.full_precision_only:
+            return "asks for any change, which autocast's rounding can hide: runs in fp32"
         return None
 
-    def applies(self, cls: type[TokenMixer], causal: bool) -> bool:
-        return self.skip_reason(cls, causal) is None
+    def applies(
+        self, cls: type[TokenMixer], causal: bool, autocast: torch.dtype | None = None
+    ) -> bool:
+        return self.skip_reason(cls, causal, autocast) is None
+
+    def run_case(self, case: MixerCase) -> None:
+        """Run the check on ``case`` under the case's precision."""
+        with case.precision():
+            self.run(case)
 
     def __call__(self, mixer: str | type[TokenMixer], *, causal: bool = True, **case: Any) -> None:
         """Run this check on ``mixer`` in one mode; ``case`` takes :class:`MixerCase`'s fields
-        (d_model, max_len, hparams, seed, atol, perturb)."""
+        (d_model, max_len, hparams, seed, atol, rtol, perturb, autocast)."""
         checked = MixerCase(mixer, causal, **case)
-        reason = self.skip_reason(checked.cls, causal)
+        reason = self.skip_reason(checked.cls, causal, checked.autocast)
         if reason:
             raise ValueError(f"check {self.name!r} does not apply to {checked.label}: {reason}")
-        self.run(checked)
+        self.run_case(checked)
 
     @property
     def description(self) -> str:
@@ -156,9 +205,10 @@ def contract_check(
     name: str,
     condition: Callable[[type[TokenMixer], bool], bool] = _always,
     when: str = "always",
+    full_precision_only: bool = False,
 ) -> Callable[[Callable[[MixerCase], None]], Check]:
     def register(run: Callable[[MixerCase], None]) -> Check:
-        CHECKS[name] = Check(name, run, condition, when)
+        CHECKS[name] = Check(name, run, condition, when, full_precision_only)
         return CHECKS[name]
 
     return register

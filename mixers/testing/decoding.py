@@ -136,7 +136,7 @@ def check_prefix(case: MixerCase) -> None:
             changed[:, j] = case.randn(2, case.d_model, scale=3.0)
             diff = (case.run(mixer, changed, prefix=prefix) - y)[:, :j].abs().amax(dim=-1)
             for row, p in enumerate(prefix.tolist()):
-                if j >= p and float(diff[row].max()) > case.atol:
+                if j >= p and float(diff[row].max()) > case.tolerance(y):
                     raise case.fail(
                         f"row {row} (prefix {p}): outputs before position {j} changed by "
                         f"{float(diff[row].max()):.3g} when it changed: a position past the "

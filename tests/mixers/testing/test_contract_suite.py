@@ -417,6 +417,57 @@ def test_check_mixer_reports_every_failure_at_once(capsys: pytest.CaptureFixture
     assert "[step] LeaksFuture(causal=True): step output at position 0" in message
 
 
+class HalfUnderAutocast(CumulativeMean):
+    """Returns float16 under autocast: neither its input's dtype nor the autocast dtype."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        y = super().forward(x, mask)
+        return y.half() if torch.is_autocast_enabled(x.device.type) else y
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_reference_mixers_pass_the_contract_under_bf16_autocast(causal: bool) -> None:
+    for mixer in (CumulativeMean, MappedMean, PrefixMean):
+        report = check_mixer(mixer, causal=causal, autocast=torch.bfloat16, atol=1e-3, rtol=2e-2)
+        skipped = {o.check: o.detail for o in report.outcomes if o.outcome == "skipped"}
+        assert causal or "autocast's rounding" in skipped["sees_future"]
+
+
+def test_bf16_autocast_runs_every_call_and_admits_only_its_dtype() -> None:
+    seen: list[torch.dtype] = []
+
+    class RecordsDtype(CumulativeMean):
+        def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+            y = super().forward(x, mask)
+            seen.append(y.dtype)
+            return y
+
+    CHECKS["padding"](RecordsDtype, autocast=torch.bfloat16, atol=1e-3, rtol=2e-2)
+    assert seen and set(seen) == {torch.bfloat16}  # the Linear ran in bf16: autocast was on
+    assert MixerCase(CumulativeMean, autocast=torch.bfloat16).label == (
+        "CumulativeMean(causal=True, autocast bfloat16)"
+    )
+    CHECKS["shapes"](HalfUnderAutocast)  # fine without autocast
+    with pytest.raises(
+        ContractError, match=r"torch.bfloat16 or torch.float32 tensor .* got torch.float16"
+    ):
+        CHECKS["shapes"](HalfUnderAutocast, autocast=torch.bfloat16)
+
+
+def test_the_relative_tolerance_scales_with_the_reference() -> None:
+    reference = torch.tensor([10.0, -2.0])
+    off_by_a_twentieth = reference + torch.tensor([0.05, 0.0])
+    MixerCase(CumulativeMean, atol=1e-3, rtol=1e-2).assert_close(
+        off_by_a_twentieth, reference, "{diff}"
+    )
+    with pytest.raises(ContractError, match=r"0.05 \(atol 0.001 \+ rtol 0.001 of 10\)"):
+        MixerCase(CumulativeMean, atol=1e-3, rtol=1e-3).assert_close(
+            off_by_a_twentieth, reference, "{diff}"
+        )
+    with pytest.raises(ContractError, match=r"0.05 \(atol 1e-05\)$"):
+        MixerCase(CumulativeMean).assert_close(off_by_a_twentieth, reference, "{diff}")
+
+
 def test_check_refuses_a_mode_it_does_not_apply_to() -> None:
     with pytest.raises(ValueError, match=r"'step' does not apply to CumulativeMean\(causal=Fal"):
         CHECKS["step"](CumulativeMean, causal=False)
