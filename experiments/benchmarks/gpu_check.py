@@ -3,23 +3,28 @@
 
 On a CUDA machine it runs each of these and prints one report of what passed and what failed:
 
-1. ``bf16 train``: every registered mixer's training step (forward, loss, backward, AdamW) under
-   bf16 autocast on a small model: the loss and every gradient must be finite.
+1. ``bf16 train``: every shipped mixer preset's training step (forward, loss, backward, AdamW)
+   under bf16 autocast on a small model: the loss and every gradient must be finite.
 2. ``contract``: the whole mixer contract (``mixerlab.mixers.testing.check_mixer``) for every
-   mixer in fp32 on the GPU (``with torch.device("cuda")``), TF32 off so that fp32 means fp32;
-   atol 1e-4, since GPU kernels sum in other orders than the CPU's.
+   preset on the GPU (``with torch.device("cuda")``): in fp32 with TF32 off, so that fp32 means
+   fp32, at atol 1e-4 (GPU kernels sum in other orders than the CPU's); and under bf16 autocast at
+   ``BF16_TOLERANCE``, the tolerance every preset passes on the CPU.
 3. ``sdpa``: which kernel ``F.scaled_dot_product_attention`` runs for attention's calls: training
    without padding (``is_causal``), a padded batch (a boolean mask), one decoding step over the
    KV cache, in fp32 and bf16. Found by profiling which ``aten::_scaled_dot_product_*`` operator
    runs: flash, efficient (memory-efficient), cudnn or math (the unfused fallback).
 4. ``compile``: ``mixerlab train experiment=smoke trainer=gpu compile=true`` for a few steps.
-5. ``ddp``: ``mixerlab train experiment=smoke trainer=ddp trainer.devices=2``: two processes on
-   two GPUs, or, where there is one GPU (NCCL takes one GPU per process), two CPU processes over
-   gloo, which still checks the DDP wiring (samplers, gathered metrics, rank-0 writes).
+5. ``ddp``: two processes step like one on their batches together: a run of batch 8 on each of
+   two processes ends with the weights of one process at batch 16 (the CPU suite's equivalence,
+   ``tests/end_to_end/test_ddp_cpu.py``, on ``DDP_TASK``). On two GPUs over NCCL, in fp32 (TF32
+   as a run sets it), within ``GPU_DDP_TOLERANCE``; where there is one GPU (NCCL takes one GPU
+   per process), on two CPU processes over gloo within ``CPU_DDP_TOLERANCE``, which still checks
+   the wiring (samplers, the loss normalised over both ranks' tokens, rank-0 writes).
 
 Exit status 0 when everything passed, 1 when something failed. Without a CUDA device it prints
 "no CUDA device" and exits 0, so it can sit in any script. The SDPA probe runs on the CPU too
-(``sdpa_backends("cpu", ...)``), which is how its tests run here.
+(``sdpa_backends("cpu", ...)``), and the DDP item on two CPU processes, which is how their tests
+run here.
 """
 
 from __future__ import annotations
@@ -29,20 +34,38 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mixerlab.experiments.benchmarks.training_step import training_step
+from mixerlab.experiments.run.mixer_node import model_mixer, pattern_entries
 from mixerlab.lightning_modules.record import read_results
-from mixerlab.mixers import SequenceModel, available_mixers, build_mixer
-from mixerlab.mixers.testing import check_mixer
+from mixerlab.mixers import SequenceModel, build_mixer
+from mixerlab.mixers.testing import BF16_TOLERANCE, check_mixer
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")  # as the aten operators name them
 SMOKE = ["experiment=smoke", "logger=csv", "trainer.max_steps=10", "trainer.val_check_interval=5"]
+# Reversal read as one causal sequence: lengths vary, so batches are padded and each process
+# scores a different number of tokens in a step. SGD: its step is proportional to the gradient,
+# where Adam's first steps blow float noise (the key bias's gradient is exactly 0 in theory) up
+# to a step of the learning rate.
+DDP_TASK = (
+    "task=reversal", "design=decoder_only", "model.d_model=32", "model.n_layers=1",
+    "task.datamodule.num_train=256", "task.datamodule.num_val=32", "optim.warmup_steps=0",
+    "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
+    "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "logger=csv",
+    "callbacks.progress_bar=false", "optim.optimizer._target_=torch.optim.SGD",
+    "~optim.optimizer.betas", "optim.lr=0.3",
+)  # fmt: skip
+# Largest weight gap after DDP_TASK's 6 steps, relative to the weight's largest magnitude: on the
+# CPU the two sum in other orders only; on GPUs TF32 matmuls of other shapes round differently.
+CPU_DDP_TOLERANCE, GPU_DDP_TOLERANCE = 1e-5, 1e-3
 
 
 @dataclass
@@ -92,35 +115,69 @@ def describe_kernels(dtype: torch.dtype) -> str:
     return line
 
 
-def bf16_train_step(name: str, device: str) -> str:
+def mixer_presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every shipped mixer preset (``conf/mixer``, the plugin template aside) as a run builds it:
+    its registered mixer and hyper-parameters."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    folder = files("mixerlab.conf") / "mixer"
+    presets = sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml") and entry.name != "plugin.yaml"
+    )
+    with initialize_config_module(config_module="mixerlab.conf", version_base="1.3"):
+        nodes = {
+            preset: OmegaConf.to_container(
+                compose("config", overrides=[f"mixer={preset}"]).mixer, resolve=True
+            )
+            for preset in presets
+        }
+    return {preset: model_mixer(node) for preset, node in nodes.items()}
+
+
+def bf16_train_step(name: str, hparams: dict[str, Any], device: str) -> str:
     """One bf16-autocast training step of a small model with this mixer; raises unless the loss
     and every gradient are finite. Returns the step time."""
     torch.manual_seed(0)
-    model = SequenceModel(256, 64, 2, mixer=name, max_len=256).to(device)
+    depth = max(2, len(pattern_entries({"name": name, **hparams})))  # a hybrid's pattern divides
+    model = SequenceModel(256, 64, depth, mixer=name, mixer_hparams=hparams, max_len=256)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = torch.randint(0, 256, (8, 257), device=device)
     start = time.perf_counter()
     loss = training_step(model, optimizer, batch, autocast=torch.bfloat16)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     bad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.isfinite().all()]
     if not loss.isfinite() or bad:
         raise AssertionError(f"loss {loss.item():.3g}, no or non-finite gradient: {bad[:3]}")
     return f"loss {loss.item():.3f}, {1000 * (time.perf_counter() - start):.0f} ms (first step)"
 
 
-def contract_on_gpu(name: str) -> str:
-    """The whole contract for ``name`` with CUDA as the default device, fp32 without TF32."""
+def contract_on_gpu(name: str, hparams: dict[str, Any], autocast: torch.dtype | None) -> str:
+    """The whole contract with CUDA as the default device: fp32 without TF32, or under
+    ``autocast`` at its tolerance."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    tolerance = {"atol": 1e-4} if autocast is None else BF16_TOLERANCE
     with torch.device("cuda"):
-        report = check_mixer(name, atol=1e-4)
+        report = check_mixer(name, hparams=hparams, autocast=autocast, **tolerance)
     return f"{report.count('passed')} passed, {report.count('skipped')} skipped"
 
 
-def train_run(out: Path, label: str, overrides: list[str], timeout: float = 900) -> str:
-    """``mixerlab train`` with these overrides in ``out/label``; raises unless it finishes."""
+def train_run(
+    out: Path,
+    label: str,
+    overrides: Sequence[str],
+    timeout: float = 900,
+    base: Sequence[str] = SMOKE,
+) -> str:
+    """``mixerlab train`` with ``base`` and these overrides in ``out/label``; raises unless it
+    finishes."""
     run_dir = out / label
-    command = [sys.executable, "-m", "mixerlab.experiments.cli", "train", *SMOKE, *overrides]
+    command = [sys.executable, "-m", "mixerlab.experiments.cli", "train", *base, *overrides]
     done = subprocess.run(
         [*command, f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=timeout
     )
@@ -129,6 +186,38 @@ def train_run(out: Path, label: str, overrides: list[str], timeout: float = 900)
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise AssertionError(f"exit {done.returncode}, status {status}: {' | '.join(tail)}")
     return f"finished in {run_dir}"
+
+
+def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The model's weights in a run's last checkpoint."""
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return checkpoint["state_dict"]
+
+
+def ddp_equivalence(out: Path, gpus: int) -> str:
+    """Two processes of batch 8 against one of batch 16 on ``DDP_TASK``: on two GPUs over NCCL
+    when ``gpus >= 2``, else on two CPU processes over gloo. Raises when a weight differs by more
+    than the tolerance, relative to its largest magnitude; returns the largest gap."""
+    if gpus >= 2:
+        one = ["trainer=gpu", "trainer.precision=32-true"]
+        two = ["trainer=ddp", "trainer.devices=2", "trainer.precision=32-true"]
+        tolerance = GPU_DDP_TOLERANCE
+    else:
+        one, two, tolerance = ["trainer=cpu"], ["trainer=ddp_cpu"], CPU_DDP_TOLERANCE
+    train_run(out, "ddp_one", [*one, "task.datamodule.batch_size=16"], base=DDP_TASK)
+    train_run(out, "ddp_two", [*two, "task.datamodule.batch_size=8"], base=DDP_TASK)
+    single, split = last_weights(out / "ddp_one"), last_weights(out / "ddp_two")
+    if single.keys() != split.keys():
+        raise AssertionError(f"the runs' weights differ in names: {single.keys() ^ split.keys()}")
+    gaps = {
+        name: float((split[name].float() - value.float()).abs().max())
+        / max(float(value.abs().max()), 1e-12)
+        for name, value in single.items()
+    }
+    worst = max(gaps, key=gaps.__getitem__)
+    if gaps[worst] > tolerance:
+        raise AssertionError(f"{worst} differs by {gaps[worst]:.3g} of its scale (> {tolerance})")
+    return f"largest weight gap {gaps[worst]:.2g} of its scale ({worst}), tolerance {tolerance}"
 
 
 def _attempt(outcomes: list[Outcome], check: str, fn: Callable[[], str]) -> None:
@@ -147,25 +236,32 @@ def _attempt(outcomes: list[Outcome], check: str, fn: Callable[[], str]) -> None
 def run_checks(out: Path) -> list[Outcome]:
     """Every item of the module docstring, in order, on the current CUDA device."""
     outcomes: list[Outcome] = []
-    for name in available_mixers():
-        _attempt(outcomes, f"bf16 train: {name}", lambda name=name: bf16_train_step(name, "cuda"))
-    for name in available_mixers():
+    presets = mixer_presets()
+    for preset, (name, hparams) in presets.items():
         _attempt(
-            outcomes, f"contract (cuda, fp32): {name}", lambda name=name: contract_on_gpu(name)
+            outcomes,
+            f"bf16 train: {preset}",
+            lambda name=name, hparams=hparams: bf16_train_step(name, hparams, "cuda"),
         )
+    for label, autocast in (("fp32", None), ("bf16", torch.bfloat16)):
+        for preset, (name, hparams) in presets.items():
+            _attempt(
+                outcomes,
+                f"contract (cuda, {label}): {preset}",
+                lambda name=name, hparams=hparams, autocast=autocast: contract_on_gpu(
+                    name, hparams, autocast
+                ),
+            )
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         _attempt(outcomes, f"sdpa kernels ({label})", lambda dtype=dtype: describe_kernels(dtype))
     _attempt(
         outcomes, "compile=true", lambda: train_run(out, "compile", ["trainer=gpu", "compile=true"])
     )
-    ddp = ["trainer=ddp", "trainer.devices=2"]
-    if torch.cuda.device_count() < 2:  # NCCL wants a GPU per process: two CPU processes instead
-        ddp += ["trainer.accelerator=cpu", "trainer.precision=32-true"]
-    gpus = min(torch.cuda.device_count(), 2)
+    gpus = torch.cuda.device_count()
     _attempt(
         outcomes,
-        f"ddp, 2 processes ({'2 GPUs' if gpus == 2 else 'CPU, gloo'})",
-        lambda: train_run(out, "ddp", ddp),
+        f"ddp equivalence ({'2 GPUs, nccl' if gpus >= 2 else 'CPU, gloo: one GPU here'})",
+        lambda: ddp_equivalence(out, gpus),
     )
     return outcomes
 

@@ -16,22 +16,10 @@ import torch
 from cli_runs import mixerlab
 from configs import run_config
 
+from mixerlab.experiments.benchmarks.gpu_check import DDP_TASK, ddp_equivalence, last_weights
 from mixerlab.experiments.run.schema import ConfigError, available_cores
 
 pytestmark = pytest.mark.skipif(available_cores() < 2, reason="DDP on the CPU needs 2 cores")
-
-# Reversal read as one causal sequence: lengths vary, so batches are padded and each process
-# scores a different number of tokens in a step. SGD: its step is proportional to the gradient,
-# where Adam's first steps blow float noise (the key bias's gradient is exactly 0 in theory) up
-# to a step of the learning rate.
-TASK = (
-    "task=reversal", "design=decoder_only", "model.d_model=32", "model.n_layers=1",
-    "task.datamodule.num_train=256", "task.datamodule.num_val=32", "optim.warmup_steps=0",
-    "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
-    "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1", "logger=csv",
-    "callbacks.progress_bar=false", "optim.optimizer._target_=torch.optim.SGD",
-    "~optim.optimizer.betas", "optim.lr=0.3",
-)  # fmt: skip
 
 
 def train(
@@ -40,7 +28,7 @@ def train(
     """``mixerlab train`` in a subprocess (``path``: where it imports test helpers from)."""
     env = {**os.environ, "MIXERLAB_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     env |= {"PYTHONPATH": str(path)} if path else {}
-    done = mixerlab(env, cache.parent, "train", *TASK, *overrides, f"hydra.run.dir={run_dir}")
+    done = mixerlab(env, cache.parent, "train", *DDP_TASK, *overrides, f"hydra.run.dir={run_dir}")
     assert done.returncode == 0 or not check, done.stderr[-3000:]
     return done
 
@@ -111,26 +99,24 @@ def test_a_killed_rank_ends_the_run_and_resume_ends_it_as_the_uninterrupted_one(
     assert checkpoint["global_step"] == 3
     train(run_dir, cache, *FAULT_RUN, f"resume={run_dir}", path=tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
-    resumed, uninterrupted = weights(run_dir), weights(straight)
+    resumed, uninterrupted = last_weights(run_dir), last_weights(straight)
     for name, value in uninterrupted.items():
         torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    return checkpoint["state_dict"]
-
-
 @pytest.mark.slow
-def test_two_processes_step_like_one_on_their_batches_together(tmp_path: Path) -> None:
+def test_two_processes_step_like_one_on_their_batches_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two processes of batch 8 end where one process of batch 16 ends: rank r reads every
     second example of the one order from the r-th, and the step's loss is the mean over every
-    scored token of both, not the mean of two per-process means."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    train(one, tmp_path / "cache", "task.datamodule.batch_size=16")
-    done = train(two, tmp_path / "cache", "trainer=ddp_cpu", "task.datamodule.batch_size=8")
-    assert "Starting with 2 processes" in done.stderr
-    single, split = weights(one), weights(two)
+    scored token of both, not the mean of two per-process means. The two runs are the GPU
+    check's DDP item as it runs without two GPUs."""
+    monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert "tolerance 1e-05" in ddp_equivalence(tmp_path, gpus=0)
+    one, two = tmp_path / "ddp_one", tmp_path / "ddp_two"
+    single, split = last_weights(one), last_weights(two)
     assert single.keys() == split.keys()
     for name, value in single.items():
         torch.testing.assert_close(split[name], value, atol=1e-6, rtol=1e-5, msg=name)

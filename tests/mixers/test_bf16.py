@@ -1,8 +1,8 @@
 """Every shipped mixer preset under bf16 autocast on the CPU (``trainer.precision=bf16-mixed``
 takes this path), in both modes: the logits agree with float32's within ``TOLERANCE`` of their
 largest magnitude, padding still changes nothing at real positions, and the gradients are finite;
-and each preset's mixer passes the whole contract under bf16 autocast at ``CONTRACT_ATOL`` +
-``CONTRACT_RTOL`` of the reference's largest magnitude.
+and each preset's mixer passes the whole contract under bf16 autocast at ``BF16_TOLERANCE``
+(atol 1e-3 + rtol 2e-2 of the reference's largest magnitude).
 
 bf16 keeps 8 bits of mantissa (a relative rounding of 0.4% per value); over the two blocks here
 the presets measured 0.3% to 2.9% (Hyena's filters, GLA's gates the most). In the contract, where
@@ -22,11 +22,10 @@ from configs import conf_options, run_config
 
 from mixerlab.experiments.run.mixer_node import model_mixer
 from mixerlab.mixers import SequenceModel
-from mixerlab.mixers.testing import check_mixer
+from mixerlab.mixers.testing import BF16_TOLERANCE, check_mixer
 
 TOLERANCE = 0.05  # of the float32 logits' largest magnitude
 PADDING_TOLERANCE = 0.01  # the same, for a change of the padded tokens' values
-CONTRACT_ATOL, CONTRACT_RTOL = 1e-3, 2e-2
 VOCAB, LENGTH = 50, 24
 PRESETS = [option for option in conf_options("mixer") if option != "plugin"]  # a template
 MODES = [pytest.param(True, id="causal"), pytest.param(False, id="encoder")]
@@ -77,9 +76,7 @@ def test_bf16_autocast_agrees_with_float32(preset: str, causal: bool) -> None:
 @pytest.mark.parametrize("preset", PRESETS)
 def test_contract_under_bf16_autocast(preset: str) -> None:
     name, hparams, _ = preset_mixer(preset)
-    report = check_mixer(
-        name, hparams=hparams, autocast=torch.bfloat16, atol=CONTRACT_ATOL, rtol=CONTRACT_RTOL
-    )
+    report = check_mixer(name, hparams=hparams, autocast=torch.bfloat16, **BF16_TOLERANCE)
     skipped = {
         o.check for o in report.outcomes if o.outcome == "skipped" and "autocast" in o.detail
     }

@@ -1,9 +1,11 @@
-"""experiments/benchmarks/gpu_check.py, the parts that run without a GPU: the SDPA kernel probe,
-the report that records a failure and goes on, the training-run item, and the clean exit with no
-CUDA."""
+"""experiments/benchmarks/gpu_check.py, the parts that run without a GPU: the presets it checks,
+the bf16 training step, the SDPA kernel probe, the report that records a failure and goes on, the
+training-run item, and the clean exit with no CUDA (its DDP item runs on two CPU processes in
+tests/end_to_end/test_ddp_cpu.py)."""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,22 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mixerlab.experiments.benchmarks import gpu_check
+
+
+def test_every_shipped_preset_is_checked_as_a_run_builds_it() -> None:
+    presets = gpu_check.mixer_presets()
+    shipped = {p.name.removesuffix(".yaml") for p in (files("mixerlab.conf") / "mixer").iterdir()}
+    assert set(presets) == shipped - {"plugin"}
+    assert presets["attention"][0] == "attention"
+    name, hparams = presets["mamba"]  # a family member: the registered name and its variant
+    assert (name, hparams["selective"]) == ("ssm", True)
+    name, hparams = presets["based_sliding"]
+    assert name == "hybrid" and len(hparams["pattern"]) == 3
+
+
+def test_the_bf16_training_step_runs_a_hybrid_on_the_cpu() -> None:
+    name, hparams = gpu_check.mixer_presets()["based_sliding"]  # its pattern sets the depth: 3
+    assert gpu_check.bf16_train_step(name, hparams, "cpu").startswith("loss ")
 
 
 def test_the_probe_names_the_kernel_sdpa_runs() -> None:

@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from mixerlab.mixers import TokenMixer, available_mixers, register_mixer
 from mixerlab.mixers.mixing_map import MixingMap
-from mixerlab.mixers.testing import CHECKS, ContractError, MixerCase, check_mixer
+from mixerlab.mixers.testing import (
+    BF16_TOLERANCE,
+    CHECKS,
+    ContractError,
+    MixerCase,
+    check_mixer,
+)
 
 
 class CumulativeMean(TokenMixer):
@@ -428,7 +434,7 @@ class HalfUnderAutocast(CumulativeMean):
 @pytest.mark.parametrize("causal", [True, False])
 def test_reference_mixers_pass_the_contract_under_bf16_autocast(causal: bool) -> None:
     for mixer in (CumulativeMean, MappedMean, PrefixMean):
-        report = check_mixer(mixer, causal=causal, autocast=torch.bfloat16, atol=1e-3, rtol=2e-2)
+        report = check_mixer(mixer, causal=causal, autocast=torch.bfloat16, **BF16_TOLERANCE)
         skipped = {o.check: o.detail for o in report.outcomes if o.outcome == "skipped"}
         assert causal or "autocast's rounding" in skipped["sees_future"]
 
@@ -442,7 +448,7 @@ def test_bf16_autocast_runs_every_call_and_admits_only_its_dtype() -> None:
             seen.append(y.dtype)
             return y
 
-    CHECKS["padding"](RecordsDtype, autocast=torch.bfloat16, atol=1e-3, rtol=2e-2)
+    CHECKS["padding"](RecordsDtype, autocast=torch.bfloat16, **BF16_TOLERANCE)
     assert seen and set(seen) == {torch.bfloat16}  # the Linear ran in bf16: autocast was on
     assert MixerCase(CumulativeMean, autocast=torch.bfloat16).label == (
         "CumulativeMean(causal=True, autocast bfloat16)"
