@@ -26,6 +26,7 @@ from mixerlab.lightning_modules.callbacks import (
     ProgressBar,
     ResumeState,
     StopOnDivergence,
+    StopTogether,
     ThroughputMonitor,
 )
 from mixerlab.lightning_modules.loggers import HistoryLogger
@@ -200,6 +201,7 @@ def build_callbacks(config: dict[str, Any], run_dir: Path) -> list[pl.Callback]:
     callbacks = [
         checkpoint,
         CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR),
+        StopTogether(),
         ThroughputMonitor(),
         StopOnDivergence(),
         ResumeState(),

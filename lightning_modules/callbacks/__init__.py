@@ -4,7 +4,11 @@ and ``results.json`` over the run's life."""
 
 from mixerlab.lightning_modules.callbacks.divergence import Diverged, StopOnDivergence
 from mixerlab.lightning_modules.callbacks.progress import ProgressBar
-from mixerlab.lightning_modules.callbacks.resume import CheckpointOnInterrupt, ResumeState
+from mixerlab.lightning_modules.callbacks.resume import (
+    CheckpointOnInterrupt,
+    ResumeState,
+    StopTogether,
+)
 from mixerlab.lightning_modules.callbacks.run_record import RunRecord, chance_levels
 from mixerlab.lightning_modules.callbacks.throughput import (
     TRAINING_FLOPS_PER_FORWARD,
@@ -19,6 +23,7 @@ __all__ = [
     "ResumeState",
     "RunRecord",
     "StopOnDivergence",
+    "StopTogether",
     "ThroughputMonitor",
     "chance_levels",
 ]

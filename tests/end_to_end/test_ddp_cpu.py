@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -33,25 +34,42 @@ def train(
     return done
 
 
-# A callback the runs load from the test's folder (PYTHONPATH): rank ``rank`` kills itself with
-# SIGKILL after optimiser step ``step``, noting the time first; not again once resumed.
-KILLER = """
-import os, signal, time
+# A callback the runs load from the test's folder (PYTHONPATH): each rank in ``ranks`` sends
+# itself ``signum`` after training batch ``batch`` (0-based), noting the time first; not again
+# once resumed.
+SIGNALLER = """
+import os, time
 import pytorch_lightning as pl
 
-class KillRankAt(pl.Callback):
-    def __init__(self, step, rank, note):
-        self.step, self.rank, self.note = step, rank, note
+class SignalAt(pl.Callback):
+    def __init__(self, batch, ranks, signum, note):
+        self.batch, self.ranks, self.signum, self.note = batch, ranks, signum, note
 
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.batch and trainer.global_rank in self.ranks:
             if trainer.ckpt_path is None:
                 with open(self.note, "w") as note:
                     note.write(str(time.time()))
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), self.signum)
 """
+
+
+def signal_at(folder: Path, batch: int, ranks: list[int], signum: int) -> tuple[str, Path]:
+    """The override that sends ``signum`` to ``ranks`` after ``batch``, and the note's path."""
+    (folder / "signaller.py").write_text(SIGNALLER)
+    note = folder / "signalled_at"
+    spec = f"{{_target_:signaller.SignalAt,batch:{batch},ranks:{ranks},signum:{signum},"
+    return f"callbacks.extra=[{spec}note:'{note}'}}]", note
+
+
 # Checkpoints at steps 3 and 6 of 8; the kill comes after step 5.
 FAULT_RUN = ("trainer=ddp_cpu", "task.datamodule.batch_size=8", "trainer.max_steps=8")
+# Two batches a step and dropout (each process draws its own): a SIGTERM lands inside an
+# accumulation, and an exact resume needs every process's random generators back.
+SIGTERM_RUN = (
+    *FAULT_RUN[:2], "trainer.max_steps=4", "trainer.accumulate_grad_batches=2",
+    "trainer.val_check_interval=4", "model.dropout=0.1",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +78,20 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     train(root / "straight", root / "cache", *FAULT_RUN)
     return root / "straight"
+
+
+@pytest.fixture(scope="module")
+def straight_accumulating(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run the SIGTERM-stopped ones must end as."""
+    root = tmp_path_factory.mktemp("ddp_accumulating")
+    train(root / "straight", root / "cache", *SIGTERM_RUN)
+    return root / "straight"
+
+
+def assert_same_weights(run_dir: Path, reference: Path) -> None:
+    resumed, uninterrupted = last_weights(run_dir), last_weights(reference)
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)
 
 
 def processes_of(run_dir: Path) -> list[str]:
@@ -77,9 +109,8 @@ def test_a_killed_rank_ends_the_run_and_resume_ends_it_as_the_uninterrupted_one(
     strategy's 120 s timeout bounds a collective that hangs), and ``resume=`` finishes the run
     with the uninterrupted run's weights. Rank 0 writes the record: when rank 1 dies it says
     failed and which rank saw what; when rank 0 dies, no one can, and the record stays running."""
-    (tmp_path / "killer.py").write_text(KILLER)
-    note, run_dir = tmp_path / "killed_at", tmp_path / "run"
-    kill = f"callbacks.extra=[{{_target_:killer.KillRankAt,step:5,rank:{rank},note:'{note}'}}]"
+    kill, note = signal_at(tmp_path, 4, [rank], signal.SIGKILL)  # after step 5
+    run_dir = tmp_path / "run"
     cache = straight.parent / "cache"
     killed = train(run_dir, cache, *FAULT_RUN, kill, path=tmp_path, check=False)
     assert killed.returncode != 0
@@ -99,9 +130,36 @@ def test_a_killed_rank_ends_the_run_and_resume_ends_it_as_the_uninterrupted_one(
     assert checkpoint["global_step"] == 3
     train(run_dir, cache, *FAULT_RUN, f"resume={run_dir}", path=tmp_path)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
-    resumed, uninterrupted = last_weights(run_dir), last_weights(straight)
-    for name, value in uninterrupted.items():
-        torch.testing.assert_close(resumed[name], value, atol=0, rtol=0, msg=name)
+    assert_same_weights(run_dir, straight)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [[0], [1], [0, 1]], ids=["rank0", "rank1", "every_rank"])
+def test_a_sigterm_stops_every_rank_after_the_same_step_and_resume_is_exact(
+    straight_accumulating: Path, tmp_path: Path, ranks: list[int]
+) -> None:
+    """SIGTERM to one process or to both, after the first of step 2's two batches: every
+    process stops after step 2 (a step's end, never inside an accumulation, whose partial
+    gradients differ between processes), rank 0 saves the interrupt's checkpoint and the run
+    exits 143 within seconds, and ``resume=`` ends it as the uninterrupted run, dropout included.
+    (Lightning's own handler stopped the signalled process alone: the run hung to the 120 s
+    timeout and failed.)"""
+    term, note = signal_at(tmp_path, 2, ranks, signal.SIGTERM)
+    run_dir, cache = tmp_path / "run", straight_accumulating.parent / "cache"
+    stopped = train(run_dir, cache, *SIGTERM_RUN, term, path=tmp_path, check=False)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert time.time() - float(note.read_text()) < 60  # Lightning's own path took the timeout
+    assert not processes_of(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["status"], results["last_step"]) == ("interrupted", 2)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 2
+    saved = checkpoint["mixerlab_resume"]
+    assert saved["grads"] == {} and len(saved["random_by_rank"]) == 2
+    assert not torch.equal(saved["random_by_rank"][0]["torch"], saved["random_by_rank"][1]["torch"])
+    train(run_dir, cache, *SIGTERM_RUN, f"resume={run_dir}", path=tmp_path)
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+    assert_same_weights(run_dir, straight_accumulating)
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def draws() -> tuple[list[float], float, float]:
 
 def test_random_states_and_accumulated_gradients_survive_a_checkpoint(tmp_path: Path) -> None:
     module = torch.nn.Linear(3, 2)
-    trainer = SimpleNamespace(global_step=4)
+    trainer = SimpleNamespace(global_step=4, world_size=1, global_rank=0)
     saver = ResumeState()
     saver.on_train_batch_start(trainer, module, None, 0)
     module(torch.ones(1, 3)).sum().backward()
@@ -142,7 +142,7 @@ def test_random_states_and_accumulated_gradients_survive_a_checkpoint(tmp_path: 
     for param, grad in zip(module.parameters(), expected_grads, strict=True):
         assert torch.equal(param.grad, grad)
 
-    stepped = SimpleNamespace(global_step=5)
+    stepped = SimpleNamespace(global_step=5, world_size=1, global_rank=0)
     saver.on_train_batch_start(trainer, module, None, 1)
     saver.on_train_batch_end(stepped, module)
     after_step: dict[str, Any] = {}
