@@ -15,6 +15,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,33 +116,91 @@ def _ours(shape: Shape, mixer: str, **kwargs) -> Callable[[], nn.Module]:
     )
 
 
-def reference_builders(shape: Shape) -> dict[str, dict[str, Callable[[], nn.Module]]]:
-    """Pairs (ours, theirs) of the same shape; imports the reference packages lazily."""
+# The families without a peer in ``bench reference``, and why.
+NO_PEER = {
+    "hyena": "no maintained pure-PyTorch Hyena on PyPI (safari's is a repository, not a package)",
+    "rnn": "mixerlab's LSTM is torch.nn.LSTM itself: PyTorch's fused kernel is the peer",
+    "conv": "a gated depthwise Conv1d: no package wraps it as a model",
+    "smlp": "no pure-PyTorch sparse all-MLP (sMLP) model on PyPI",
+    "base_conv": "Zoology's BaseConv is a repository, not a package",
+    "retnet": "torchscale's pins pull torchvision and timm: not installed by the bench extra yet",
+    "s4d": "state-spaces/s4 is a repository, not a package",
+    "hybrid": "a stack of the other families, each raced alone",
+}
+# The registered mixer each raced family builds (the others race under their own name).
+RACED_MIXER = {"mamba": "ssm"}
+
+
+def _peer_imports() -> SimpleNamespace:
+    """The peer packages of the ``bench`` extra, imported here so that a missing one is named."""
     try:
         from g_mlp_pytorch import gMLP
+        from local_attention import LocalTransformer
+        from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+        from performer_pytorch import PerformerLM
         from x_transformers import Decoder, TransformerWrapper
     except ImportError as err:
         raise BenchError(
             f"bench reference needs the reference implementations ({err}); install them with "
             "pip install 'mixerlab[bench]', or run the other benchmarks: mixerlab bench mixers"
         ) from None
+    return SimpleNamespace(
+        gMLP=gMLP,
+        LocalTransformer=LocalTransformer,
+        Mamba=Mamba,
+        MambaConfig=MambaConfig,
+        RMSNorm=RMSNorm,
+        PerformerLM=PerformerLM,
+        Decoder=Decoder,
+        TransformerWrapper=TransformerWrapper,
+    )
 
-    d_ffn = 4 * shape.d_model
+
+class _MambapyLM(nn.Module):
+    """mambapy's Mamba stack as a language model: embedding, the stack, RMSNorm, an untied head
+    (mambapy's own ``lm.LM`` imports mamba_ssm's CUDA kernels for its Mamba-2 path)."""
+
+    def __init__(self, peer: SimpleNamespace, config: Any) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(VOCAB, config.d_model)
+        self.mamba = peer.Mamba(config)
+        self.norm = peer.RMSNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, VOCAB, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.mamba(self.embedding(tokens))))
+
+
+def reference_builders(shape: Shape) -> dict[str, dict[str, Callable[[], nn.Module]]]:
+    """Pairs (ours, theirs) of the same shape, each peer at its fastest pure-PyTorch settings;
+    imports the reference packages lazily."""
+    peer = _peer_imports()
+    d, depth, heads, length = shape.d_model, shape.n_layers, shape.n_heads, shape.seq_len
+    transformer = {"ffn": "mlp", "ffn_mult": 4.0, "pos": "learned", "tie_embeddings": False}
+    window = 64
+    # the keywords local-attention's and performer-pytorch's models share (one author's)
+    lucidrains = {
+        "num_tokens": VOCAB,
+        "max_seq_len": length,
+        "dim": d,
+        "depth": depth,
+        "heads": heads,
+        "dim_head": d // heads,
+        "causal": True,
+        "ff_mult": 4,
+    }
     return {
         "attention": {
             "mixerlab attention": _ours(
-                shape,
-                "attention",
-                mixer_hparams={"n_heads": shape.n_heads},
-                ffn="mlp",
-                ffn_mult=4.0,
-                pos="learned",
-                tie_embeddings=False,
+                shape, "attention", mixer_hparams={"n_heads": heads}, **transformer
             ),
-            "x-transformers Decoder": lambda: TransformerWrapper(
+            # attn_flash: its path to F.scaled_dot_product_attention (the default is unfused)
+            "x-transformers Decoder": lambda: peer.TransformerWrapper(
                 num_tokens=VOCAB,
-                max_seq_len=shape.seq_len,
-                attn_layers=Decoder(dim=shape.d_model, depth=shape.n_layers, heads=shape.n_heads),
+                max_seq_len=length,
+                attn_layers=peer.Decoder(
+                    dim=d, depth=depth, heads=heads, attn_dim_head=d // heads, attn_flash=True
+                ),
             ),
         },
         "gmlp": {
@@ -148,18 +208,62 @@ def reference_builders(shape: Shape) -> dict[str, dict[str, Callable[[], nn.Modu
             "mixerlab gmlp": _ours(
                 shape,
                 "gmlp",
-                mixer_hparams={"d_ffn": d_ffn},
+                mixer_hparams={"d_ffn": 4 * d},
                 ffn="none",
                 pos="none",
                 tie_embeddings=False,
             ),
-            "g-mlp-pytorch gMLP": lambda: gMLP(
-                num_tokens=VOCAB,
-                dim=shape.d_model,
-                depth=shape.n_layers,
-                seq_len=shape.seq_len,
-                causal=True,
-                ff_mult=4,
+            "g-mlp-pytorch gMLP": lambda: peer.gMLP(
+                num_tokens=VOCAB, dim=d, depth=depth, seq_len=length, causal=True, ff_mult=4
+            ),
+        },
+        "sliding_window": {
+            # Both reach 64 positions back at most: local-attention's query reads its own window
+            # and the one before (between w + 1 and 2w keys), so w = 32; rotary positions in both.
+            "mixerlab sliding_window": _ours(
+                shape,
+                "sliding_window",
+                mixer_hparams={"n_heads": heads, "window": window, "rope": True},
+                **transformer,
+            ),
+            "local-attention LocalTransformer": lambda: peer.LocalTransformer(
+                **lucidrains,
+                local_attn_window_size=window // 2,
+                num_residual_streams=1,  # plain residuals (its default adds hyper-connections)
+            ),
+        },
+        "mamba": {
+            # Mamba's own block (no MLP, RMSNorm), mamba_ssm's defaults in both
+            "mixerlab ssm (mamba)": _ours(
+                shape,
+                "ssm",
+                mixer_hparams={"selective": True, "d_state": 16, "expand": 2, "init": "real"},
+                ffn="none",
+                norm="rmsnorm",
+                pos="none",
+                tie_embeddings=False,
+            ),
+            # pscan: its parallel scan, the fast training path without CUDA
+            "mambapy Mamba": lambda: _MambapyLM(
+                peer, peer.MambaConfig(d_model=d, n_layers=depth, expand_factor=2, pscan=True)
+            ),
+        },
+        "linear_attention": {
+            # ReLU features of width 16 per head in both (performer's generalized attention;
+            # without it, FAVOR+'s random softmax features), values of d / heads; its causal
+            # path is its exact prefix sum (the fast one needs CUDA)
+            "mixerlab linear_attention": _ours(
+                shape,
+                "linear_attention",
+                mixer_hparams={"n_heads": heads, "feature_map": "relu", "feature_dim": 16},
+                **transformer,
+            ),
+            "performer-pytorch PerformerLM": lambda: peer.PerformerLM(
+                **lucidrains,
+                nb_features=16,
+                generalized_attention=True,
+                feature_redraw_interval=None,
+                rotary_position_emb=False,
             ),
         },
     }

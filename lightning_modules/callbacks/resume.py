@@ -47,11 +47,12 @@ class StopTogether(pl.Callback):
     Lightning's own handler (2.6) lets the signalled process stop at the end of its batch while
     the others start the next one, so their collectives stop matching: the run hangs until the
     process group's timeout and fails without the interrupt's checkpoint (measured here: a
-    SIGTERM to rank 0 of ``trainer=ddp_cpu`` ended the run after 160 s, exit 1; Lightning issue
-    #20806). Here the handler only notes the signal; after each optimiser step the processes add
-    up their notes (one number), and if any has one, each sets Lightning's SIGTERM flag, which
-    stops it at the end of that batch. The stop never falls inside a gradient accumulation,
-    whose partial gradients differ between processes. One process keeps Lightning's handler.
+    SIGTERM to rank 0 of ``trainer=ddp_cpu`` ended the run after 160 s, exit 1;
+    github.com/Lightning-AI/pytorch-lightning/issues/20806). Here the handler only notes the
+    signal; after each optimiser step the processes add up their notes (one number), and if any
+    has one, each sets Lightning's SIGTERM flag, which stops it at the end of that batch. The
+    stop never falls inside a gradient accumulation, whose partial gradients differ between
+    processes. One process keeps Lightning's handler.
     """
 
     def __init__(self) -> None:
