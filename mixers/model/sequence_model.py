@@ -40,13 +40,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixerlab.mixers._contract import count_params
 from mixerlab.mixers.hybrid import LayerSpec
 from mixerlab.mixers.model.blocks import Block, check_choice, make_ffn, make_norm
 from mixerlab.mixers.model.cross_mixers import build_cross_mixer
+from mixerlab.mixers.model.generation import generate
 from mixerlab.mixers.model.layer_plan import build_layers
 from mixerlab.mixers.model.moe import MoEFeedForward
 from mixerlab.mixers.model.positions import sinusoidal_table
@@ -455,7 +455,7 @@ class SequenceModel(nn.Module):
             raise ValueError("prefill needs a causal language model whose mixers all step")
         memories = list(self._layer_memories(memories))
         x = self._embed(tokens, 0)
-        prefix = self._prompt_prefix(tokens)
+        prefix = self.prompt_prefix(tokens)
         states = []
         for block, memory in zip(self.blocks, memories, strict=True):
             x, block_state = block.prefill(x, memory, prefix)
@@ -463,74 +463,10 @@ class SequenceModel(nn.Module):
         state = {"position": tokens.shape[1], "blocks": states, "memories": memories}
         return self.head(self.norm(x)), state
 
-    def _prompt_prefix(self, prompt: Tensor) -> Tensor | None:
+    def prompt_prefix(self, prompt: Tensor) -> Tensor | None:
         """A prefix LM's prefix when it reads ``prompt`` (B, T): all of it; None otherwise."""
         if not self.prefix_lm:
             return None
         return torch.full(prompt.shape[:1], prompt.shape[1], device=prompt.device)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        memories: Sequence[Any] | None = None,
-    ) -> Tensor:
-        """Sample ``max_new_tokens`` after ``prompt`` (B, T): prompt and continuation (B, T+n).
-
-        When every mixer steps, the prompt is prefilled in one parallel pass and each new token
-        is one ``step`` (KV cache, RNN state, conv window, ...); otherwise ``forward`` re-runs on
-        the sequence so far. ``temperature=0`` is greedy. A model that reads an encoder reads
-        its ``memories`` (:meth:`memories`) throughout; a prefix LM reads the prompt as its
-        bidirectional prefix and what it writes causally.
-        """
-        if not self.causal or self.num_classes is not None or self.last_state_decoder is not None:
-            raise ValueError(
-                "generate needs a causal language model (causal=True, no num_classes, "
-                "readout='per_position')"
-            )
-        if prompt.dim() != 2 or prompt.shape[1] == 0:
-            raise ValueError(
-                f"generate needs a prompt of shape (batch, length >= 1), got "
-                f"{tuple(prompt.shape)}; start from at least one token (e.g. a BOS token)"
-            )
-        total = prompt.shape[1] + max_new_tokens
-        if self.max_len is not None and total - 1 > self.max_len:  # the last token is not read
-            raise ValueError(
-                f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) needs the model "
-                f"to read {total - 1} positions (the last token is only written), more than its "
-                f"max_len {self.max_len}"
-            )
-        tokens = prompt
-        prefix = self._prompt_prefix(prompt)  # the prompt, however long the sequence grows
-        if self.supports_step:
-            logits, state = self.prefill(prompt, memories)
-            logits = logits[:, -1]
-        else:
-            logits = self(prompt, memories=memories, prefix=prefix)[:, -1]
-        for _ in range(max_new_tokens):
-            next_token = _sample(logits, temperature, top_k, generator)
-            tokens = torch.cat((tokens, next_token[:, None]), dim=1)
-            if tokens.shape[1] == total:
-                break
-            if self.supports_step:
-                logits, state = self.step(next_token, state)
-            else:
-                logits = self(tokens, memories=memories, prefix=prefix)[:, -1]
-        return tokens
-
-
-def _sample(
-    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> Tensor:
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    generate = generate  # sampling, prefill then steps: mixerlab.mixers.model.generation
