@@ -36,17 +36,16 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from mixerlab.experiments.benchmarks.presets import mixer_presets, preset_model
 from mixerlab.experiments.benchmarks.training_step import training_step
-from mixerlab.experiments.run.mixer_node import model_mixer, pattern_entries
 from mixerlab.lightning_modules.record import read_results
-from mixerlab.mixers import SequenceModel, build_mixer
+from mixerlab.mixers import build_mixer
 from mixerlab.mixers.testing import BF16_TOLERANCE, check_mixer
 
 SDPA_KERNELS = ("flash", "efficient", "cudnn", "math")  # as the aten operators name them
@@ -115,35 +114,11 @@ def describe_kernels(dtype: torch.dtype) -> str:
     return line
 
 
-def mixer_presets() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every shipped mixer preset (``conf/mixer``, the plugin template aside) as a run builds it:
-    its registered mixer and hyper-parameters."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    folder = files("mixerlab.conf") / "mixer"
-    presets = sorted(
-        entry.name.removesuffix(".yaml")
-        for entry in folder.iterdir()
-        if entry.name.endswith(".yaml") and entry.name != "plugin.yaml"
-    )
-    with initialize_config_module(config_module="mixerlab.conf", version_base="1.3"):
-        nodes = {
-            preset: OmegaConf.to_container(
-                compose("config", overrides=[f"mixer={preset}"]).mixer, resolve=True
-            )
-            for preset in presets
-        }
-    return {preset: model_mixer(node) for preset, node in nodes.items()}
-
-
 def bf16_train_step(name: str, hparams: dict[str, Any], device: str) -> str:
     """One bf16-autocast training step of a small model with this mixer; raises unless the loss
     and every gradient are finite. Returns the step time."""
     torch.manual_seed(0)
-    depth = max(2, len(pattern_entries({"name": name, **hparams})))  # a hybrid's pattern divides
-    model = SequenceModel(256, 64, depth, mixer=name, mixer_hparams=hparams, max_len=256)
-    model = model.to(device)
+    model = preset_model(name, hparams, vocab=256, d_model=64, max_len=256).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = torch.randint(0, 256, (8, 257), device=device)
     start = time.perf_counter()

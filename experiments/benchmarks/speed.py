@@ -51,12 +51,12 @@ class Measurement:
     repeats: list[float]
 
 
-def _random_batch(shape: Shape, seed: int = 0) -> torch.Tensor:
+def random_batch(shape: Shape, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (shape.batch_size, shape.seq_len + 1), generator=gen)
 
 
-class _Trainer:
+class BareTrainer:
     """The bare training step on one model and batch, timed over ``steps`` after ``warmup``."""
 
     def __init__(self, model: nn.Module, batch: torch.Tensor, lr: float = 1e-3) -> None:
@@ -85,12 +85,12 @@ def _measure_interleaved(
     warmup: int,
     repeats: int,
 ) -> list[Measurement]:
-    batch = _random_batch(shape)
+    batch = random_batch(shape)
     tokens = shape.batch_size * shape.seq_len
     trainers = {}
     for name, build in builders.items():
         torch.manual_seed(0)
-        trainers[name] = _Trainer(build(), batch)
+        trainers[name] = BareTrainer(build(), batch)
     seconds: dict[str, list[float]] = {name: [] for name in builders}
     for _ in range(repeats):
         for name, trainer in trainers.items():
@@ -329,13 +329,13 @@ def bench_overhead(shape: Shape, args: argparse.Namespace) -> dict:
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             self.end = time.perf_counter()
 
-    batch = _random_batch(shape)
+    batch = random_batch(shape)
     tokens = shape.batch_size * shape.seq_len
     build = _ours(shape, "attention")
     bare, lightning = [], []
     for _ in range(repeats):
         torch.manual_seed(0)
-        bare.append(_Trainer(build(), batch).time(steps, warmup))
+        bare.append(BareTrainer(build(), batch).time(steps, warmup))
         torch.manual_seed(0)
         optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)  # no schedule, as bare
         module = LanguageModelModule(build(), optimizer=optimizer, bytes_per_token=1.0)

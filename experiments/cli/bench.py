@@ -6,6 +6,7 @@
     mixerlab bench loader      # data-loader tokens/s vs model tokens/s on the default task
     mixerlab bench peak        # the measured matmul peak FLOP/s (what MFU is reported against)
     mixerlab bench scaling     # every mixer's cost against sequence length
+    mixerlab bench compile     # compile=true per mixer preset: start-up, speed-up, numerical gap
 
 Every number is a training step (forward, loss, backward, AdamW step) in fp32 (``scaling``:
 ``--dtype bf16`` too, and ``--device cuda``; its options are listed under "scaling and peak" in
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from mixerlab.experiments.benchmarks import scaling
+from mixerlab.experiments.benchmarks.compiled import bench_compile
 from mixerlab.experiments.benchmarks.speed import (
     BenchError,
     Shape,
@@ -49,6 +51,7 @@ BENCHMARKS = {
     "loader": bench_loader,
     "peak": scaling.bench_peak,
     "scaling": scaling.bench_scaling,
+    "compile": bench_compile,
 }
 TABLES = {"scaling": scaling.format_table}  # the others print their JSON
 

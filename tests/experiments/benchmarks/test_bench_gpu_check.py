@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mixerlab.experiments.benchmarks import gpu_check
+from mixerlab.experiments.benchmarks.presets import mixer_presets
 
 
 def test_every_shipped_preset_is_checked_as_a_run_builds_it() -> None:
-    presets = gpu_check.mixer_presets()
+    presets = mixer_presets()
     shipped = {p.name.removesuffix(".yaml") for p in (files("mixerlab.conf") / "mixer").iterdir()}
     assert set(presets) == shipped - {"plugin"}
     assert presets["attention"][0] == "attention"
@@ -28,7 +29,7 @@ def test_every_shipped_preset_is_checked_as_a_run_builds_it() -> None:
 
 
 def test_the_bf16_training_step_runs_a_hybrid_on_the_cpu() -> None:
-    name, hparams = gpu_check.mixer_presets()["based_sliding"]  # its pattern sets the depth: 3
+    name, hparams = mixer_presets()["based_sliding"]  # its pattern sets the depth: 3
     assert gpu_check.bf16_train_step(name, hparams, "cpu").startswith("loss ")
 
 

@@ -10,9 +10,9 @@ from mixerlab.experiments.benchmarks.speed import (
     NO_PEER,
     RACED_MIXER,
     VOCAB,
+    BareTrainer,
     Shape,
-    _random_batch,
-    _Trainer,
+    random_batch,
     reference_builders,
 )
 from mixerlab.mixers import available_mixers, count_params, get_mixer_class
@@ -35,7 +35,7 @@ def test_every_built_in_family_is_raced_or_says_why_not() -> None:
 
 @pytest.mark.parametrize("family", list(PAIRS))
 def test_each_pair_predicts_the_next_byte_at_a_like_size_and_trains(family: str) -> None:
-    batch = _random_batch(SHAPE)
+    batch = random_batch(SHAPE)
     sizes = []
     for name, build in PAIRS[family].items():
         torch.manual_seed(0)
@@ -43,7 +43,7 @@ def test_each_pair_predicts_the_next_byte_at_a_like_size_and_trains(family: str)
         logits = model(batch[:, :-1])
         assert logits.shape == (SHAPE.batch_size, SHAPE.seq_len, VOCAB), name
         before = [p.detach().clone() for p in model.parameters()]
-        _Trainer(model, batch).step()
+        BareTrainer(model, batch).step()
         assert any(
             not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)
         ), name
