@@ -1,6 +1,6 @@
 """Benchmarks: speed numbers, never pass/fail tests.
 
-    mixerlab bench reference   # our attention / gMLP vs x-transformers / g-mlp-pytorch, same shape
+    mixerlab bench reference   # each family vs a PyPI peer, same shape: training and decoding
     mixerlab bench mixers      # training tokens/s, parameters and FLOPs/token of every mixer
     mixerlab bench overhead    # a Lightning training step vs a bare PyTorch loop, same model+batch
     mixerlab bench loader      # data-loader tokens/s vs model tokens/s on the default task
@@ -30,13 +30,13 @@ import torch
 
 from mixerlab.experiments.benchmarks import scaling
 from mixerlab.experiments.benchmarks.compiled import bench_compile
+from mixerlab.experiments.benchmarks.peers import bench_reference
 from mixerlab.experiments.benchmarks.speed import (
     BenchError,
     Shape,
     bench_loader,
     bench_mixers,
     bench_overhead,
-    bench_reference,
 )
 from mixerlab.lightning_modules.record import write_atomic
 from mixerlab.mixers import available_mixers
