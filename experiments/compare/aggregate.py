@@ -54,7 +54,12 @@ def _distinct(runs: Sequence[Run], key: str) -> tuple[str, ...]:
 
 
 def _run_date(run: Run) -> str:
-    """The day the run wrote its results.json; ``-`` when it cannot be read."""
+    """The day the run last wrote its record (its ``updated_at``, UTC); for a record without
+    one, its file's modification day; ``-`` when neither can be read. The record's own time
+    comes first: a fresh clone of a committed study gives every file the day of the clone."""
+    updated = run.results.get("updated_at")
+    if isinstance(updated, str) and len(updated) >= 10:
+        return updated[:10]
     try:
         mtime = (run.dir / RESULTS_FILE).stat().st_mtime
     except OSError:

@@ -298,6 +298,23 @@ def test_the_comparison_cannot_be_changed_once_built(tmp_path):
         comparison.scope.differing = ()
 
 
+def test_a_run_is_dated_by_its_record_before_its_file(tmp_path):
+    """A fresh clone of a committed study gives every file the clone's day: the record's own
+    ``updated_at`` dates the run; the file's day only where a record has none."""
+    write_run(tmp_path, "a0", mixer="attention", seed=0, loss=1.0)
+    write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.1)
+    record = tmp_path / "a0" / "results.json"
+    record.write_text(
+        json.dumps({**json.loads(record.read_text()), "updated_at": "2026-03-01T23:59:00+00:00"})
+    )
+    stamp = datetime.fromisoformat("2026-03-09T12:00").timestamp()
+    for run in ("a0", "a1"):
+        os.utime(tmp_path / run / "results.json", (stamp, stamp))
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "--by", "mixer", "--metric", "val/acc", "--out", str(out)]) == 0
+    assert "- runs written: 2026-03-01 to 2026-03-09\n" in (out / "comparison.md").read_text()
+
+
 def test_the_report_header_says_what_was_compared(tmp_path, capsys):
     write_run(tmp_path, "a0", mixer="attention", seed=0, loss=1.0, d_model=64)
     write_run(tmp_path, "a1", mixer="attention", seed=1, loss=1.1, d_model=64)
