@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -21,8 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixerlab.experiments.benchmarks.gpu_check import relative_gaps
 from mixerlab.experiments.benchmarks.presets import mixer_presets, preset_model
-from mixerlab.experiments.benchmarks.speed import VOCAB, BareTrainer, Shape, random_batch
+from mixerlab.experiments.benchmarks.speed import (
+    VOCAB,
+    BareTrainer,
+    Shape,
+    interleaved,
+    random_batch,
+)
 
 
 @dataclass
@@ -50,23 +58,8 @@ def compiled_gap(model: nn.Module, length: int = 64, batch_size: int = 4) -> Com
         logits.logsumexp(-1)[mask].mean().backward()
         outputs.append(logits.detach())
         gradients.append({n: p.grad for n, p in version.named_parameters() if p.grad is not None})
-    eager, other = gradients
-    if eager.keys() != other.keys():
-        raise AssertionError(f"gradients of other parameters: {eager.keys() ^ other.keys()}")
-    gaps = [
-        float((other[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-12))
-        for name, grad in eager.items()
-    ]
+    gaps = relative_gaps(gradients[1], gradients[0]).values()
     return CompiledGap(float((outputs[1] - outputs[0])[mask].abs().max()), max(gaps, default=0.0))
-
-
-def _time_pair(eager: BareTrainer, compiled: BareTrainer, args: argparse.Namespace) -> list[float]:
-    """Median seconds per step of each, measured interleaved."""
-    seconds: list[list[float]] = [[], []]
-    for _ in range(args.repeats):
-        for times, trainer in zip(seconds, (eager, compiled), strict=True):
-            times.append(trainer.time(args.steps, args.warmup))
-    return [statistics.median(times) for times in seconds]
 
 
 def bench_compile(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,7 +82,11 @@ def bench_compile(shape: Shape, args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         compiled.step()
         startup = time.perf_counter() - start - eager_step
-        eager_s, compiled_s = _time_pair(eager, compiled, args)
+        timers = {
+            side: functools.partial(trainer.time, args.steps, args.warmup)
+            for side, trainer in (("eager", eager), ("compiled", compiled))
+        }
+        eager_s, compiled_s = map(statistics.median, interleaved(timers, args.repeats).values())
         report[preset] = {
             "startup_s": round(startup, 1),
             "eager_tokens_per_s": round(tokens / eager_s, 1),

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mixerlab.experiments.benchmarks.presets import mixer_presets, preset_model
 from mixerlab.experiments.benchmarks.training_step import training_step
-from mixerlab.lightning_modules.record import read_results
+from mixerlab.lightning_modules.record import CHECKPOINT_DIR, LAST_CHECKPOINT, read_results
 from mixerlab.mixers import build_mixer
 from mixerlab.mixers.testing import BF16_TOLERANCE, check_mixer
 
@@ -165,8 +165,22 @@ def train_run(
 
 def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The model's weights in a run's last checkpoint."""
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    return checkpoint["state_dict"]
+    path = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def relative_gaps(
+    actual: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """Per name, the largest difference between the two tensors relative to the expected one's
+    largest magnitude; raises when the two hold different names."""
+    if actual.keys() != expected.keys():
+        raise AssertionError(f"tensors of other names: {sorted(actual.keys() ^ expected.keys())}")
+    return {
+        name: float((actual[name].float() - value.float()).abs().max())
+        / max(float(value.abs().max()), 1e-12)
+        for name, value in expected.items()
+    }
 
 
 def ddp_equivalence(out: Path, gpus: int) -> str:
@@ -181,14 +195,7 @@ def ddp_equivalence(out: Path, gpus: int) -> str:
         one, two, tolerance = ["trainer=cpu"], ["trainer=ddp_cpu"], CPU_DDP_TOLERANCE
     train_run(out, "ddp_one", [*one, "task.datamodule.batch_size=16"], base=DDP_TASK)
     train_run(out, "ddp_two", [*two, "task.datamodule.batch_size=8"], base=DDP_TASK)
-    single, split = last_weights(out / "ddp_one"), last_weights(out / "ddp_two")
-    if single.keys() != split.keys():
-        raise AssertionError(f"the runs' weights differ in names: {single.keys() ^ split.keys()}")
-    gaps = {
-        name: float((split[name].float() - value.float()).abs().max())
-        / max(float(value.abs().max()), 1e-12)
-        for name, value in single.items()
-    }
+    gaps = relative_gaps(last_weights(out / "ddp_two"), last_weights(out / "ddp_one"))
     worst = max(gaps, key=gaps.__getitem__)
     if gaps[worst] > tolerance:
         raise AssertionError(f"{worst} differs by {gaps[worst]:.3g} of its scale (> {tolerance})")

@@ -5,6 +5,7 @@ peer has an incremental path (what differs per pair is in ``docs/benchmarks.md``
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from mixerlab.experiments.benchmarks.speed import (
     VOCAB,
     BenchError,
     Shape,
+    interleaved,
     measure_interleaved,
     ours_builder,
     timing_of,
@@ -276,10 +278,11 @@ def race_decoding(
         decoders[name] = decoder
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, VOCAB, (1, shape.seq_len - tokens), generator=generator)
-    seconds: dict[str, list[float]] = {name: [] for name in decoders}
-    for _ in range(repeats):
-        for name, decoder in decoders.items():
-            seconds[name].append(decoding_seconds(decoder, prompt, tokens))
+    timers = {
+        name: functools.partial(decoding_seconds, decoder, prompt, tokens)
+        for name, decoder in decoders.items()
+    }
+    seconds = interleaved(timers, repeats)
     rates = {name: 1 / statistics.median(times) for name, times in seconds.items()}
     ours, theirs = rates.values()
     return {"tokens_per_s": rates, "ratio": ours / theirs, "prompt": prompt.shape[1]}

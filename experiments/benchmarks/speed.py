@@ -75,6 +75,16 @@ class BareTrainer:
         return (time.perf_counter() - start) / steps
 
 
+def interleaved(timers: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Each timer's seconds in every repeat, run in turn (A, B, A, B, ...), so a slow spell of a
+    shared machine hits every side alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            seconds[name].append(timer())
+    return seconds
+
+
 def measure_interleaved(
     builders: dict[str, Callable[[], nn.Module]],
     shape: Shape,
@@ -89,10 +99,8 @@ def measure_interleaved(
     for name, build in builders.items():
         torch.manual_seed(0)
         trainers[name] = BareTrainer(build(), batch)
-    seconds: dict[str, list[float]] = {name: [] for name in builders}
-    for _ in range(repeats):
-        for name, trainer in trainers.items():
-            seconds[name].append(trainer.time(steps, warmup))
+    timers = {name: functools.partial(t.time, steps, warmup) for name, t in trainers.items()}
+    seconds = interleaved(timers, repeats)
     results = []
     for name, trainer in trainers.items():
         median = statistics.median(seconds[name])
